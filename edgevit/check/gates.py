@@ -1,0 +1,64 @@
+"""Gates: limits on each target's measured numbers that decide the build's exit code."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from edgevit.recipe.schema import Gates
+
+# gate name -> (where the value lives in a target's result, "max" or "min")
+_GATES: dict[str, tuple[tuple[str, str], str]] = {
+    "max_top1_drop": (("accuracy", "top1_drop"), "max"),
+    "min_agreement": (("accuracy", "agreement"), "min"),
+    "min_cosine": (("accuracy", "cosine"), "min"),
+    "max_latency_p50_ms": (("latency_ms", "p50"), "max"),
+    "max_latency_p90_ms": (("latency_ms", "p90"), "max"),
+}
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """One gate applied to one target."""
+
+    target: str
+    name: str
+    limit: float
+    value: float | None
+    passed: bool
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready."""
+        return asdict(self)
+
+
+def evaluate(target: dict[str, Any], gates: Gates) -> list[GateResult]:
+    """Apply ``gates`` to one target's result dict (as written in report.json)."""
+    results = []
+    for name, ((section, key), kind) in _GATES.items():
+        limit = getattr(gates, name)
+        if limit is None:
+            continue
+        if target.get("status") != "ok":
+            results.append(
+                GateResult(
+                    target["name"],
+                    name,
+                    limit,
+                    None,
+                    not gates.fail_on_skipped and target.get("status") == "skipped",
+                    f"target {target.get('status')}",
+                )
+            )
+            continue
+        value = (target.get(section) or {}).get(key)
+        if value is None:
+            results.append(
+                GateResult(target["name"], name, limit, None, False, f"{section}.{key} not measured")
+            )
+            continue
+        # Tiny tolerance so that a drop of exactly the limit, printed with rounding, passes.
+        passed = value <= limit + 1e-9 if kind == "max" else value >= limit - 1e-9
+        results.append(GateResult(target["name"], name, limit, float(value), passed))
+    return results

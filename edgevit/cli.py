@@ -1,0 +1,189 @@
+"""Command line: a thin layer over the API. User errors print one line and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from edgevit import __version__
+from edgevit.errors import EdgeVitError
+
+
+def _log(quiet: bool):  # type: ignore[no-untyped-def]
+    def log(line: str) -> None:
+        if not quiet:
+            print(f"edgevit: {line}", file=sys.stderr, flush=True)
+
+    return log
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from edgevit.pipeline import build
+    from edgevit.recipe.loader import load_recipe
+
+    recipe = load_recipe(args.recipe, args.set or [])
+    out = Path(args.output) if args.output else Path("build") / recipe.name
+    report = build(recipe, out, log=_log(args.quiet or args.json))
+    if args.json:
+        print(json.dumps(report.data, indent=2))
+    elif not args.quiet:
+        print((out / "report.md").read_text())
+        print(f"report: {out / 'report.json'}")
+    return 0 if report.passed else 1
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from edgevit.train import TrainConfig, train
+
+    fields = {
+        k: v
+        for k, v in {
+            "model": args.model,
+            "data": args.data,
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "lr": args.lr,
+            "seed": args.seed,
+            "init_checkpoint": args.init,
+        }.items()
+        if v is not None
+    }
+    try:
+        cfg = TrainConfig(**fields)
+    except ValueError as exc:
+        raise EdgeVitError(f"train options: {str(exc).splitlines()[-1].strip()}") from None
+    result = train(cfg, Path(args.output), progress=not args.quiet)
+    summary = {k: result[k] for k in ("val_top1", "test_top1", "seconds_this_run")}
+    print(
+        json.dumps({"output": args.output, **summary})
+        if args.json
+        else f"trained {cfg.model} on {cfg.data}: val top-1 {summary['val_top1']:.2f}%, test top-1 "
+        f"{summary['test_top1'] if summary['test_top1'] is None else round(summary['test_top1'], 2)}% "
+        f"-> {args.output}"
+    )
+    return 0
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    import yaml
+
+    from edgevit.recipe.loader import builtin_recipes
+
+    rows = []
+    for name, path in builtin_recipes().items():
+        try:
+            desc = (yaml.safe_load(path.read_text()) or {}).get("description", "")
+        except yaml.YAMLError:
+            desc = "(invalid YAML)"
+        rows.append(
+            {
+                "name": name,
+                "description": str(desc).strip().splitlines()[0] if desc else "",
+                "path": str(path),
+            }
+        )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        width = max((len(r["name"]) for r in rows), default=0)
+        for r in rows:
+            print(f"{r['name']:<{width}}  {r['description']}")
+    return 0
+
+
+def cmd_targets(args: argparse.Namespace) -> int:
+    from edgevit.targets import TARGETS
+
+    rows: list[dict[str, Any]] = []
+    for name in TARGETS.names():
+        target = TARGETS.get(name)
+        avail = target.availability()
+        rows.append(
+            {
+                "backend": name,
+                "available": avail.available,
+                "precisions": list(target.precisions),
+                "versions": avail.versions,
+                "reason": avail.reason,
+            }
+        )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            state = (
+                "available " + ", ".join(f"{k} {v}" for k, v in r["versions"].items())
+                if r["available"]
+                else f"unavailable: {r['reason']}"
+            )
+            print(f"{r['backend']:<12} [{'/'.join(r['precisions'])}]  {state}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    import timm
+
+    import edgevit.models.vit_plus  # noqa: F401
+
+    names = timm.list_models("vit_plus_*")
+    print(json.dumps(names) if args.json else "\n".join(names))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for docs and tests)."""
+    p = argparse.ArgumentParser(prog="edgevit", description=__doc__)
+    p.add_argument("--version", action="version", version=f"edgevit {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    b = sub.add_parser("build", help="build, check and report a recipe")
+    b.add_argument("recipe", help="built-in recipe name (see `edgevit recipes`) or path to a .yaml")
+    b.add_argument("-o", "--output", help="build directory (default: build/<recipe name>)")
+    b.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a recipe field, e.g. --set gates.max_top1_drop=0.5 (repeatable)",
+    )
+    b.set_defaults(func=cmd_build)
+
+    t = sub.add_parser("train", help="train or fine-tune a model; writes model.safetensors + config.json")
+    t.add_argument("--model", help="ViT-Plus or timm model name (default vit_plus_tiny_patch8_32)")
+    t.add_argument("--data", help="'digits' or an ImageFolder directory (default digits)")
+    t.add_argument("--init", help="checkpoint to fine-tune from (classifier resized to the data's classes)")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--seed", type=int)
+    t.add_argument("-o", "--output", required=True, help="output directory (re-run to resume)")
+    t.set_defaults(func=cmd_train)
+
+    sub.add_parser("recipes", help="list built-in recipes").set_defaults(func=cmd_recipes)
+    sub.add_parser("targets", help="list backends: available here or not, versions, why not").set_defaults(
+        func=cmd_targets
+    )
+    sub.add_parser("models", help="list ViT-Plus model names").set_defaults(func=cmd_models)
+    for sp in sub.choices.values():
+        sp.add_argument("--quiet", action="store_true", help="no progress output")
+        sp.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``edgevit`` console script."""
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except EdgeVitError as exc:
+        print(f"edgevit: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("edgevit: interrupted; finished steps are kept and reused on the next run", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

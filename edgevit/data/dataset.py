@@ -1,0 +1,69 @@
+"""Raw labelled images (before preprocessing) and the spec that selects them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from edgevit.fileio import sha256_bytes
+
+Split = Literal["train", "val", "test", "all"]
+# Fractions for sources without their own split folders; the split permutation uses a fixed seed
+# so that train/val/test never overlap, whatever seed samples ``count`` images from a split.
+SPLIT_FRACTIONS = {"train": 0.6, "val": 0.2, "test": 0.2}
+SPLIT_SEED = 0
+
+
+class DataSpec(BaseModel):
+    """Which images: a source (``digits`` or an ImageFolder directory), a split, how many."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: str = Field(description="'digits' (embedded) or a directory with one sub-directory per class")
+    split: Split = "test"
+    count: int | None = Field(default=None, gt=0, description="take this many (seeded sample); all if unset")
+    seed: int = 0
+    sha256: str | None = Field(default=None, description="expected sha256 of the selected images and labels")
+
+
+@dataclass
+class RawDataset:
+    """Images as uint8 HxWx3 arrays (sizes may differ), integer labels and class names."""
+
+    images: list[np.ndarray]
+    labels: np.ndarray
+    class_names: list[str]
+    description: str
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def sha256(self) -> str:
+        """Content hash of images and labels, for manifests and cache keys."""
+        parts = [np.asarray(self.labels, dtype=np.int64).tobytes()]
+        for img in self.images:
+            parts.append(np.asarray(img.shape, dtype=np.int64).tobytes())
+            parts.append(np.ascontiguousarray(img).tobytes())
+        return sha256_bytes(b"".join(parts))
+
+
+def split_indices(n: int, split: Split) -> np.ndarray:
+    """Indices of ``split`` in a dataset of ``n`` items, from a fixed-seed permutation."""
+    if split == "all":
+        return np.arange(n)
+    order = np.random.default_rng(SPLIT_SEED).permutation(n)
+    n_train = round(n * SPLIT_FRACTIONS["train"])
+    n_val = round(n * SPLIT_FRACTIONS["val"])
+    bounds = {"train": (0, n_train), "val": (n_train, n_train + n_val), "test": (n_train + n_val, n)}
+    lo, hi = bounds[split]
+    return np.sort(order[lo:hi])
+
+
+def take(indices: np.ndarray, count: int | None, seed: int) -> np.ndarray:
+    """A seeded sample of ``count`` indices (all, in order, when count is None or too large)."""
+    if count is None or count >= len(indices):
+        return indices
+    return np.sort(np.random.default_rng(seed).choice(indices, size=count, replace=False))

@@ -1,0 +1,62 @@
+"""ImageFolder-style sources: one sub-directory per class holding PNG/JPEG files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgevit.data.dataset import RawDataset, Split, split_indices, take
+from edgevit.errors import DataError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+
+
+def _class_dirs(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def load_folder_split(
+    root: Path, split: Split, count: int | None = None, seed: int = 0, class_names: list[str] | None = None
+) -> RawDataset:
+    """Load images of ``split`` from ``root``.
+
+    ``root/<split>/<class>/*.png`` is used when it exists; otherwise ``root/<class>/*.png`` is
+    split by the fixed-seed fractions. ``class_names`` (the model's) fixes the label order.
+    """
+    if not root.is_dir():
+        raise DataError(f"image folder {root} does not exist", "check data.*.source")
+    base = root / split if split != "all" and (root / split).is_dir() else root
+    classes = _class_dirs(base)
+    if not classes:
+        raise DataError(
+            f"image folder {base} has no class sub-directories", "put images in <folder>/<class>/"
+        )
+    names = [c.name for c in classes]
+    order = class_names or names
+    unknown = sorted(set(names) - set(order))
+    if unknown:
+        raise DataError(f"image folder {base} has classes the model does not know: {unknown}", "rename them")
+    files: list[tuple[Path, int]] = []
+    for cdir in classes:
+        files += [
+            (f, order.index(cdir.name)) for f in sorted(cdir.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES
+        ]
+    if not files:
+        raise DataError(f"image folder {base} holds no PNG/JPEG images", "add images to its class folders")
+    idx = np.arange(len(files)) if base is not root or split == "all" else split_indices(len(files), split)
+    idx = take(idx, count, seed)
+    if len(idx) == 0:
+        raise DataError(f"image folder {base} has no images in split {split!r}", "add more images")
+    from PIL import Image, UnidentifiedImageError
+
+    images = []
+    for i in idx:
+        path = files[i][0]
+        try:
+            with Image.open(path) as img:
+                images.append(np.asarray(img.convert("RGB"), dtype=np.uint8))
+        except (UnidentifiedImageError, OSError) as exc:
+            raise DataError(f"image {path} cannot be read ({exc})", "remove or replace the file") from None
+    labels = np.asarray([files[i][1] for i in idx], dtype=np.int64)
+    return RawDataset(images, labels, list(order), f"{base}/{split}")

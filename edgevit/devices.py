@@ -1,0 +1,55 @@
+"""Device/target profiles (targets/*.yaml): runtime, precisions, threads, how to reach the device."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edgevit.errors import RecipeError
+from edgevit.paths import targets_dir
+
+HOST = "host"
+
+
+class DeviceProfile(BaseModel):
+    """Where a target runs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    description: str = ""
+    transport: Literal["local", "ssh", "adb"] = "local"
+    address: str | None = Field(default=None, description="ssh://user@host[:port] for ssh")
+    runtimes: list[str] = Field(default_factory=list)
+    precisions: list[Literal["fp32", "fp16", "int8"]] = Field(default_factory=list)
+    threads: int | None = Field(default=None, gt=0)
+    notes: str = ""
+
+
+def profile_names() -> list[str]:
+    """Names of the shipped profiles."""
+    return sorted(p.stem for p in targets_dir().glob("*.yaml"))
+
+
+@lru_cache(maxsize=64)
+def resolve_device(name: str | None) -> DeviceProfile:
+    """The profile named ``name`` (``None``/``host``: this machine, local)."""
+    if name is None or name == HOST:
+        return DeviceProfile(name=HOST, description="the machine running edgevit")
+    path = targets_dir() / f"{name}.yaml"
+    if not path.is_file():
+        raise RecipeError(
+            f"device profile {name!r} not found ({path})",
+            f"use one of: {', '.join([HOST, *profile_names()])}",
+        )
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        return DeviceProfile.model_validate({"name": name, **raw})
+    except (yaml.YAMLError, ValidationError) as exc:
+        first = str(exc).splitlines()
+        raise RecipeError(
+            f"device profile {path} is invalid: {' '.join(first[:3])}", "fix the file"
+        ) from None

@@ -1,0 +1,220 @@
+"""Create and load models: ViT-Plus or timm names, safetensors or weights-only state dicts."""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from edgevit.errors import ModelLoadError
+from edgevit.fileio import sha256_file
+from edgevit.models.config import ModelConfig
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+_STATE_DICT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+
+
+@dataclass
+class LoadedModel:
+    """A model in eval mode with the config that describes it and where it came from."""
+
+    model: nn.Module
+    config: ModelConfig
+    checkpoint: Path | None
+    sha256: str | None
+
+
+def create(name: str, **kwargs: Any) -> nn.Module:
+    """Create a model by ViT-Plus or timm name (random weights)."""
+    import timm
+
+    import edgevit.models.vit_plus  # noqa: F401  (registers the ViT-Plus names in timm)
+
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('_')[0]}*")[:5] if "_" in name else []
+        hint = f"did you mean one of {close}?" if close else "run `edgevit models` to list ViT-Plus names"
+        raise ModelLoadError(f"unknown model name {name!r}", hint)
+    try:
+        return timm.create_model(name, pretrained=False, **kwargs)
+    except (TypeError, ValueError, AssertionError) as exc:
+        raise ModelLoadError(f"cannot build {name} with {kwargs}: {exc}", "check the model options") from None
+
+
+def config_for(name: str, model: nn.Module, **fields: Any) -> ModelConfig:
+    """A ModelConfig for a freshly created model, from timm's pretrained_cfg plus overrides."""
+    cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
+    values: dict[str, Any] = {
+        "architecture": name,
+        "num_classes": int(getattr(model, "num_classes", 0) or cfg.get("num_classes", 1000)),
+        "input_size": tuple(cfg.get("input_size", (3, 224, 224))),
+        "mean": tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
+        "std": tuple(cfg.get("std", (0.229, 0.224, 0.225))),
+        "interpolation": cfg.get("interpolation", "bicubic"),
+        "crop_pct": float(cfg.get("crop_pct", 1.0)),
+    }
+    values.update(fields)
+    return ModelConfig(**values)
+
+
+def save(model: nn.Module, config: ModelConfig, directory: Path) -> Path:
+    """Save ``model`` as safetensors with its config beside it; returns the weights path."""
+    from safetensors.torch import save_file
+
+    from edgevit.fileio import atomic_write_bytes
+
+    directory.mkdir(parents=True, exist_ok=True)
+    weights = directory / WEIGHTS_FILE
+    tmp = directory / f".{WEIGHTS_FILE}.tmp"
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp), metadata={"architecture": config.architecture})
+    atomic_write_bytes(weights, tmp.read_bytes())
+    tmp.unlink()
+    config.save(directory / CONFIG_FILE)
+    return weights
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"checkpoint {path} is corrupt or truncated ({exc})", "re-save or re-copy the checkpoint"
+        ) from None
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ModelLoadError(
+            f"checkpoint {path} holds Python objects that are not loaded for safety ({str(exc)[:120]})",
+            "save a plain state dict (torch.save(model.state_dict(), ...)) or safetensors",
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"checkpoint {path} is corrupt or truncated ({str(exc)[:160]})", "re-save or re-copy it"
+        ) from None
+    for key in ("state_dict", "model", "model_ema", "module"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ModelLoadError(f"checkpoint {path} is not a state dict of tensors", "save model.state_dict()")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def _apply_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path, name: str) -> None:
+    from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+
+    if isinstance(model, VisionTransformer) and "pos_embed" in state:
+        state = checkpoint_filter_fn(state, model)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(
+            f"{len(missing)} missing keys ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})"
+        )
+    if unexpected:
+        problems.append(
+            f"{len(unexpected)} unexpected keys ({', '.join(unexpected[:3])}{', ...' if len(unexpected) > 3 else ''})"
+        )
+    if shapes:
+        problems.append(f"shape mismatch {'; '.join(shapes[:3])}")
+    if problems:
+        raise ModelLoadError(
+            f"checkpoint {path} does not fit {name}: {'; '.join(problems)}",
+            "name the architecture it was trained as (model.name) and its num_classes",
+        )
+    model.load_state_dict(state, strict=True)
+
+
+def _locate(checkpoint: Path) -> tuple[Path, Path | None]:
+    """Return (weights file, config file or None) for a checkpoint file or directory."""
+    if checkpoint.is_dir():
+        weights = checkpoint / WEIGHTS_FILE
+        if not weights.is_file():
+            raise ModelLoadError(
+                f"checkpoint directory {checkpoint} has no {WEIGHTS_FILE}", "point at the weights file"
+            )
+        return weights, checkpoint / CONFIG_FILE
+    if not checkpoint.is_file():
+        raise ModelLoadError(f"checkpoint {checkpoint} does not exist", "check the path (model.checkpoint)")
+    if checkpoint.suffix == ".safetensors":
+        for candidate in (checkpoint.with_suffix(".json"), checkpoint.parent / CONFIG_FILE):
+            if candidate.is_file():
+                return checkpoint, candidate
+        return checkpoint, None
+    if checkpoint.suffix in _STATE_DICT_SUFFIXES:
+        return checkpoint, None
+    raise ModelLoadError(
+        f"checkpoint {checkpoint} has an unknown format ({checkpoint.suffix or 'no suffix'})",
+        "use .safetensors (with config.json beside it) or a state dict (.pth/.pt/.bin)",
+    )
+
+
+def load(
+    name: str | None = None,
+    checkpoint: str | Path | None = None,
+    num_classes: int | None = None,
+    **model_kwargs: Any,
+) -> LoadedModel:
+    """Load a model for inference.
+
+    Args:
+        name: ViT-Plus or timm model name; optional when the checkpoint's config names it.
+        checkpoint: ``builtin:<name>``, a directory with model.safetensors + config.json, a
+            .safetensors file, or a timm-style state dict (loaded with ``weights_only=True``).
+        num_classes: classifier size when the checkpoint has no config (default: from the head).
+        **model_kwargs: extra constructor arguments (e.g. ``ms_scales=(1,)``).
+
+    Returns:
+        The model in eval mode with its ModelConfig and the checkpoint's sha256.
+    """
+    if checkpoint is None:
+        if name is None:
+            raise ModelLoadError("no model given", "set model.name and/or model.checkpoint")
+        model = create(name, **({"num_classes": num_classes} if num_classes else {}), **model_kwargs)
+        return LoadedModel(model.eval(), config_for(name, model, model_kwargs=model_kwargs), None, None)
+
+    if isinstance(checkpoint, str) and checkpoint.startswith("builtin:"):
+        from edgevit.models.builtin import resolve_builtin
+
+        checkpoint = resolve_builtin(checkpoint.removeprefix("builtin:"))
+    weights, config_path = _locate(Path(checkpoint).expanduser())
+    if config_path is not None and config_path.is_file():
+        config = ModelConfig.read(config_path)
+        if name is not None and name != config.architecture:
+            raise ModelLoadError(
+                f"checkpoint {weights} is a {config.architecture}, not a {name}",
+                f"set model.name to {config.architecture} or leave it out",
+            )
+        state = _read_safetensors(weights)
+        kwargs = {**config.model_kwargs, **model_kwargs}
+        model = create(config.architecture, num_classes=config.num_classes, **kwargs)
+    else:
+        if name is None:
+            raise ModelLoadError(
+                f"checkpoint {weights} has no config.json beside it", "set model.name to its architecture"
+            )
+        state = _read_safetensors(weights) if weights.suffix == ".safetensors" else _read_state_dict(weights)
+        if num_classes is None and "head.weight" in state:
+            num_classes = int(state["head.weight"].shape[0])
+        model = create(name, **({"num_classes": num_classes} if num_classes else {}), **model_kwargs)
+        config = config_for(name, model, model_kwargs=model_kwargs)
+    _apply_state(model, state, weights, config.architecture)
+    return LoadedModel(model.eval(), config, weights, sha256_file(weights))

@@ -1,0 +1,262 @@
+"""ViT-Plus: a timm-compatible Vision Transformer family with multi-scale attention.
+
+Multi-scale attention splits the heads into groups; group ``i`` attends to keys and values
+average-pooled over the patch-token grid by ``scales[i]`` (the class token is never pooled).
+Pooling has no parameters, so every ViT-Plus holds exactly the weights of the timm ViT of the
+same width and depth: timm ViT/DeiT checkpoints load, and with ``ms_scales=(1,)`` the function
+is timm's ViT as well. Attention is written with plain MatMul/Softmax/AveragePool so that it
+exports to standard ONNX ops that every backend quantizes the same way.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from timm.models import register_model
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+DEFAULT_MS_SCALES: tuple[int, ...] = (1, 2, 4)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def split_heads(num_heads: int, scales: Sequence[int]) -> list[tuple[int, int, int]]:
+    """Assign heads to scales as evenly as possible: ``[(first_head, count, scale), ...]``."""
+    if not scales or any(s < 1 for s in scales):
+        raise ValueError(f"ms_scales must be positive integers, got {tuple(scales)}")
+    if num_heads < len(scales):
+        raise ValueError(f"{num_heads} heads cannot be split across {len(scales)} scales {tuple(scales)}")
+    base, extra = divmod(num_heads, len(scales))
+    groups, start = [], 0
+    for i, scale in enumerate(scales):
+        count = base + (1 if i < extra else 0)
+        groups.append((start, count, int(scale)))
+        start += count
+    return groups
+
+
+class MultiScaleAttention(nn.Module):
+    """Multi-head self-attention whose head groups see keys/values pooled at several scales.
+
+    Parameter names match timm's ``Attention`` (``qkv``, ``q_norm``, ``k_norm``, ``norm``,
+    ``proj``) so the state dicts are interchangeable.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        qkv_bias: bool = False,
+        qk_norm: bool = False,
+        scale_norm: bool = False,
+        proj_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        norm_layer: Callable[..., nn.Module] | None = None,
+        *,
+        scales: Sequence[int] = (1,),
+        grid_size: tuple[int, int] = (14, 14),
+        num_prefix_tokens: int = 1,
+        head_dim: int | None = None,
+        **factory: Any,
+    ) -> None:
+        super().__init__()
+        dd = {k: v for k, v in factory.items() if k in ("device", "dtype")}
+        if head_dim is None:
+            if dim % num_heads:
+                raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+            head_dim = dim // num_heads
+        if (qk_norm or scale_norm) and norm_layer is None:
+            raise ValueError("norm_layer is required with qk_norm or scale_norm")
+        self.num_heads = num_heads
+        self.head_dim = head_dim
+        self.attn_dim = num_heads * head_dim
+        self.scale = head_dim**-0.5
+        self.groups = split_heads(num_heads, scales)
+        self.grid_size = (int(grid_size[0]), int(grid_size[1]))
+        self.num_prefix_tokens = num_prefix_tokens
+        assert norm_layer is not None or not (qk_norm or scale_norm)
+        self.qkv = nn.Linear(dim, self.attn_dim * 3, bias=qkv_bias, **dd)
+        self.q_norm = norm_layer(head_dim, **dd) if qk_norm and norm_layer else nn.Identity()
+        self.k_norm = norm_layer(head_dim, **dd) if qk_norm and norm_layer else nn.Identity()
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.norm = norm_layer(self.attn_dim, **dd) if scale_norm and norm_layer else nn.Identity()
+        self.proj = nn.Linear(self.attn_dim, dim, bias=proj_bias, **dd)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    @property
+    def scales(self) -> tuple[int, ...]:
+        """The pooling factor of each head group."""
+        return tuple(scale for _, _, scale in self.groups)
+
+    def _pool(self, t: torch.Tensor, factor: int) -> torch.Tensor:
+        """Average-pool the grid tokens of ``t`` (B, heads, N, D) by ``factor``; keep prefix tokens."""
+        b, h, _, d = t.shape
+        p = self.num_prefix_tokens
+        gh, gw = self.grid_size
+        prefix, grid = t[:, :, :p], t[:, :, p:]
+        grid = grid.reshape(b * h, gh, gw, d).permute(0, 3, 1, 2)
+        grid = F.avg_pool2d(grid, factor, factor, ceil_mode=True, count_include_pad=False)
+        grid = grid.flatten(2).transpose(1, 2).reshape(b, h, -1, d)
+        return torch.cat([prefix, grid], dim=2)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, **_: Any) -> torch.Tensor:
+        """Attend; ``attn_mask`` is accepted for timm API compatibility but must be None."""
+        if attn_mask is not None:
+            raise NotImplementedError("ViT-Plus multi-scale attention does not take an attention mask")
+        b, n = x.shape[0], x.shape[1]
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        q, k = self.q_norm(q), self.k_norm(k)
+        q = q * self.scale
+        outs = []
+        for start, count, factor in self.groups:
+            qg, kg, vg = (t[:, start : start + count] for t in (q, k, v))
+            if factor > 1:
+                kg, vg = self._pool(kg, factor), self._pool(vg, factor)
+            attn = self.attn_drop((qg @ kg.transpose(-2, -1)).softmax(dim=-1))
+            outs.append(attn @ vg)
+        out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
+        out = out.transpose(1, 2).reshape(b, n, self.attn_dim)
+        return self.proj_drop(self.proj(self.norm(out)))
+
+
+def _bound_attention(
+    scales: tuple[int, ...], grid: tuple[int, int], prefix: int
+) -> type[MultiScaleAttention]:
+    """A MultiScaleAttention subclass with this model's settings bound (timm wants a class)."""
+    bound = {"scales": scales, "grid_size": grid, "num_prefix_tokens": prefix}
+
+    class BoundMultiScaleAttention(MultiScaleAttention):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **{**bound, **kwargs})
+
+    return BoundMultiScaleAttention
+
+
+class VisionTransformerPlus(VisionTransformer):  # type: ignore[misc]
+    """timm ``VisionTransformer`` with multi-scale attention in every block.
+
+    Args:
+        ms_scales: pooling factor per head group; ``(1,)`` turns multi-scale attention off.
+        **kwargs: any timm ``VisionTransformer`` argument (img_size, patch_size, embed_dim, ...).
+    """
+
+    def __init__(self, ms_scales: Sequence[int] = DEFAULT_MS_SCALES, **kwargs: Any) -> None:
+        img = kwargs.get("img_size", 224)
+        patch = kwargs.get("patch_size", 16)
+        img_hw = (img, img) if isinstance(img, int) else tuple(img)
+        patch_hw = (patch, patch) if isinstance(patch, int) else tuple(patch)
+        if kwargs.get("dynamic_img_size"):
+            raise ValueError("ViT-Plus needs a fixed image size (dynamic_img_size is not supported)")
+        grid = (img_hw[0] // patch_hw[0], img_hw[1] // patch_hw[1])
+        prefix = (1 if kwargs.get("class_token", True) else 0) + int(kwargs.get("reg_tokens", 0))
+        split_heads(kwargs.get("num_heads", 12), ms_scales)  # fail early on a bad head split
+        kwargs["attn_layer"] = _bound_attention(tuple(ms_scales), grid, prefix)
+        super().__init__(**kwargs)
+        self.ms_scales = tuple(int(s) for s in ms_scales)
+
+    @classmethod
+    def from_pretrained(cls, path: str, **overrides: Any) -> VisionTransformerPlus:
+        """Load a ViT-Plus from a local checkpoint (directory or file) with its JSON config."""
+        from edgevit.models.load import load  # local import: load.py imports this module
+
+        model = load(checkpoint=path, **overrides).model
+        if not isinstance(model, cls):
+            raise TypeError(f"{path} holds a {type(model).__name__}, not a {cls.__name__}")
+        return model
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Width and depth of one ViT-Plus size."""
+
+    embed_dim: int
+    depth: int
+    num_heads: int
+    mlp_ratio: float = 4.0
+
+
+VARIANTS: dict[str, Variant] = {
+    "tiny": Variant(192, 12, 3),
+    "small": Variant(384, 12, 6),
+    "base": Variant(768, 12, 12),
+    "large": Variant(1024, 24, 16),
+    "huge": Variant(1280, 32, 16),
+}
+
+# (patch, image) pairs registered for every size, plus the digits-sized model for the default build.
+_RESOLUTIONS = ((16, 224), (16, 384), (16, 512), (14, 224))
+_EXTRA: dict[str, tuple[str, int, int, dict[str, Any]]] = {
+    # Digits-sized models for the embedded default (8x8 digits upscaled to 32x32), four blocks.
+    # Patch 8 (4x4 grid) trains to 98.6% in ~2 min on 2 cores; patch 4 (8x8 grid) is ~4x slower.
+    "vit_plus_tiny_patch8_32": ("tiny", 8, 32, {"depth": 4}),
+    "vit_plus_tiny_patch4_32": ("tiny", 4, 32, {"depth": 4}),
+}
+
+
+def model_defaults(name: str) -> dict[str, Any]:
+    """The constructor arguments a registered ViT-Plus name stands for."""
+    return dict(_DEFAULTS[name])
+
+
+_DEFAULTS: dict[str, dict[str, Any]] = {}
+
+
+def _entrypoint(name: str) -> Callable[..., VisionTransformerPlus]:
+    def create(pretrained: bool = False, **kwargs: Any) -> VisionTransformerPlus:
+        if pretrained:
+            raise ValueError(
+                f"{name} has no hosted weights; load a local checkpoint with edgevit.models.load"
+            )
+        for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
+            kwargs.pop(key, None)
+        model = VisionTransformerPlus(**{**_DEFAULTS[name], **kwargs})
+        img = model.patch_embed.img_size
+        model.pretrained_cfg = {  # type: ignore[assignment]
+            "architecture": name,
+            "input_size": (3, img[0], img[1]),
+            "mean": IMAGENET_MEAN,
+            "std": IMAGENET_STD,
+            "interpolation": "bicubic",
+            "crop_pct": 0.9,
+            "num_classes": model.num_classes,
+        }
+        return model
+
+    create.__name__ = create.__qualname__ = name
+    create.__module__ = __name__
+    create.__doc__ = f"ViT-Plus {name} (random init)."
+    return create
+
+
+def _register_all() -> None:
+    entries: dict[str, tuple[str, int, int, dict[str, Any]]] = {}
+    for size in VARIANTS:
+        for patch, img in _RESOLUTIONS:
+            entries[f"vit_plus_{size}_patch{patch}_{img}"] = (size, patch, img, {})
+    entries.update(_EXTRA)
+    module = sys.modules[__name__]
+    for name, (size, patch, img, extra) in entries.items():
+        v = VARIANTS[size]
+        _DEFAULTS[name] = {
+            "img_size": img,
+            "patch_size": patch,
+            "embed_dim": v.embed_dim,
+            "depth": v.depth,
+            "num_heads": v.num_heads,
+            "mlp_ratio": v.mlp_ratio,
+            **extra,
+        }
+        fn = _entrypoint(name)
+        setattr(module, name, fn)
+        register_model(fn)
+
+
+_register_all()

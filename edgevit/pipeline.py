@@ -1,0 +1,314 @@
+"""Orchestration: recipe -> float reference -> stages -> ONNX -> per-target lower + check -> report."""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from edgevit import __version__
+from edgevit.check import accuracy, gates, latency
+from edgevit.data import load_data
+from edgevit.data.transforms import preprocess
+from edgevit.devices import resolve_device
+from edgevit.errors import EdgeVitError
+from edgevit.fileio import atomic_write_json, atomic_write_text
+from edgevit.hostinfo import host_facts
+from edgevit.models.load import LoadedModel, load, save
+from edgevit.recipe.loader import load_recipe
+from edgevit.recipe.schema import Recipe, TargetSpec
+from edgevit.report.document import Report, render_markdown
+from edgevit.stages.export import OPSET, export_onnx
+from edgevit.targets import TARGETS, LowerRequest
+from edgevit.workspace import Workspace
+
+Log = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that shape the artifacts (backends only if installed)."""
+    import importlib.metadata as md
+
+    versions = {"edgevit": __version__, "python": platform.python_version()}
+    for dist in ("torch", "timm", "onnx", "onnxscript", "numpy", "onnxruntime", "openvino", "nncf"):
+        with contextlib.suppress(md.PackageNotFoundError):
+            versions[dist] = md.version(dist)
+    return versions
+
+
+def _load_reference(recipe: Recipe) -> LoadedModel:
+    spec = recipe.model
+    checkpoint: str | Path | None = spec.checkpoint
+    if spec.checkpoint is not None and not spec.checkpoint.startswith("builtin:"):
+        path = Path(spec.checkpoint).expanduser()
+        checkpoint = path if path.is_absolute() else recipe.base_dir / path
+    torch.manual_seed(0)  # a name-only model gets the same random weights every run
+    return load(spec.name, checkpoint, num_classes=spec.num_classes)
+
+
+def _logits(model: torch.nn.Module, x: np.ndarray, batch: int) -> np.ndarray:
+    with torch.no_grad():
+        return (
+            np.concatenate(
+                [model(torch.from_numpy(x[i : i + batch])).numpy() for i in range(0, len(x), batch)]
+            )
+            if len(x)
+            else np.zeros((0, 0), np.float32)
+        )
+
+
+class Build:
+    """One run of a recipe into a build directory."""
+
+    def __init__(self, recipe: Recipe, out_dir: Path, log: Log) -> None:
+        self.recipe = recipe
+        self.ws = Workspace(out_dir)
+        self.log = log
+        self.versions = library_versions()
+
+    def run(self) -> Report:
+        """Build every target, check it, write the report files, and return the report."""
+        r = self.recipe
+        started = time.time()
+        ref = _load_reference(r)
+        cfg = ref.config
+        self.log(
+            f"model {cfg.architecture} ({sum(p.numel() for p in ref.model.parameters()) / 1e6:.2f}M params)"
+        )
+
+        ref_key = {"checkpoint_sha256": ref.sha256, "spec": r.model.model_dump(), "config": cfg.model_dump()}
+        ref_step = self.ws.step(
+            "reference", ref_key, lambda d: save(ref.model, cfg, d), {"producer": "models.load"}
+        )
+        weights_sha = ref_step.outputs["model.safetensors"]
+
+        eval_raw = load_data(r.data.evaluation, cfg.class_names, r.base_dir)
+        if len(eval_raw) == 0:
+            raise EdgeVitError(f"evaluation data {eval_raw.description} is empty", "check data.evaluation")
+
+        def make_eval(d: Path) -> None:
+            x = preprocess(eval_raw, cfg)
+            np.savez(
+                d / "bundle.npz",
+                inputs=x,
+                labels=eval_raw.labels,
+                reference_logits=_logits(ref.model, x, r.check.eval_batch),
+            )
+
+        eval_step = self.ws.step(
+            "eval",
+            {
+                "weights": weights_sha,
+                "data": eval_raw.sha256(),
+                "config": cfg.model_dump(),
+                "torch": self.versions["torch"],
+            },
+            make_eval,
+            {"producer": "data+reference", "data": eval_raw.description},
+        )
+        bundle = np.load(eval_step.path("bundle.npz"))
+        x_eval, labels, ref_logits = bundle["inputs"], bundle["labels"], bundle["reference_logits"]
+        ref_top1 = accuracy.top1(ref_logits, labels)
+        self.log(f"float reference top-1 {ref_top1:.2f}% on {len(labels)} images ({eval_raw.description})")
+
+        calibration = None
+        calib_sha = None
+        q = r.quantize()
+        if q is not None:
+            calib_raw = load_data(r.data.calibration, cfg.class_names, r.base_dir)
+            calib_step = self.ws.step(
+                "stages/quantize",
+                {"data": calib_raw.sha256(), "config": cfg.model_dump()},
+                lambda d: np.save(d / "calibration.npy", preprocess(calib_raw, cfg)),
+                {"producer": "stages.quantize", "data": calib_raw.description, "stage": q.model_dump()},
+            )
+            calibration = np.load(calib_step.path("calibration.npy"))
+            calib_sha = calib_step.outputs["calibration.npy"]
+            self.log(f"calibration: {len(calibration)} images ({calib_raw.description})")
+
+        export_step = self.ws.step(
+            "export",
+            {
+                "weights": weights_sha,
+                "config": cfg.model_dump(),
+                "opset": OPSET,
+                "torch": self.versions["torch"],
+                "onnxscript": self.versions.get("onnxscript"),
+            },
+            lambda d: export_onnx(ref.model, cfg.input_size, d / "model.onnx"),
+            {"producer": "stages.export", "opset": OPSET},
+        )
+        onnx_path = export_step.path("model.onnx")
+        self.log(f"export: {export_step.name}/model.onnx{' (reused)' if export_step.reused else ''}")
+
+        results = []
+        for spec in r.targets:
+            request = LowerRequest(onnx_path, spec.precision, cfg, spec.options, q, calibration)
+            results.append(
+                self._target(
+                    spec, request, export_step.outputs["model.onnx"], calib_sha, x_eval, labels, ref_logits
+                )
+            )
+
+        gate_results = []
+        for entry, spec in zip(results, r.targets, strict=True):
+            gate_results += gates.evaluate(entry, spec.gates or r.gates)
+        doc: dict[str, Any] = {
+            "format_version": 1,
+            "recipe": r.name,
+            "description": r.description,
+            "created_unix": round(started),
+            "duration_s": round(time.time() - started, 2),
+            "reference": {
+                "model": cfg.architecture,
+                "checkpoint": str(ref.checkpoint) if ref.checkpoint else None,
+                "sha256": weights_sha,
+                "top1": round(ref_top1, 4),
+                "samples": len(labels),
+                "evaluation": eval_raw.description,
+                "where": "host",
+            },
+            "targets": results,
+            "gates": [g.to_dict() for g in gate_results],
+            "passed": all(g.passed for g in gate_results) and all(t["status"] != "failed" for t in results),
+            "host": host_facts(),
+            "versions": self.versions,
+        }
+        return self._write_report(doc)
+
+    def _target(
+        self,
+        spec: TargetSpec,
+        request: LowerRequest,
+        onnx_sha: str,
+        calib_sha: str | None,
+        x_eval: np.ndarray,
+        labels: np.ndarray,
+        ref_logits: np.ndarray,
+    ) -> dict[str, Any]:
+        r = self.recipe
+        target = TARGETS.get(spec.backend)
+        entry: dict[str, Any] = {
+            "name": spec.name,
+            "backend": spec.backend,
+            "precision": spec.precision,
+            "status": "ok",
+            "reason": None,
+            "where": "host",
+        }
+        device = resolve_device(spec.device)
+        if device.transport != "local":
+            return {
+                **entry,
+                "status": "skipped",
+                "where": f"device:{device.name}",
+                "reason": f"device {device.name} is reached by {device.transport}; this build runs "
+                "only local targets",
+            }
+        avail = target.availability()
+        if not avail.available:
+            self.log(f"{spec.name}: skipped ({avail.reason})")
+            return {**entry, "status": "skipped", "reason": avail.reason}
+        entry["versions"] = avail.versions
+        key = {
+            "onnx": onnx_sha,
+            "backend": spec.backend,
+            "revision": target.revision,
+            "precision": spec.precision,
+            "options": spec.options,
+            "versions": avail.versions,
+            "quantize": request.quantize.model_dump()
+            if request.quantize and spec.precision == "int8"
+            else None,
+            "calibration": calib_sha if spec.precision == "int8" else None,
+        }
+        threads = spec.threads or device.threads or r.check.threads
+        try:
+            step = self.ws.step(
+                f"targets/{spec.name}",
+                key,
+                lambda d: target.lower(request, d),
+                {
+                    "producer": f"targets.{spec.backend}",
+                    "precision": spec.precision,
+                    "versions": avail.versions,
+                },
+            )
+            main = next(p for p in ("model.onnx", "model.xml") if p in step.outputs)
+            artifact = step.path(main)
+            with target.runner(artifact, threads, request.model_config.input_size) as runner:
+                logits = np.concatenate(
+                    [
+                        runner.infer(x_eval[i : i + r.check.eval_batch])
+                        for i in range(0, len(x_eval), r.check.eval_batch)
+                    ]
+                )
+                lat = latency.measure(runner, x_eval[: r.check.batch], r.check.warmup, r.check.runs)
+        except EdgeVitError as exc:
+            self.log(f"{spec.name}: failed ({exc})")
+            return {**entry, "status": "failed", "reason": str(exc)}
+        except Exception as exc:  # a backend crashed: report it on this target, keep building the rest
+            self.log(f"{spec.name}: failed ({type(exc).__name__}: {exc})")
+            return {**entry, "status": "failed", "reason": f"{type(exc).__name__}: {str(exc)[:500]}"}
+        acc = accuracy.compare(logits, labels, ref_logits)
+        size = sum((step.directory / rel).stat().st_size for rel in step.outputs)
+        self.log(
+            f"{spec.name}: top-1 {acc.top1:.2f}% (drop {acc.top1_drop:+.2f}), agreement "
+            f"{acc.agreement:.4f}, cosine {acc.cosine:.5f}, p50 {lat.p50:.3f} ms"
+            f"{' (artifact reused)' if step.reused else ''}"
+        )
+        return {
+            **entry,
+            "accuracy": acc.to_dict(),
+            "latency_ms": lat.to_dict(),
+            "size_bytes": size,
+            "artifact": str(artifact.relative_to(self.ws.root)),
+            "sha256": step.outputs[main],
+            "files": sorted(step.outputs),
+            "reused": step.reused,
+            "device": device.name,
+        }
+
+    def _write_report(self, doc: dict[str, Any]) -> Report:
+        root = self.ws.root
+        atomic_write_json(root / "report.json", doc)
+        atomic_write_text(root / "report.md", render_markdown(doc))
+        manifest = self.ws.manifest([root / "report.json", root / "report.md"], self.versions)
+        manifest["recipe"] = self.recipe.model_dump(mode="json")
+        atomic_write_json(root / "manifest.json", manifest)
+        return Report(doc, root)
+
+
+def build(
+    recipe: Recipe | str | Path,
+    out_dir: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    log: Log | None = None,
+) -> Report:
+    """Build a recipe: every target lowered, checked against the float reference, and reported.
+
+    Args:
+        recipe: a Recipe, a path to a recipe file, or a built-in recipe name.
+        out_dir: build directory (default ``build/<recipe name>``); finished steps are reused.
+        overrides: ``key.path=value`` strings applied to the recipe before validation.
+        log: receives one line per step (default: silent).
+
+    Returns:
+        The Report (also written as report.json, report.md and manifest.json in ``out_dir``).
+    """
+    if not isinstance(recipe, Recipe):
+        recipe = load_recipe(recipe, overrides)
+    elif overrides:
+        raise ValueError("overrides apply only when the recipe is loaded by name or path")
+    out = Path(out_dir) if out_dir is not None else Path("build") / recipe.name
+    return Build(recipe, out, log or _quiet).run()

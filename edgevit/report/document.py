@@ -1,0 +1,78 @@
+"""The build report: report.json (machines) and report.md (people)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Report:
+    """A finished build's report document and where it was written."""
+
+    data: dict[str, Any]
+    directory: Path
+
+    @property
+    def passed(self) -> bool:
+        """True when every gate passed and no target failed."""
+        return bool(self.data["passed"])
+
+    def target(self, name: str) -> dict[str, Any]:
+        """One target's entry by name."""
+        return next(t for t in self.data["targets"] if t["name"] == name)
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def render_markdown(doc: dict[str, Any]) -> str:
+    """A people-readable summary with one row per target and one per gate."""
+    ref = doc["reference"]
+    lines = [
+        f"# edgevit build: {doc['recipe']}",
+        "",
+        doc.get("description") or "",
+        "",
+        f"Float reference **{ref['model']}**: top-1 **{ref['top1']:.2f}%** on {ref['samples']} images "
+        f"({ref['evaluation']}), measured on the host with PyTorch.",
+        "",
+        "| target | backend | precision | status | where | top-1 % | drop (pts) | agreement | cosine "
+        "| SQNR dB | p50 ms | p90 ms | p99 ms | size |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for t in doc["targets"]:
+        acc, lat = t.get("accuracy") or {}, t.get("latency_ms") or {}
+        size = t.get("size_bytes")
+        lines.append(
+            f"| {t['name']} | {t['backend']} | {t['precision']} | {t['status']} | {t['where']} "
+            f"| {_fmt(acc.get('top1'), '.2f')} | {_fmt(acc.get('top1_drop'), '+.2f')} "
+            f"| {_fmt(acc.get('agreement'), '.4f')} | {_fmt(acc.get('cosine'), '.5f')} "
+            f"| {_fmt(acc.get('sqnr_db'), '.1f')} | {_fmt(lat.get('p50'), '.3f')} | {_fmt(lat.get('p90'), '.3f')} "
+            f"| {_fmt(lat.get('p99'), '.3f')} | {'—' if size is None else f'{size / 1e6:.2f} MB'} |"
+        )
+    notes = [f"- **{t['name']}** {t['status']}: {t['reason']}" for t in doc["targets"] if t.get("reason")]
+    if notes:
+        lines += ["", *notes]
+    lat_runs = next((t["latency_ms"] for t in doc["targets"] if t.get("latency_ms")), None)
+    if lat_runs:
+        host = doc.get("host", {})
+        lines += [
+            "",
+            f"Latency: batch {lat_runs['batch']}, {lat_runs['threads']} threads, "
+            f"{lat_runs['warmup']} warm-up + {lat_runs['runs']} timed runs per target, on "
+            f"{host.get('cpu', '?')} ({host.get('cores', '?')} cores; "
+            f"{', '.join(host.get('cpu_flags') or ['no AVX2/AVX-512 flags'])}).",
+        ]
+    lines += ["", "## Gates", "", "| target | gate | limit | value | result |", "|---|---|---|---|---|"]
+    for g in doc["gates"]:
+        value = "—" if g["value"] is None else f"{g['value']:.4g}"
+        verdict = "pass" if g["passed"] else "**FAIL**"
+        lines.append(
+            f"| {g['target']} | {g['name']} | {g['limit']:g} | {value} | {verdict}"
+            f"{' (' + g['note'] + ')' if g.get('note') else ''} |"
+        )
+    lines += ["", f"**Result: {'PASSED' if doc['passed'] else 'FAILED'}**", ""]
+    return "\n".join(lines)

@@ -1,0 +1,126 @@
+"""Target and Runner: the two abstractions every backend implements.
+
+A Target turns the exported ONNX model into a backend artifact (``lower``) and opens a Runner
+on it. A Runner's public ``infer`` checks inputs and outputs once for all backends; subclasses
+implement ``_load``/``_infer``/``_close`` only.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, ClassVar
+
+import numpy as np
+
+from edgevit.errors import LoweringError, TargetUnavailableError
+from edgevit.models.config import ModelConfig
+from edgevit.recipe.schema import QuantizeStage
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+
+
+@dataclass(frozen=True)
+class Availability:
+    """Whether a backend can run here, and why not."""
+
+    available: bool
+    reason: str = ""
+    versions: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class LowerRequest:
+    """Everything a Target needs to build one artifact."""
+
+    onnx_path: Path
+    precision: str
+    model_config: ModelConfig
+    options: dict[str, Any]
+    quantize: QuantizeStage | None = None
+    calibration: np.ndarray | None = None  # preprocessed N x C x H x W float32
+
+
+class Runner(ABC):
+    """Runs one artifact. Use as a context manager: ``with runner: runner.infer(batch)``."""
+
+    def __init__(self, artifact: Path, threads: int, input_shape: tuple[int, int, int]) -> None:
+        self.artifact = artifact
+        self.threads = threads
+        self.input_shape = input_shape
+        self._open = False
+
+    def __enter__(self) -> Runner:
+        self._load()
+        self._open = True
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._open = False
+        self._close()
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """Run a float32 N x C x H x W batch; return N x num_classes float32 logits."""
+        if not self._open:
+            raise RuntimeError("open the runner first: `with runner: ...`")
+        if batch.dtype != np.float32 or batch.ndim != 4 or tuple(batch.shape[1:]) != self.input_shape:
+            raise ValueError(f"expected float32 N x {self.input_shape}, got {batch.dtype} {batch.shape}")
+        out = np.asarray(self._infer(np.ascontiguousarray(batch)), dtype=np.float32)
+        if out.ndim != 2 or out.shape[0] != batch.shape[0]:
+            raise LoweringError(f"{self.artifact} returned shape {out.shape} for batch {batch.shape}")
+        return out
+
+    @abstractmethod
+    def _load(self) -> None: ...
+
+    @abstractmethod
+    def _infer(self, batch: np.ndarray) -> np.ndarray: ...
+
+    def _close(self) -> None:  # noqa: B027  (optional hook)
+        """Release backend resources."""
+
+
+class Target(ABC):
+    """A backend: what it builds, whether it runs here, how to lower and run."""
+
+    name: ClassVar[str]
+    precisions: ClassVar[tuple[str, ...]]
+    modules: ClassVar[tuple[str, ...]]  # import names whose presence makes the backend available
+    extra: ClassVar[str]  # pip extra that installs it
+    revision: ClassVar[int] = 1  # bump when lowering changes its output: invalidates cached artifacts
+
+    def availability(self) -> Availability:
+        """Import the backend's modules; report versions or the reason it cannot run."""
+        versions = {}
+        for module in self.modules:
+            try:
+                mod = importlib.import_module(module)
+            except Exception as exc:  # ImportError, or a broken native library
+                return Availability(
+                    False,
+                    f"{module} is not importable ({type(exc).__name__}: {str(exc)[:120]}); "
+                    f"install it with: pip install 'edgevit[{self.extra}]'",
+                )
+            versions[module] = str(getattr(mod, "__version__", getattr(mod, "get_version", lambda: "?")()))
+        return Availability(True, "", versions)
+
+    def require(self) -> Availability:
+        """Like availability(), but raise TargetUnavailableError when the backend cannot run."""
+        avail = self.availability()
+        if not avail.available:
+            raise TargetUnavailableError(f"backend {self.name} is unavailable: {avail.reason}")
+        return avail
+
+    @abstractmethod
+    def lower(self, request: LowerRequest, workdir: Path) -> Path:
+        """Build the artifact for ``request`` inside ``workdir``; return its main file."""
+
+    @abstractmethod
+    def runner(self, artifact: Path, threads: int, input_shape: tuple[int, int, int]) -> Runner:
+        """A Runner for an artifact this target built."""

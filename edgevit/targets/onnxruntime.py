@@ -1,0 +1,114 @@
+"""ONNX Runtime target: FP32 ONNX, and INT8 static QDQ (per-channel symmetric weights)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgevit.errors import LoweringError
+from edgevit.targets.base import INPUT_NAME, LowerRequest, Runner, Target
+from edgevit.targets.calibration import calibration_batches
+from edgevit.targets.graph import quantizable_nodes
+
+QUANTIZED_OP_TYPES = ["MatMul", "Gemm", "Conv"]
+
+
+class OrtRunner(Runner):
+    """Runs an .onnx file on ONNX Runtime's CPU execution provider."""
+
+    _session: Any = None
+
+    def _load(self) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.threads
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        self._session = ort.InferenceSession(str(self.artifact), opts, providers=["CPUExecutionProvider"])
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        return self._session.run(None, {INPUT_NAME: batch})[0]
+
+    def _close(self) -> None:
+        self._session = None
+
+
+class OrtTarget(Target):
+    """ONNX Runtime on the host CPU."""
+
+    name = "onnxruntime"
+    precisions = ("fp32", "int8")
+    modules = ("onnxruntime",)
+    extra = "onnxruntime"
+
+    def lower(self, request: LowerRequest, workdir: Path) -> Path:
+        self.require()
+        out = workdir / "model.onnx"
+        if request.precision == "fp32":
+            shutil.copyfile(request.onnx_path, out)
+            return out
+        return self._quantize(request, workdir, out)
+
+    def _quantize(self, request: LowerRequest, workdir: Path, out: Path) -> Path:
+        from onnxruntime.quantization import (
+            CalibrationDataReader,
+            CalibrationMethod,
+            QuantFormat,
+            QuantType,
+            quantize_static,
+        )
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        assert request.quantize is not None
+        q = request.quantize
+        prepared = workdir / "prepared.onnx"
+        quant_pre_process(str(request.onnx_path), str(prepared))
+        if not quantizable_nodes(prepared, q):
+            raise LoweringError("the quantize scope selects no node", "set stages[].matmul_scope: all")
+
+        class Reader(CalibrationDataReader):  # type: ignore[misc]
+            def __init__(self) -> None:
+                self._it = iter(calibration_batches(request))
+
+            def get_next(self) -> dict[str, np.ndarray] | None:
+                batch = next(self._it, None)
+                return None if batch is None else {INPUT_NAME: batch}
+
+        nodes = quantizable_nodes(prepared, q)
+        method = {
+            "minmax": CalibrationMethod.MinMax,
+            "percentile": CalibrationMethod.Percentile,
+            "entropy": CalibrationMethod.Entropy,
+        }[q.method]
+        try:
+            quantize_static(
+                str(prepared),
+                str(out),
+                Reader(),
+                quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=QUANTIZED_OP_TYPES,
+                nodes_to_quantize=nodes,
+                per_channel=q.per_channel,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=method,
+                extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
+            )
+        except Exception as exc:  # the quantizer raises bare exceptions of many kinds
+            raise LoweringError(f"ONNX Runtime quantization failed: {type(exc).__name__}: {exc}") from exc
+        finally:
+            prepared.unlink(missing_ok=True)
+        return out
+
+    def runner(self, artifact: Path, threads: int, input_shape: tuple[int, int, int]) -> Runner:
+        return OrtRunner(artifact, threads, input_shape)
+
+
+from edgevit.targets import TARGETS  # noqa: E402
+
+TARGETS.add(OrtTarget.name, OrtTarget())

@@ -1,0 +1,192 @@
+"""Train or fine-tune a classifier on a dataset: seeded, resumable, checkpoint + config out."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from edgevit.data import DataSpec, load_data
+from edgevit.data.transforms import preprocess
+from edgevit.errors import EdgeVitError
+from edgevit.fileio import atomic_write_bytes, atomic_write_json
+from edgevit.models.config import ModelConfig
+from edgevit.models.load import config_for, create, load, save
+
+STATE_FILE = "train_state.pt"
+LOG_FILE = "train.json"
+
+
+class TrainConfig(BaseModel):
+    """Everything that determines a training run (its hash names the builtin cache entry)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    model: str = "vit_plus_tiny_patch8_32"
+    init_checkpoint: str | None = Field(default=None, description="fine-tune from this checkpoint")
+    model_kwargs: dict[str, Any] = Field(default_factory=dict)
+    data: str = "digits"
+    epochs: int = Field(default=40, gt=0)
+    batch_size: int = Field(default=64, gt=0)
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.05, ge=0)
+    warmup_epochs: int = Field(default=3, ge=0)
+    label_smoothing: float = Field(default=0.1, ge=0, lt=1)
+    shift_pixels: int = Field(default=2, ge=0, description="random translation augmentation")
+    seed: int = 0
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    interpolation: Literal["nearest", "bilinear", "bicubic"] = "bilinear"
+    crop_pct: float = Field(default=1.0, gt=0, le=1)
+
+
+def _shift(x: torch.Tensor, pixels: int, gen: torch.Generator) -> torch.Tensor:
+    """Random translation by up to ``pixels`` (edge-replicated padding, then a random crop)."""
+    if pixels == 0:
+        return x
+    n, _, h, w = x.shape
+    padded = F.pad(x, (pixels,) * 4, mode="replicate")
+    offs = torch.randint(0, 2 * pixels + 1, (n, 2), generator=gen)
+    return torch.stack([padded[i, :, oy : oy + h, ox : ox + w] for i, (oy, ox) in enumerate(offs.tolist())])
+
+
+def evaluate_top1(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 256) -> float:
+    """Top-1 accuracy in percent of ``model`` on preprocessed inputs."""
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            correct += int((model(x[i : i + batch]).argmax(-1) == y[i : i + batch]).sum())
+    return 100.0 * correct / max(1, len(x))
+
+
+def _build(cfg: TrainConfig, class_names: list[str]) -> tuple[nn.Module, ModelConfig]:
+    n = len(class_names)
+    if cfg.init_checkpoint:
+        loaded = load(cfg.model, cfg.init_checkpoint, **cfg.model_kwargs)
+        model = loaded.model
+        if getattr(model, "num_classes", n) != n:
+            model.reset_classifier(n)  # type: ignore[operator]
+        mcfg = loaded.config.model_copy(update={"num_classes": n, "class_names": class_names})
+        return model, mcfg
+    model = create(cfg.model, num_classes=n, **cfg.model_kwargs)
+    mcfg = config_for(
+        cfg.model,
+        model,
+        mean=cfg.mean,
+        std=cfg.std,
+        interpolation=cfg.interpolation,
+        crop_pct=cfg.crop_pct,
+        class_names=class_names,
+        model_kwargs=dict(cfg.model_kwargs),
+    )
+    return model, mcfg
+
+
+def train(cfg: TrainConfig, out_dir: Path, progress: bool = True) -> dict[str, Any]:
+    """Train per ``cfg`` into ``out_dir`` (model.safetensors, config.json, train.json).
+
+    A run interrupted after an epoch resumes from ``train_state.pt`` when called again with
+    the same config; a different config in the same directory is an error.
+    """
+    from tqdm import tqdm
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    train_raw = load_data(DataSpec(source=cfg.data, split="train"))
+    val_raw = load_data(DataSpec(source=cfg.data, split="val"), train_raw.class_names)
+    model, mcfg = _build(cfg, train_raw.class_names)
+    x_tr = torch.from_numpy(preprocess(train_raw, mcfg))
+    y_tr = torch.from_numpy(train_raw.labels)
+    x_va, y_va = torch.from_numpy(preprocess(val_raw, mcfg)), torch.from_numpy(val_raw.labels)
+
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(x_tr) / cfg.batch_size)
+    total, warm = cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch
+
+    def lr_at(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    history: list[dict[str, float]] = []
+    start_epoch = 0
+    state_path = out_dir / STATE_FILE
+    if state_path.is_file():
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        if state.get("config") != cfg.model_dump_json():
+            raise EdgeVitError(
+                f"{out_dir} holds a training run with a different config", "use another --out directory"
+            )
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start_epoch = int(state["epoch"])
+        history = json.loads(state["history"])
+
+    bar = tqdm(
+        range(start_epoch, cfg.epochs),
+        desc=f"train {cfg.model}",
+        disable=not progress,
+        initial=start_epoch,
+        total=cfg.epochs,
+        unit="epoch",
+    )
+    t0 = time.perf_counter()
+    for epoch in bar:
+        model.train()
+        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        order = torch.randperm(len(x_tr), generator=gen)
+        losses = []
+        for i in range(0, len(order), cfg.batch_size):
+            idx = order[i : i + cfg.batch_size]
+            xb = _shift(x_tr[idx], cfg.shift_pixels, gen)
+            loss = F.cross_entropy(model(xb), y_tr[idx], label_smoothing=cfg.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+        val = evaluate_top1(model, x_va, y_va)
+        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_top1": val})
+        bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", val_top1=f"{val:.1f}")
+        state = {
+            "config": cfg.model_dump_json(),
+            "epoch": epoch + 1,
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "history": json.dumps(history),
+        }
+        tmp = out_dir / f".{STATE_FILE}.tmp"
+        torch.save(state, tmp)
+        atomic_write_bytes(state_path, tmp.read_bytes())
+        tmp.unlink()
+
+    model.eval()
+    result: dict[str, Any] = {
+        "config": cfg.model_dump(mode="json"),
+        "history": history,
+        "val_top1": history[-1]["val_top1"] if history else None,
+        "seconds_this_run": round(time.perf_counter() - t0, 1),
+    }
+    try:
+        test_raw = load_data(DataSpec(source=cfg.data, split="test"), train_raw.class_names)
+        result["test_top1"] = evaluate_top1(
+            model, torch.from_numpy(preprocess(test_raw, mcfg)), torch.from_numpy(test_raw.labels)
+        )
+    except EdgeVitError:
+        result["test_top1"] = None  # a folder source may have no test split
+    save(model, mcfg, out_dir)
+    atomic_write_json(out_dir / LOG_FILE, result)
+    state_path.unlink(missing_ok=True)
+    return result
