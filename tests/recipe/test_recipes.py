@@ -1,0 +1,82 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from edgevit.errors import RecipeError
+from edgevit.recipe import builtin_recipes, load_recipe
+from edgevit.recipe.loader import apply_override
+
+BASE = {
+    "name": "t",
+    "model": {"checkpoint": "builtin:digits"},
+    "data": {"calibration": "digits-train-256", "evaluation": "digits-test"},
+    "stages": [{"stage": "quantize"}],
+    "targets": [{"name": "a", "backend": "onnxruntime", "precision": "int8"}],
+}
+
+
+def write(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize("name", sorted(builtin_recipes()))
+def test_every_shipped_recipe_validates(name: str) -> None:
+    recipe = load_recipe(name)
+    assert recipe.name == name
+    assert recipe.description
+
+
+def test_shipped_default_recipes_exist() -> None:
+    assert {"digits-ort-int8", "x86-openvino-int8"} <= set(builtin_recipes())
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            lambda d: d["stages"][0].update(method="bogus"),
+            r"stages\[0\]\.method: Input should be .*got 'bogus'",
+        ),
+        (lambda d: d["targets"][0].update(colour="red"), r"targets\[0\]\.colour: unknown key"),
+        (
+            lambda d: d.update(gates={"max_top1_drop": -1}),
+            r"gates\.max_top1_drop: .*greater than or equal to 0",
+        ),
+        (lambda d: d["targets"][0].update(threads="many"), r"targets\[0\]\.threads: .*integer.*got 'many'"),
+        (lambda d: d.update(stages=[]), r"int8 targets need a `quantize` stage"),
+        (lambda d: d["targets"].append(dict(d["targets"][0])), r"target names must be unique; repeated: a"),
+        (lambda d: d["targets"][0].update(backend="tpu"), r"unknown backend 'tpu'.*onnxruntime, openvino"),
+        (lambda d: d["data"].update(calibration="nope"), r"data manifest 'nope' not found"),
+        (lambda d: d.pop("targets"), r"targets: Field required"),
+    ],
+)
+def test_bad_recipes_name_the_field(tmp_path: Path, change, message: str) -> None:
+    data = yaml.safe_load(yaml.safe_dump(BASE))
+    change(data)
+    with pytest.raises(RecipeError, match=message):
+        load_recipe(write(tmp_path, data))
+
+
+def test_overrides_set_nested_values_and_list_items(tmp_path: Path) -> None:
+    path = write(tmp_path, BASE)
+    recipe = load_recipe(path, ["gates.max_top1_drop=0.25", "targets.0.threads=1", "check.runs=7"])
+    assert recipe.gates.max_top1_drop == 0.25 and recipe.targets[0].threads == 1 and recipe.check.runs == 7
+    with pytest.raises(RecipeError, match="no '='"):
+        load_recipe(path, ["gates.max_top1_drop"])
+    with pytest.raises(RecipeError, match="not an existing list item"):
+        apply_override({"targets": []}, "targets.3.threads=1")
+
+
+def test_unknown_recipe_lists_builtin_names() -> None:
+    with pytest.raises(RecipeError, match="digits-ort-int8"):
+        load_recipe("no-such-recipe")
+
+
+def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: x\nmodel: [unclosed\n")
+    with pytest.raises(RecipeError, match=r"line \d+: not valid YAML"):
+        load_recipe(path)

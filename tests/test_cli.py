@@ -1,0 +1,46 @@
+import json
+import subprocess
+import sys
+
+from tests.conftest import run_cli
+
+
+def test_import_edgevit_loads_no_backend() -> None:
+    code = (
+        "import sys, edgevit; edgevit.Recipe; edgevit.load_recipe('digits-ort-int8');"
+        "import edgevit.targets;"
+        "bad = [m for m in ('onnxruntime', 'openvino', 'nncf', 'coremltools', 'tensorrt') if m in sys.modules];"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_recipes_targets_models_list() -> None:
+    recipes = run_cli("recipes", "--json")
+    assert recipes.returncode == 0
+    assert {"digits-ort-int8", "x86-openvino-int8"} <= {r["name"] for r in json.loads(recipes.stdout)}
+    targets = json.loads(run_cli("targets", "--json").stdout)
+    assert {t["backend"] for t in targets} == {"onnxruntime", "openvino"}
+    assert all(t["available"] == (not t["reason"]) for t in targets)
+    models = json.loads(run_cli("models", "--json").stdout)
+    assert "vit_plus_base_patch16_224" in models
+
+
+def test_user_errors_are_one_line_exit_2(tmp_path) -> None:
+    (tmp_path / "empty").mkdir()
+    out = str(tmp_path / "build")
+    cases = [
+        ("build", "no-such-recipe", "-o", out),
+        ("build", "digits-ort-int8", "-o", out, "--set", "stages.0.method=bogus"),
+        ("build", "digits-ort-int8", "-o", out, "--set", "model.checkpoint=/does/not/exist.safetensors"),
+        ("build", "digits-ort-int8", "-o", out, "--set", "model.name=vit_plus_nonexistent"),
+        ("build", "digits-ort-int8", "-o", out, "--set", f"data.evaluation={{source: {tmp_path / 'empty'}}}"),
+        ("train", "--data", str(tmp_path / "missing"), "-o", str(tmp_path / "out")),
+        ("train", "--epochs", "0", "-o", str(tmp_path / "out")),
+    ]
+    for args in cases:
+        proc = run_cli(*args, "--quiet")
+        assert proc.returncode == 2, (args, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("edgevit: error: "), (args, proc.stderr)

@@ -1,0 +1,64 @@
+from pathlib import Path
+
+import pytest
+
+import edgevit.train as train_mod
+from edgevit.errors import EdgeVitError
+from edgevit.models.load import load
+from edgevit.train import TrainConfig, train
+from tests.conftest import write_image_folder
+
+CFG = dict(
+    model="vit_plus_tiny_patch8_32", model_kwargs={"depth": 1}, epochs=3, batch_size=8, warmup_epochs=1
+)
+
+
+def test_train_writes_a_loadable_checkpoint(tmp_path: Path) -> None:
+    data = write_image_folder(tmp_path / "imgs", {"dark": 12, "light": 12})
+    result = train(TrainConfig(data=str(data), **CFG), tmp_path / "out", progress=False)
+    assert len(result["history"]) == 3
+    loaded = load(checkpoint=tmp_path / "out")
+    assert loaded.config.class_names == ["dark", "light"] and loaded.config.num_classes == 2
+    assert not (tmp_path / "out" / "train_state.pt").exists()
+
+
+def _interrupt_after_first_epoch(cfg: TrainConfig, out: Path, monkeypatch) -> None:
+    """Run training that dies during epoch 2, after epoch 1 was checkpointed."""
+    real_eval, calls = train_mod.evaluate_top1, []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_eval(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "evaluate_top1", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, out, progress=False)
+    monkeypatch.setattr(train_mod, "evaluate_top1", real_eval)
+    assert (out / "train_state.pt").is_file()
+
+
+def test_interrupted_training_resumes_to_the_same_result(tmp_path: Path, monkeypatch) -> None:
+    data = write_image_folder(tmp_path / "imgs", {"dark": 10, "light": 10})
+    cfg = TrainConfig(data=str(data), **CFG)
+    straight = train(cfg, tmp_path / "a", progress=False)
+    _interrupt_after_first_epoch(cfg, tmp_path / "b", monkeypatch)
+    real_eval, epochs_run = train_mod.evaluate_top1, []
+
+    def counting(*args, **kwargs):
+        epochs_run.append(1)
+        return real_eval(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "evaluate_top1", counting)
+    resumed = train(cfg, tmp_path / "b", progress=False)
+    assert len(epochs_run) == 2 + 1  # epochs 2 and 3 (epoch 1 came from the checkpoint) + the test split
+    assert [h["loss"] for h in resumed["history"]] == pytest.approx([h["loss"] for h in straight["history"]])
+
+
+def test_resuming_with_another_config_is_refused(tmp_path: Path, monkeypatch) -> None:
+    data = write_image_folder(tmp_path / "imgs", {"dark": 10, "light": 10})
+    cfg = TrainConfig(data=str(data), **CFG)
+    _interrupt_after_first_epoch(cfg, tmp_path / "run", monkeypatch)
+    with pytest.raises(EdgeVitError, match="different config"):
+        train(cfg.model_copy(update={"lr": 5e-4}), tmp_path / "run", progress=False)

@@ -1,0 +1,53 @@
+from pathlib import Path
+
+import pytest
+
+from edgevit.errors import BuildDirError
+from edgevit.fileio import atomic_write_text, confined
+from edgevit.workspace import Workspace
+
+
+def test_steps_are_cached_by_key_and_rebuilt_when_outputs_change(tmp_path: Path) -> None:
+    calls = []
+
+    def produce(d: Path) -> None:
+        calls.append(d)
+        (d / "out.txt").write_text(f"run {len(calls)}")
+
+    ws = Workspace(tmp_path)
+    first = ws.step("a", {"x": 1}, produce)
+    assert not first.reused and (tmp_path / "a" / "out.txt").read_text() == "run 1"
+    assert Workspace(tmp_path).step("a", {"x": 1}, produce).reused
+    assert len(calls) == 1
+    (tmp_path / "a" / "out.txt").write_text("tampered")
+    assert not Workspace(tmp_path).step("a", {"x": 1}, produce).reused  # hash mismatch -> rebuild
+    assert not Workspace(tmp_path).step("a", {"x": 2}, produce).reused  # new key -> rebuild
+    assert len(calls) == 3
+
+
+def test_failed_step_keeps_the_previous_outputs(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path)
+    ws.step("a", {"x": 1}, lambda d: (d / "out.txt").write_text("good"))
+
+    def crash(d: Path) -> None:
+        (d / "out.txt").write_text("half")
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        ws.step("a", {"x": 2}, crash)
+    assert (tmp_path / "a" / "out.txt").read_text() == "good"
+    assert not any(p.name.endswith(".staging") for p in tmp_path.iterdir())
+
+
+def test_paths_cannot_escape_the_build_dir(tmp_path: Path) -> None:
+    with pytest.raises(BuildDirError, match="outside the build directory"):
+        confined(tmp_path, "../etc/passwd")
+    with pytest.raises(BuildDirError):
+        Workspace(tmp_path).step("../x", {}, lambda d: None)
+
+
+def test_atomic_write_replaces_whole_files(tmp_path: Path) -> None:
+    path = tmp_path / "f.txt"
+    atomic_write_text(path, "one")
+    atomic_write_text(path, "two")
+    assert path.read_text() == "two" and [p.name for p in tmp_path.iterdir()] == ["f.txt"]
