@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +121,8 @@ class OvTarget(Target):
         return out
 
     def _quantize(self, model: Any, request: LowerRequest) -> Any:
+        # nncf imports torch's cpp_extension, which warns about CUDA on CPU-only hosts.
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
         import nncf
 
         assert request.quantize is not None
