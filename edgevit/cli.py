@@ -26,7 +26,8 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     recipe = load_recipe(args.recipe, args.set or [])
     out = Path(args.output) if args.output else Path("build") / recipe.name
-    report = build(recipe, out, log=_log(args.quiet or args.json))
+    quiet = args.quiet or args.json
+    report = build(recipe, out, log=_log(quiet), progress=not quiet and sys.stderr.isatty())
     if args.json:
         print(json.dumps(report.data, indent=2))
     elif not args.quiet:

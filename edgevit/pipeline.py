@@ -20,6 +20,7 @@ from edgevit.devices import resolve_device
 from edgevit.errors import EdgeVitError
 from edgevit.fileio import atomic_write_json, atomic_write_text
 from edgevit.hostinfo import host_facts
+from edgevit.models.builtin import resolve_builtin
 from edgevit.models.load import LoadedModel, load, save
 from edgevit.recipe.loader import load_recipe
 from edgevit.recipe.schema import Recipe, TargetSpec
@@ -46,10 +47,12 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def _load_reference(recipe: Recipe) -> LoadedModel:
+def _load_reference(recipe: Recipe, log: Log, progress: bool) -> LoadedModel:
     spec = recipe.model
     checkpoint: str | Path | None = spec.checkpoint
-    if spec.checkpoint is not None and not spec.checkpoint.startswith("builtin:"):
+    if spec.checkpoint is not None and spec.checkpoint.startswith("builtin:"):
+        checkpoint = resolve_builtin(spec.checkpoint.removeprefix("builtin:"), progress, log)
+    elif spec.checkpoint is not None:
         path = Path(spec.checkpoint).expanduser()
         checkpoint = path if path.is_absolute() else recipe.base_dir / path
     torch.manual_seed(0)  # a name-only model gets the same random weights every run
@@ -70,8 +73,9 @@ def _logits(model: torch.nn.Module, x: np.ndarray, batch: int) -> np.ndarray:
 class Build:
     """One run of a recipe into a build directory."""
 
-    def __init__(self, recipe: Recipe, out_dir: Path, log: Log) -> None:
+    def __init__(self, recipe: Recipe, out_dir: Path, log: Log, progress: bool = False) -> None:
         self.recipe = recipe
+        self.progress = progress
         self.ws = Workspace(out_dir)
         self.log = log
         self.versions = library_versions()
@@ -80,7 +84,7 @@ class Build:
         """Build every target, check it, write the report files, and return the report."""
         r = self.recipe
         started = time.time()
-        ref = _load_reference(r)
+        ref = _load_reference(r, self.log, self.progress)
         cfg = ref.config
         self.log(
             f"model {cfg.architecture} ({sum(p.numel() for p in ref.model.parameters()) / 1e6:.2f}M params)"
@@ -294,6 +298,7 @@ def build(
     out_dir: str | Path | None = None,
     overrides: list[str] | tuple[str, ...] = (),
     log: Log | None = None,
+    progress: bool = False,
 ) -> Report:
     """Build a recipe: every target lowered, checked against the float reference, and reported.
 
@@ -302,6 +307,7 @@ def build(
         out_dir: build directory (default ``build/<recipe name>``); finished steps are reused.
         overrides: ``key.path=value`` strings applied to the recipe before validation.
         log: receives one line per step (default: silent).
+        progress: show progress bars (training the builtin model the first time).
 
     Returns:
         The Report (also written as report.json, report.md and manifest.json in ``out_dir``).
@@ -311,4 +317,4 @@ def build(
     elif overrides:
         raise ValueError("overrides apply only when the recipe is loaded by name or path")
     out = Path(out_dir) if out_dir is not None else Path("build") / recipe.name
-    return Build(recipe, out, log or _quiet).run()
+    return Build(recipe, out, log or _quiet, progress).run()

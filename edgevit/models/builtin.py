@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import fcntl
 import json
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from edgevit.errors import ModelLoadError
@@ -24,8 +26,22 @@ def builtin_dir(name: str) -> Path:
     return cache_dir() / "models" / f"{name}-{sha256_bytes(cfg.model_dump_json().encode())[:12]}"
 
 
-def resolve_builtin(name: str, progress: bool = True) -> Path:
-    """The checkpoint directory of builtin ``name``, training it first if it is not cached."""
+def resolve_builtin(
+    name: str, progress: bool | None = None, log: Callable[[str], None] | None = None
+) -> Path:
+    """The checkpoint directory of builtin ``name``, training it first if it is not cached.
+
+    Args:
+        progress: show a training progress bar (default: when stderr is a terminal).
+        log: receives a line when training starts and ends (default: stderr).
+    """
+    if progress is None:
+        progress = sys.stderr.isatty()
+    if log is None:
+
+        def log(line: str) -> None:
+            print(f"edgevit: {line}", file=sys.stderr, flush=True)
+
     if name not in BUILTINS:
         raise ModelLoadError(f"unknown builtin model {name!r}", f"use one of: {', '.join(sorted(BUILTINS))}")
     out = builtin_dir(name)
@@ -37,7 +53,8 @@ def resolve_builtin(name: str, progress: bool = True) -> Path:
         if not (out / LOG_FILE).is_file():
             from edgevit.train import train
 
+            log(f"training builtin:{name} once (cached in {out})")
             result = train(BUILTINS[name], out, progress=progress)
             summary = {k: result[k] for k in ("val_top1", "test_top1", "seconds_this_run")}
-            print(f"edgevit: trained builtin:{name} -> {out} {json.dumps(summary)}", flush=True)
+            log(f"trained builtin:{name}: {json.dumps(summary)}")
     return out

@@ -102,6 +102,14 @@ class TargetSpec(Strict):
         TARGETS.get(value)  # raises with the list of valid names
         return value
 
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str | None) -> str | None:
+        from edgevit.devices import resolve_device
+
+        resolve_device(value)  # raises with the list of profiles
+        return value
+
     @model_validator(mode="after")
     def _supported_precision(self) -> TargetSpec:
         from edgevit.targets import TARGETS

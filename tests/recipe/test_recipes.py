@@ -51,6 +51,7 @@ def test_shipped_default_recipes_exist() -> None:
         (lambda d: d["targets"][0].update(backend="tpu"), r"unknown backend 'tpu'.*onnxruntime, openvino"),
         (lambda d: d["data"].update(calibration="nope"), r"data manifest 'nope' not found"),
         (lambda d: d.pop("targets"), r"targets: Field required"),
+        (lambda d: d["targets"][0].update(device="pdp-11"), r"device profile 'pdp-11' not found.*x86-avx512"),
     ],
 )
 def test_bad_recipes_name_the_field(tmp_path: Path, change, message: str) -> None:

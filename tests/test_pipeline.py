@@ -1,0 +1,47 @@
+"""In-process builds with a stand-in builtin model (1 block, 2 epochs) in a fresh cache."""
+
+from pathlib import Path
+
+import pytest
+
+import edgevit
+from edgevit.models import builtin
+from edgevit.train import TrainConfig
+
+
+@pytest.fixture
+def fresh_builtin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("EDGEVIT_CACHE", str(cache))
+    quick = TrainConfig(model="vit_plus_tiny_patch8_32", model_kwargs={"depth": 1}, epochs=2)
+    monkeypatch.setitem(builtin.BUILTINS, "digits", quick)
+    return cache
+
+
+def test_quiet_build_trains_the_builtin_once_silently(fresh_builtin: Path, tmp_path: Path, capfd) -> None:
+    report = edgevit.build(
+        "digits-ort-int8", tmp_path / "b", overrides=["check.runs=5", "gates.max_top1_drop=100"]
+    )
+    captured = capfd.readouterr()
+    assert captured.err == "" and captured.out == ""
+    assert report.passed and {t["status"] for t in report.data["targets"]} == {"ok"}
+    assert len(list((fresh_builtin / "models").glob("digits-*/model.safetensors"))) == 1
+    lines: list[str] = []
+    edgevit.build("digits-ort-int8", tmp_path / "b", overrides=["check.runs=5"], log=lines.append)
+    assert not any("training builtin" in line for line in lines)  # cached now
+    assert any(line.startswith("ort-int8: top-1") for line in lines)
+
+
+def test_missing_backend_is_reported_as_skipped(fresh_builtin: Path, tmp_path: Path, monkeypatch) -> None:
+    from edgevit.targets import TARGETS, Availability
+
+    ov = TARGETS.get("openvino")
+    monkeypatch.setattr(
+        type(ov), "availability", lambda self: Availability(False, "openvino is not importable")
+    )
+    report = edgevit.build("x86-openvino-int8", tmp_path / "b", overrides=["check.runs=5"])
+    assert [t["status"] for t in report.data["targets"]] == ["skipped", "skipped"]
+    assert report.passed  # skipped targets pass unless gates.fail_on_skipped
+    strict = edgevit.build("x86-openvino-int8", tmp_path / "b", overrides=["gates.fail_on_skipped=true"])
+    assert not strict.passed
+    assert "openvino is not importable" in (tmp_path / "b" / "report.md").read_text()
