@@ -53,8 +53,8 @@ class Workspace:
     """A build directory with cached steps."""
 
     def __init__(self, root: Path) -> None:
-        self.root = root
         root.mkdir(parents=True, exist_ok=True)
+        self.root = root.resolve()  # step paths are resolved too (confinement); keep both absolute
         self.steps: dict[str, StepResult] = {}
         self.producers: dict[str, dict[str, Any]] = {}
 

@@ -32,6 +32,14 @@ def test_quiet_build_trains_the_builtin_once_silently(fresh_builtin: Path, tmp_p
     assert any(line.startswith("ort-int8: top-1") for line in lines)
 
 
+def test_relative_build_dir(fresh_builtin: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    report = edgevit.build("digits-ort-int8", overrides=["check.runs=5", "gates.max_top1_drop=100"])
+    assert report.directory == tmp_path / "build" / "digits-ort-int8"
+    assert report.target("ort-int8")["artifact"] == "targets/ort-int8/model.onnx"
+    assert (tmp_path / "build" / "digits-ort-int8" / "report.json").is_file()
+
+
 def test_missing_backend_is_reported_as_skipped(fresh_builtin: Path, tmp_path: Path, monkeypatch) -> None:
     from edgevit.targets import TARGETS, Availability
 
