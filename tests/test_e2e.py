@@ -88,3 +88,9 @@ def test_openvino_build(tmp_path: Path) -> None:
     assert by_name["ov-int8"]["accuracy"]["top1_drop"] <= 1.0
     assert by_name["ov-int8"]["artifact"].endswith("model.xml")
     assert (tmp_path / "targets" / "ov-int8" / "model.bin").is_file()
+
+
+def test_json_output_is_only_the_report(ort_build: Path) -> None:
+    proc = run_cli("build", "digits-ort-int8", "-o", str(ort_build), "--json", *QUICK)
+    assert proc.returncode == 0 and proc.stderr == ""
+    assert json.loads(proc.stdout)["recipe"] == "digits-ort-int8"

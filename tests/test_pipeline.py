@@ -53,3 +53,38 @@ def test_missing_backend_is_reported_as_skipped(fresh_builtin: Path, tmp_path: P
     strict = edgevit.build("x86-openvino-int8", tmp_path / "b", overrides=["gates.fail_on_skipped=true"])
     assert not strict.passed
     assert "openvino is not importable" in (tmp_path / "b" / "report.md").read_text()
+
+
+def test_user_checkpoint_and_image_folder_relative_to_the_recipe(
+    tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    import yaml
+
+    from tests.conftest import write_image_folder
+
+    project = tmp_path / "project"
+    shutil.copytree(tiny_checkpoint, project / "ckpt")
+    write_image_folder(project / "images", {str(i): 3 for i in range(10)}, size=20)
+    recipe = {
+        "name": "mine",
+        "model": {"checkpoint": "ckpt"},
+        "data": {
+            "calibration": {"source": "images", "split": "train"},
+            "evaluation": {"source": "images", "split": "all"},
+        },
+        "stages": [{"stage": "quantize", "calibration_batch": 4}],
+        "targets": [
+            {"name": "fp32", "backend": "onnxruntime"},
+            {"name": "int8", "backend": "onnxruntime", "precision": "int8"},
+        ],
+        "check": {"runs": 5, "warmup": 1},
+        "gates": {"max_top1_drop": None, "min_cosine": 0.9},
+    }
+    (project / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    report = edgevit.build(project / "recipe.yaml", tmp_path / "out")
+    assert report.data["reference"]["samples"] == 30
+    assert report.data["reference"]["evaluation"].endswith("images/all")
+    assert report.passed, report.data["gates"]
+    assert report.target("int8")["accuracy"]["cosine"] < 1.0
