@@ -17,7 +17,7 @@ from torch import nn
 from edgevit.data import DataSpec, load_data
 from edgevit.data.transforms import preprocess
 from edgevit.errors import EdgeVitError
-from edgevit.fileio import atomic_write_bytes, atomic_write_json
+from edgevit.fileio import atomic_path, atomic_write_json
 from edgevit.models.config import ModelConfig
 from edgevit.models.load import config_for, create, load, save
 
@@ -167,10 +167,8 @@ def train(cfg: TrainConfig, out_dir: Path, progress: bool = True) -> dict[str, A
             "scheduler": sched.state_dict(),
             "history": json.dumps(history),
         }
-        tmp = out_dir / f".{STATE_FILE}.tmp"
-        torch.save(state, tmp)
-        atomic_write_bytes(state_path, tmp.read_bytes())
-        tmp.unlink()
+        with atomic_path(state_path) as tmp:
+            torch.save(state, tmp)
 
     model.eval()
     result: dict[str, Any] = {

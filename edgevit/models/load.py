@@ -65,15 +65,12 @@ def save(model: nn.Module, config: ModelConfig, directory: Path) -> Path:
     """Save ``model`` as safetensors with its config beside it; returns the weights path."""
     from safetensors.torch import save_file
 
-    from edgevit.fileio import atomic_write_bytes
+    from edgevit.fileio import atomic_path
 
-    directory.mkdir(parents=True, exist_ok=True)
     weights = directory / WEIGHTS_FILE
-    tmp = directory / f".{WEIGHTS_FILE}.tmp"
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(tmp), metadata={"architecture": config.architecture})
-    atomic_write_bytes(weights, tmp.read_bytes())
-    tmp.unlink()
+    with atomic_path(weights) as tmp:
+        save_file(state, str(tmp), metadata={"architecture": config.architecture})
     config.save(directory / CONFIG_FILE)
     return weights
 

@@ -81,7 +81,6 @@ class MultiScaleAttention(nn.Module):
         self.groups = split_heads(num_heads, scales)
         self.grid_size = (int(grid_size[0]), int(grid_size[1]))
         self.num_prefix_tokens = num_prefix_tokens
-        assert norm_layer is not None or not (qk_norm or scale_norm)
         self.qkv = nn.Linear(dim, self.attn_dim * 3, bias=qkv_bias, **dd)
         self.q_norm = norm_layer(head_dim, **dd) if qk_norm and norm_layer else nn.Identity()
         self.k_norm = norm_layer(head_dim, **dd) if qk_norm and norm_layer else nn.Identity()
@@ -199,11 +198,6 @@ _EXTRA: dict[str, tuple[str, int, int, dict[str, Any]]] = {
     "vit_plus_tiny_patch8_32": ("tiny", 8, 32, {"depth": 4}),
     "vit_plus_tiny_patch4_32": ("tiny", 4, 32, {"depth": 4}),
 }
-
-
-def model_defaults(name: str) -> dict[str, Any]:
-    """The constructor arguments a registered ViT-Plus name stands for."""
-    return dict(_DEFAULTS[name])
 
 
 _DEFAULTS: dict[str, dict[str, Any]] = {}

@@ -10,7 +10,7 @@ import numpy as np
 
 from edgevit.errors import LoweringError
 from edgevit.recipe.schema import QuantizeStage
-from edgevit.targets.base import LowerRequest, Runner, Target
+from edgevit.targets.base import Availability, LowerRequest, Runner, Target
 from edgevit.targets.calibration import calibration_batches
 
 
@@ -96,15 +96,13 @@ class OvTarget(Target):
     extra = "openvino"
     revision = 2
 
-    def availability(self):  # type: ignore[no-untyped-def]
+    def availability(self) -> Availability:
         avail = super().availability()
         if not avail.available:
             return avail
         try:
             import nncf
         except Exception as exc:
-            from edgevit.targets.base import Availability
-
             return Availability(False, f"nncf is not importable ({exc}); pip install 'edgevit[openvino]'")
         avail.versions["nncf"] = nncf.__version__
         return avail
