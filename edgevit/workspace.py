@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,18 +20,6 @@ from edgevit.errors import BuildDirError
 from edgevit.fileio import atomic_write_json, confined, replace_dir, sha256_bytes, sha256_file, stable_json
 
 STEP_FILE = "step.json"
-
-
-@dataclass(frozen=True)
-class Artifact:
-    """A file the build produced, traceable to the step and config that made it."""
-
-    path: Path
-    kind: str
-    sha256: str
-    producer: str
-    parent: str | None = None  # sha256 of the input it was made from
-    config: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -56,7 +44,6 @@ class Workspace:
         root.mkdir(parents=True, exist_ok=True)
         self.root = root.resolve()  # step paths are resolved too (confinement); keep both absolute
         self.steps: dict[str, StepResult] = {}
-        self.producers: dict[str, dict[str, Any]] = {}
 
     def _cached(self, directory: Path, key: str) -> dict[str, str] | None:
         record_path = directory / STEP_FILE
@@ -116,7 +103,6 @@ class Workspace:
                 raise
         result = StepResult(name, directory, outputs, reused, key)
         self.steps[name] = result
-        self.producers[name] = {"producer": name, **(meta or {})}
         return result
 
     def manifest(self, extra_files: list[Path], versions: dict[str, str]) -> dict[str, Any]:
