@@ -36,8 +36,39 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0 if report.passed else 1
 
 
+def _without_nproc(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
+
+
+def _relaunch(args: argparse.Namespace) -> bool:
+    """Re-run this command as ``--nproc`` processes under torchrun; False when already one of them."""
+    from edgevit import distributed
+
+    if args.nproc is None or args.nproc == 1 or distributed.launched():
+        return False
+    distributed.run_under_torchrun(["edgevit.cli", *_without_nproc(args.argv)], args.nproc)
+    return True
+
+
+def _main_process() -> bool:
+    from edgevit import distributed
+
+    return distributed.init().main
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from edgevit.train import TrainConfig, train
+
+    if _relaunch(args):
+        return 0
 
     fields = {
         k: v
@@ -57,6 +88,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise EdgeVitError(f"train options: {str(exc).splitlines()[-1].strip()}") from None
     result = train(cfg, Path(args.output), progress=not args.quiet)
+    if not _main_process():
+        return 0
     summary = {k: result[k] for k in ("val_top1", "test_top1", "seconds_this_run")}
     print(
         json.dumps({"output": args.output, **summary})
@@ -64,6 +97,64 @@ def cmd_train(args: argparse.Namespace) -> int:
         else f"trained {cfg.model} on {cfg.data}: val top-1 {summary['val_top1']:.2f}%, test top-1 "
         f"{summary['test_top1'] if summary['test_top1'] is None else round(summary['test_top1'], 2)}% "
         f"-> {args.output}"
+    )
+    return 0
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from edgevit.data import DataSpec
+    from edgevit.recipe.schema import DistillStage
+    from edgevit.stages.distill import DistillConfig, distill
+
+    if args.config:
+        try:
+            cfg = DistillConfig.model_validate_json(Path(args.config).read_text())
+        except (OSError, ValidationError) as exc:
+            raise EdgeVitError(f"distill config {args.config}: {str(exc).splitlines()[-1].strip()}") from None
+    else:
+        if not (args.teacher and args.student):
+            raise EdgeVitError(
+                "distill needs --teacher and --student (or --config)", "see `edgevit distill -h`"
+            )
+        if _relaunch(args):
+            return 0
+        fields = {
+            k: v
+            for k, v in {
+                "epochs": args.epochs,
+                "batch_size": args.batch_size,
+                "lr": args.lr,
+                "temperature": args.temperature,
+                "alpha": args.alpha,
+                "seed": args.seed,
+                "distill_token": args.distill_token or None,
+            }.items()
+            if v is not None
+        }
+        try:
+            cfg = DistillConfig(
+                teacher=args.teacher,
+                student=args.student,
+                data=DataSpec(source=args.data, split="train"),
+                settings=DistillStage(stage="distill", nproc=args.nproc or 1, **fields),
+            )
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            raise EdgeVitError(
+                f"distill option {'.'.join(str(p) for p in err['loc'])}: {err['msg']}",
+                "see `edgevit distill -h`",
+            ) from None
+    result = distill(cfg, Path(args.output), progress=not args.quiet)
+    if not _main_process():
+        return 0
+    last = result["history"][-1] if result["history"] else {}
+    print(
+        json.dumps({"output": args.output, "loss": last.get("loss"), "processes": result["processes"]})
+        if args.json
+        else f"distilled {cfg.teacher} -> {cfg.student} ({result['processes']} process(es), "
+        f"final loss {last.get('loss', float('nan')):.4f}) -> {args.output}"
     )
     return 0
 
@@ -160,7 +251,26 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float)
     t.add_argument("--seed", type=int)
     t.add_argument("-o", "--output", required=True, help="output directory (re-run to resume)")
+    t.add_argument("--nproc", type=int, help="train with N processes (torchrun + DistributedDataParallel)")
     t.set_defaults(func=cmd_train)
+
+    d = sub.add_parser(
+        "distill", help="distill a teacher checkpoint into a student (pruned checkpoint or model name)"
+    )
+    d.add_argument("--teacher", help="teacher checkpoint (directory with model.safetensors + config.json)")
+    d.add_argument("--student", help="student checkpoint, or a ViT-Plus name to train from scratch")
+    d.add_argument("--data", default="digits", help="'digits' or an ImageFolder directory (its train split)")
+    d.add_argument("--epochs", type=int)
+    d.add_argument("--batch-size", type=int)
+    d.add_argument("--lr", type=float)
+    d.add_argument("--temperature", type=float)
+    d.add_argument("--alpha", type=float, help="weight of the soft (teacher) loss; 1 - alpha goes to labels")
+    d.add_argument("--seed", type=int)
+    d.add_argument("--distill-token", action="store_true", help="add a DeiT-style distillation token")
+    d.add_argument("--config", help="a DistillConfig JSON file instead of the options above")
+    d.add_argument("--nproc", type=int, help="distill with N processes (torchrun + DistributedDataParallel)")
+    d.add_argument("-o", "--output", required=True, help="output directory (re-run to resume)")
+    d.set_defaults(func=cmd_distill)
 
     sub.add_parser("recipes", help="list built-in recipes").set_defaults(func=cmd_recipes)
     sub.add_parser("targets", help="list backends: available here or not, versions, why not").set_defaults(
@@ -176,6 +286,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``edgevit`` console script."""
     args = parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return int(args.func(args))
     except EdgeVitError as exc:

@@ -21,13 +21,17 @@ from edgevit.errors import EdgeVitError
 from edgevit.fileio import atomic_write_json, atomic_write_text
 from edgevit.hostinfo import host_facts
 from edgevit.models.builtin import resolve_builtin
+from edgevit.models.config import ModelConfig
 from edgevit.models.load import LoadedModel, load, save
+from edgevit.models.profile import count_macs, count_params
 from edgevit.recipe.loader import load_recipe
-from edgevit.recipe.schema import Recipe, TargetSpec
+from edgevit.recipe.schema import DistillStage, PruneStage, Recipe, TargetSpec
 from edgevit.report.document import Report, render_markdown
+from edgevit.stages.distill import DistillConfig, run_distill
 from edgevit.stages.export import OPSET, export_onnx
+from edgevit.stages.prune import run_prune
 from edgevit.targets import TARGETS, LowerRequest
-from edgevit.workspace import Workspace
+from edgevit.workspace import StepResult, Workspace
 
 Log = Callable[[str], None]
 
@@ -57,6 +61,18 @@ def _load_reference(recipe: Recipe, log: Log, progress: bool) -> LoadedModel:
         checkpoint = path if path.is_absolute() else recipe.base_dir / path
     torch.manual_seed(0)  # a name-only model gets the same random weights every run
     return load(spec.name, checkpoint, num_classes=spec.num_classes)
+
+
+def _stage_details(step: StepResult) -> dict[str, Any]:
+    """The summary a stage wrote (prune.json, or distill.json without its per-epoch history)."""
+    import json
+
+    for name in ("prune.json", "distill.json"):
+        if name in step.outputs:
+            doc = json.loads(step.path(name).read_text())
+            doc.pop("history", None)
+            return dict(doc)
+    return {}
 
 
 def _logits(model: torch.nn.Module, x: np.ndarray, batch: int) -> np.ndarray:
@@ -124,6 +140,33 @@ class Build:
         x_eval, labels, ref_logits = bundle["inputs"], bundle["labels"], bundle["reference_logits"]
         ref_top1 = accuracy.top1(ref_logits, labels)
         self.log(f"float reference top-1 {ref_top1:.2f}% on {len(labels)} images ({eval_raw.description})")
+        ref_size = self._size_record(ref.model, cfg, ref_step.path("model.safetensors"))
+
+        model, weights_sha, stage_records = ref.model, weights_sha, []
+        src_logits = ref_logits
+        prev_step = ref_step
+        for index, stage in enumerate(r.compression()):
+            prev_step = self._compress_step(index, stage, ref_step, prev_step)
+            loaded = load(checkpoint=prev_step.directory)
+            model, cfg, weights_sha = loaded.model, loaded.config, prev_step.outputs["model.safetensors"]
+            src_logits = _logits(model, x_eval, r.check.eval_batch)
+            top1 = accuracy.top1(src_logits, labels)
+            size = self._size_record(model, cfg, prev_step.path("model.safetensors"))
+            record = {
+                "stage": stage.stage,
+                "step": prev_step.name,
+                **size,
+                "top1": round(top1, 4),
+                "top1_drop": round(ref_top1 - top1, 4),
+                "reused": prev_step.reused,
+                "details": _stage_details(prev_step),
+            }
+            stage_records.append(record)
+            self.log(
+                f"{stage.stage}: {size['params'] / 1e6:.2f}M params, {size['macs'] / 1e6:.1f}M MACs "
+                f"({size['macs'] / ref_size['macs']:.2f}x), float top-1 {top1:.2f}% "
+                f"(drop {ref_top1 - top1:+.2f}){' (reused)' if prev_step.reused else ''}"
+            )
 
         calibration = None
         calib_sha = None
@@ -149,7 +192,7 @@ class Build:
                 "torch": self.versions["torch"],
                 "onnxscript": self.versions.get("onnxscript"),
             },
-            lambda d: export_onnx(ref.model, cfg.input_size, d / "model.onnx"),
+            lambda d: export_onnx(model, cfg.input_size, d / "model.onnx"),
             {"producer": "stages.export", "opset": OPSET},
         )
         onnx_path = export_step.path("model.onnx")
@@ -160,11 +203,18 @@ class Build:
             request = LowerRequest(onnx_path, spec.precision, cfg, spec.options, q, calibration)
             results.append(
                 self._target(
-                    spec, request, export_step.outputs["model.onnx"], calib_sha, x_eval, labels, ref_logits
+                    spec,
+                    request,
+                    export_step.outputs["model.onnx"],
+                    calib_sha,
+                    x_eval,
+                    labels,
+                    src_logits,
+                    ref_top1,
                 )
             )
 
-        gate_results = []
+        gate_results = gates.evaluate_stages(stage_records, r.gates)
         for entry, spec in zip(results, r.targets, strict=True):
             gate_results += gates.evaluate(entry, spec.gates or r.gates)
         doc: dict[str, Any] = {
@@ -181,7 +231,10 @@ class Build:
                 "samples": len(labels),
                 "evaluation": eval_raw.description,
                 "where": "host",
+                **ref_size,
             },
+            "stages": stage_records,
+            "lowered": {"step": prev_step.name, "sha256": weights_sha, "model": cfg.architecture},
             "targets": results,
             "gates": [g.to_dict() for g in gate_results],
             "passed": all(g.passed for g in gate_results) and all(t["status"] != "failed" for t in results),
@@ -198,8 +251,10 @@ class Build:
         calib_sha: str | None,
         x_eval: np.ndarray,
         labels: np.ndarray,
-        ref_logits: np.ndarray,
+        src_logits: np.ndarray,
+        ref_top1: float,
     ) -> dict[str, Any]:
+        """Lower, run and measure one target; accuracy is compared with the float model lowered."""
         r = self.recipe
         target = TARGETS.get(spec.backend)
         entry: dict[str, Any] = {
@@ -264,7 +319,7 @@ class Build:
         except Exception as exc:  # a backend crashed: report it on this target, keep building the rest
             self.log(f"{spec.name}: failed ({type(exc).__name__}: {exc})")
             return {**entry, "status": "failed", "reason": f"{type(exc).__name__}: {str(exc)[:500]}"}
-        acc = accuracy.compare(logits, labels, ref_logits)
+        acc = accuracy.compare(logits, labels, src_logits)
         size = sum((step.directory / rel).stat().st_size for rel in step.outputs)
         self.log(
             f"{spec.name}: top-1 {acc.top1:.2f}% (drop {acc.top1_drop:+.2f}), agreement "
@@ -273,7 +328,7 @@ class Build:
         )
         return {
             **entry,
-            "accuracy": acc.to_dict(),
+            "accuracy": {**acc.to_dict(), "reference_top1_drop": round(ref_top1 - acc.top1, 4)},
             "latency_ms": lat.to_dict(),
             "size_bytes": size,
             "artifact": str(artifact.relative_to(self.ws.root)),
@@ -282,6 +337,60 @@ class Build:
             "reused": step.reused,
             "device": device.name,
         }
+
+    def _size_record(self, model: torch.nn.Module, cfg: ModelConfig, weights: Path) -> dict[str, int]:
+        return {
+            "params": count_params(model),
+            "macs": count_macs(model, cfg.input_size),
+            "checkpoint_bytes": weights.stat().st_size,
+        }
+
+    def _compress_step(
+        self, index: int, stage: PruneStage | DistillStage, ref_step: StepResult, prev: StepResult
+    ) -> StepResult:
+        """Run one prune or distill stage as a cached step; its input is the previous step's model."""
+        r = self.recipe
+        where = f"stages[{r.stages.index(stage)}]"
+        base_key = {
+            "input": prev.outputs["model.safetensors"],
+            "stage": stage.model_dump(mode="json"),
+            "torch": self.versions["torch"],
+        }
+        loaded = load(checkpoint=prev.directory)
+        classes = loaded.config.class_names
+        if isinstance(stage, PruneStage):
+            data = load_data(r.data.calibration, classes, r.base_dir)
+            return self.ws.step(
+                f"stages/{index}-prune",
+                {**base_key, "data": data.sha256()},
+                lambda d: run_prune(loaded.model, loaded.config, stage, data, d, where, self.log),
+                {"producer": "stages.prune", "data": data.description},
+            )
+        assert r.data.train is not None  # the schema requires it with a distill stage
+        train_raw = load_data(r.data.train, classes, r.base_dir)
+        student = stage.student or str(prev.directory)
+        cfg = DistillConfig(
+            teacher=str(ref_step.directory),
+            student=student,
+            data=r.data.train,
+            base_dir=str(r.base_dir),
+            settings=stage,
+        )
+        self.log(
+            f"{stage.stage}: {stage.epochs} epochs on {train_raw.description}, {stage.nproc} process(es)"
+        )
+        return self.ws.step(
+            f"stages/{index}-distill",
+            {
+                **base_key,
+                "teacher": ref_step.outputs["model.safetensors"],
+                "student": stage.student,
+                "data": train_raw.sha256(),
+            },
+            lambda d: run_distill(cfg, d, self.progress),
+            {"producer": "stages.distill", "data": train_raw.description},
+            resumable=True,
+        )
 
     def _write_report(self, doc: dict[str, Any]) -> Report:
         root = self.ws.root

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,6 +16,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from edgevit import distributed
 from edgevit.data import DataSpec, load_data
 from edgevit.data.transforms import preprocess
 from edgevit.errors import EdgeVitError
@@ -91,26 +94,52 @@ def _build(cfg: TrainConfig, class_names: list[str]) -> tuple[nn.Module, ModelCo
     return model, mcfg
 
 
-def train(cfg: TrainConfig, out_dir: Path, progress: bool = True) -> dict[str, Any]:
-    """Train per ``cfg`` into ``out_dir`` (model.safetensors, config.json, train.json).
+@dataclass(frozen=True)
+class Optim:
+    """Optimisation settings shared by training and distillation."""
 
-    A run interrupted after an epoch resumes from ``train_state.pt`` when called again with
-    the same config; a different config in the same directory is an error.
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    warmup_epochs: int
+    shift_pixels: int
+    seed: int
+
+
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def fit(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    optim: Optim,
+    loss_fn: LossFn,
+    out_dir: Path,
+    key: str,
+    desc: str,
+    progress: bool = True,
+    after_epoch: Callable[[nn.Module], dict[str, float]] | None = None,
+) -> list[dict[str, float]]:
+    """Train ``model`` in place with AdamW and a warm-up + cosine schedule; returns the history.
+
+    After every epoch the state goes to ``out_dir/train_state.pt`` (by rank 0), so a run that
+    stops resumes where it left off when called again with the same ``key``. Under torchrun each
+    process takes its slice of every global batch and DistributedDataParallel averages gradients.
     """
     from tqdm import tqdm
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
-    train_raw = load_data(DataSpec(source=cfg.data, split="train"))
-    val_raw = load_data(DataSpec(source=cfg.data, split="val"), train_raw.class_names)
-    model, mcfg = _build(cfg, train_raw.class_names)
-    x_tr = torch.from_numpy(preprocess(train_raw, mcfg))
-    y_tr = torch.from_numpy(train_raw.labels)
-    x_va, y_va = torch.from_numpy(preprocess(val_raw, mcfg)), torch.from_numpy(val_raw.labels)
+    world = distributed.init()
+    torch.manual_seed(optim.seed)
+    net: nn.Module = model
+    if world.size > 1:
+        from torch.nn.parallel import DistributedDataParallel
 
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(x_tr) / cfg.batch_size)
-    total, warm = cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch
+        net = DistributedDataParallel(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
+    steps_per_epoch = math.ceil(len(x) / optim.batch_size)
+    total, warm = optim.epochs * steps_per_epoch, optim.warmup_epochs * steps_per_epoch
 
     def lr_at(step: int) -> float:
         if step < warm:
@@ -121,11 +150,12 @@ def train(cfg: TrainConfig, out_dir: Path, progress: bool = True) -> dict[str, A
     history: list[dict[str, float]] = []
     start_epoch = 0
     state_path = out_dir / STATE_FILE
+    distributed.barrier()
     if state_path.is_file():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
-        if state.get("config") != cfg.model_dump_json():
+        if state.get("config") != key:
             raise EdgeVitError(
-                f"{out_dir} holds a training run with a different config", "use another --out directory"
+                f"{out_dir} holds a training run with a different config", "use another output directory"
             )
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -134,48 +164,93 @@ def train(cfg: TrainConfig, out_dir: Path, progress: bool = True) -> dict[str, A
         history = json.loads(state["history"])
 
     bar = tqdm(
-        range(start_epoch, cfg.epochs),
-        desc=f"train {cfg.model}",
-        disable=not progress,
+        range(start_epoch, optim.epochs),
+        desc=desc,
+        disable=not (progress and world.main),
         initial=start_epoch,
-        total=cfg.epochs,
+        total=optim.epochs,
         unit="epoch",
     )
-    t0 = time.perf_counter()
     for epoch in bar:
         model.train()
-        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        order = torch.randperm(len(x_tr), generator=gen)
+        gen = torch.Generator().manual_seed(optim.seed * 100_003 + epoch)
+        order = torch.randperm(len(x), generator=gen)
         losses = []
-        for i in range(0, len(order), cfg.batch_size):
-            idx = order[i : i + cfg.batch_size]
-            xb = _shift(x_tr[idx], cfg.shift_pixels, gen)
-            loss = F.cross_entropy(model(xb), y_tr[idx], label_smoothing=cfg.label_smoothing)
+        for i in range(0, len(order), optim.batch_size):
+            idx = order[i : i + optim.batch_size]
+            xb = _shift(x[idx], optim.shift_pixels, gen)[world.rank :: world.size]
+            loss = loss_fn(net, xb, y[idx][world.rank :: world.size])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
             losses.append(loss.item())
-        val = evaluate_top1(model, x_va, y_va)
-        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_top1": val})
-        bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", val_top1=f"{val:.1f}")
-        state = {
-            "config": cfg.model_dump_json(),
-            "epoch": epoch + 1,
-            "model": model.state_dict(),
-            "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(),
-            "history": json.dumps(history),
-        }
-        with atomic_path(state_path) as tmp:
-            torch.save(state, tmp)
-
+        mean_loss = torch.tensor(float(np.mean(losses)))
+        if world.size > 1:
+            torch.distributed.all_reduce(mean_loss)
+            mean_loss /= world.size
+        entry = {"epoch": epoch + 1, "loss": float(mean_loss)}
+        entry.update(after_epoch(model) if after_epoch else {})
+        history.append(entry)
+        bar.set_postfix({k: f"{v:.3f}" for k, v in entry.items() if k != "epoch"})
+        if world.main:
+            state = {
+                "config": key,
+                "epoch": epoch + 1,
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "history": json.dumps(history),
+            }
+            with atomic_path(state_path) as tmp:
+                torch.save(state, tmp)
+        distributed.barrier()
     model.eval()
+    return history
+
+
+def train(cfg: TrainConfig, out_dir: Path, progress: bool = True) -> dict[str, Any]:
+    """Train per ``cfg`` into ``out_dir`` (model.safetensors, config.json, train.json).
+
+    A run interrupted after an epoch resumes from ``train_state.pt`` when called again with
+    the same config; a different config in the same directory is an error. Under torchrun the
+    processes share each batch (see ``fit``) and rank 0 writes the files.
+    """
+    world = distributed.init()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)  # the model's initial weights
+    train_raw = load_data(DataSpec(source=cfg.data, split="train"))
+    val_raw = load_data(DataSpec(source=cfg.data, split="val"), train_raw.class_names)
+    model, mcfg = _build(cfg, train_raw.class_names)
+    x_tr = torch.from_numpy(preprocess(train_raw, mcfg))
+    y_tr = torch.from_numpy(train_raw.labels)
+    x_va, y_va = torch.from_numpy(preprocess(val_raw, mcfg)), torch.from_numpy(val_raw.labels)
+    optim = Optim(
+        cfg.epochs, cfg.batch_size, cfg.lr, cfg.weight_decay, cfg.warmup_epochs, cfg.shift_pixels, cfg.seed
+    )
+
+    def loss_fn(net: nn.Module, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(net(xb), yb, label_smoothing=cfg.label_smoothing)
+
+    t0 = time.perf_counter()
+    history = fit(
+        model,
+        x_tr,
+        y_tr,
+        optim,
+        loss_fn,
+        out_dir,
+        cfg.model_dump_json(),
+        f"train {cfg.model}",
+        progress,
+        lambda m: {"val_top1": evaluate_top1(m, x_va, y_va)},
+    )
     result: dict[str, Any] = {
         "config": cfg.model_dump(mode="json"),
         "history": history,
         "val_top1": history[-1]["val_top1"] if history else None,
         "seconds_this_run": round(time.perf_counter() - t0, 1),
+        "processes": world.size,
     }
     try:
         test_raw = load_data(DataSpec(source=cfg.data, split="test"), train_raw.class_names)
@@ -184,7 +259,9 @@ def train(cfg: TrainConfig, out_dir: Path, progress: bool = True) -> dict[str, A
         )
     except EdgeVitError:
         result["test_top1"] = None  # a folder source may have no test split
-    save(model, mcfg, out_dir)
-    atomic_write_json(out_dir / LOG_FILE, result)
-    state_path.unlink(missing_ok=True)
+    if world.main:
+        save(model, mcfg, out_dir)
+        atomic_write_json(out_dir / LOG_FILE, result)
+        (out_dir / STATE_FILE).unlink(missing_ok=True)
+    distributed.barrier()
     return result

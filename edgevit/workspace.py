@@ -68,6 +68,7 @@ class Workspace:
         key_material: dict[str, Any],
         produce: Callable[[Path], object],
         meta: dict[str, Any] | None = None,
+        resumable: bool = False,
     ) -> StepResult:
         """Run ``produce(staging_dir)`` unless a step with the same key is already complete.
 
@@ -76,16 +77,23 @@ class Workspace:
             key_material: everything the outputs depend on (input hashes, config, versions).
             produce: writes the step's outputs into the directory it is given.
             meta: extra facts recorded in step.json and the manifest (producer, versions).
+            resumable: keep the staging directory when ``produce`` fails or is interrupted, and
+                hand it to ``produce`` again on the next run with the same key (training resumes
+                from the state it saved there); a staging directory of another key is discarded.
         """
         directory = confined(self.root, name)
         key = sha256_bytes(stable_json(key_material).encode())
         outputs = self._cached(directory, key)
         reused = outputs is not None
         if outputs is None:
-            staging = directory.with_name(f".{directory.name}.staging")
-            if staging.exists():
+            suffix = f"partial-{key[:16]}" if resumable else "staging"
+            staging = directory.with_name(f".{directory.name}.{suffix}")
+            for stale in directory.parent.glob(f".{directory.name}.*"):
+                if stale != staging and stale.is_dir():
+                    shutil.rmtree(stale)
+            if staging.exists() and not resumable:
                 shutil.rmtree(staging)
-            staging.mkdir(parents=True)
+            staging.mkdir(parents=True, exist_ok=True)
             try:
                 produce(staging)
                 outputs = {
@@ -99,7 +107,8 @@ class Workspace:
                 )
                 replace_dir(staging, directory)
             except BaseException:
-                shutil.rmtree(staging, ignore_errors=True)
+                if not resumable:
+                    shutil.rmtree(staging, ignore_errors=True)
                 raise
         result = StepResult(name, directory, outputs, reused, key)
         self.steps[name] = result

@@ -33,6 +33,18 @@ class GateResult:
         return asdict(self)
 
 
+def evaluate_stages(stages: list[dict[str, Any]], gates: Gates) -> list[GateResult]:
+    """Apply ``max_compression_top1_drop`` to the float model the last prune/distill stage made."""
+    if not stages or gates.max_compression_top1_drop is None:
+        return []
+    last = stages[-1]
+    limit = gates.max_compression_top1_drop
+    value = float(last["top1_drop"])
+    return [
+        GateResult(f"stage:{last['step']}", "max_compression_top1_drop", limit, value, value <= limit + 1e-9)
+    ]
+
+
 def evaluate(target: dict[str, Any], gates: Gates) -> list[GateResult]:
     """Apply ``gates`` to one target's result dict (as written in report.json)."""
     results = []

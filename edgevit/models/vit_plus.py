@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from timm.models import register_model
-from timm.models.vision_transformer import VisionTransformer
+from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
 DEFAULT_MS_SCALES: tuple[int, ...] = (1, 2, 4)
@@ -26,17 +26,30 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def split_heads(num_heads: int, scales: Sequence[int]) -> list[tuple[int, int, int]]:
-    """Assign heads to scales as evenly as possible: ``[(first_head, count, scale), ...]``."""
+def split_heads(
+    num_heads: int, scales: Sequence[int], counts: Sequence[int] | None = None
+) -> list[tuple[int, int, int]]:
+    """Assign heads to scales: ``[(first_head, count, scale), ...]``, groups without heads left out.
+
+    Without ``counts`` the heads are spread as evenly as possible; with ``counts`` (one per
+    scale, as a pruned model records them) group ``i`` gets exactly ``counts[i]`` heads.
+    """
     if not scales or any(s < 1 for s in scales):
         raise ValueError(f"ms_scales must be positive integers, got {tuple(scales)}")
-    if num_heads < len(scales):
-        raise ValueError(f"{num_heads} heads cannot be split across {len(scales)} scales {tuple(scales)}")
-    base, extra = divmod(num_heads, len(scales))
+    if counts is None:
+        if num_heads < len(scales):
+            raise ValueError(f"{num_heads} heads cannot be split across {len(scales)} scales {tuple(scales)}")
+        base, extra = divmod(num_heads, len(scales))
+        counts = [base + (1 if i < extra else 0) for i in range(len(scales))]
+    elif len(counts) != len(scales) or any(c < 0 for c in counts) or sum(counts) != num_heads:
+        raise ValueError(
+            f"head counts {tuple(counts)} must give each of the scales {tuple(scales)} a count >= 0 "
+            f"summing to {num_heads} heads"
+        )
     groups, start = [], 0
-    for i, scale in enumerate(scales):
-        count = base + (1 if i < extra else 0)
-        groups.append((start, count, int(scale)))
+    for count, scale in zip(counts, scales, strict=True):
+        if count:
+            groups.append((start, int(count), int(scale)))
         start += count
     return groups
 
@@ -64,6 +77,7 @@ class MultiScaleAttention(nn.Module):
         grid_size: tuple[int, int] = (14, 14),
         num_prefix_tokens: int = 1,
         head_dim: int | None = None,
+        group_heads: Sequence[int] | None = None,
         **factory: Any,
     ) -> None:
         super().__init__()
@@ -78,7 +92,7 @@ class MultiScaleAttention(nn.Module):
         self.head_dim = head_dim
         self.attn_dim = num_heads * head_dim
         self.scale = head_dim**-0.5
-        self.groups = split_heads(num_heads, scales)
+        self.groups = split_heads(num_heads, scales, group_heads)
         self.grid_size = (int(grid_size[0]), int(grid_size[1]))
         self.num_prefix_tokens = num_prefix_tokens
         self.qkv = nn.Linear(dim, self.attn_dim * 3, bias=qkv_bias, **dd)
@@ -93,6 +107,13 @@ class MultiScaleAttention(nn.Module):
     def scales(self) -> tuple[int, ...]:
         """The pooling factor of each head group."""
         return tuple(scale for _, _, scale in self.groups)
+
+    def heads_per_scale(self, scales: Sequence[int]) -> list[int]:
+        """Head count of each of ``scales`` (0 where a group has no heads): what a config records."""
+        counts = dict.fromkeys(scales, 0)
+        for _, count, scale in self.groups:
+            counts[scale] += count
+        return [counts[s] for s in scales]
 
     def _pool(self, t: torch.Tensor, factor: int) -> torch.Tensor:
         """Average-pool the grid tokens of ``t`` (B, heads, N, D) by ``factor``; keep prefix tokens."""
@@ -127,10 +148,10 @@ class MultiScaleAttention(nn.Module):
 
 
 def _bound_attention(
-    scales: tuple[int, ...], grid: tuple[int, int], prefix: int
+    scales: tuple[int, ...], grid: tuple[int, int], prefix: int, **extra: Any
 ) -> type[MultiScaleAttention]:
     """A MultiScaleAttention subclass with this model's settings bound (timm wants a class)."""
-    bound = {"scales": scales, "grid_size": grid, "num_prefix_tokens": prefix}
+    bound = {"scales": scales, "grid_size": grid, "num_prefix_tokens": prefix, **extra}
 
     class BoundMultiScaleAttention(MultiScaleAttention):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -139,15 +160,57 @@ def _bound_attention(
     return BoundMultiScaleAttention
 
 
+def _fixed_width(mlp_layer: Callable[..., nn.Module], hidden: int) -> Callable[..., nn.Module]:
+    """``mlp_layer`` with its hidden width fixed (timm derives it from a float ratio otherwise)."""
+
+    def make(**kwargs: Any) -> nn.Module:
+        return mlp_layer(**{**kwargs, "hidden_features": hidden})
+
+    return make
+
+
+def _shaped_blocks(
+    block_heads: Sequence[Sequence[int]] | None,
+    block_mlp: Sequence[int] | None,
+    head_dim: int,
+    scales: tuple[int, ...],
+    grid: tuple[int, int],
+    prefix: int,
+) -> Callable[..., nn.Module]:
+    """A timm ``block_fn`` giving block ``depth`` its own head counts and MLP width (pruned models)."""
+
+    def make(*, depth: int, num_heads: int, mlp_layer: Callable[..., nn.Module], **kwargs: Any) -> nn.Module:
+        counts = list(block_heads[depth]) if block_heads is not None else None
+        heads = sum(counts) if counts is not None else num_heads
+        attn = _bound_attention(scales, grid, prefix, head_dim=head_dim, group_heads=counts)
+        mlp = _fixed_width(mlp_layer, int(block_mlp[depth])) if block_mlp is not None else mlp_layer
+        kwargs.pop("attn_layer", None)
+        return Block(depth=depth, num_heads=heads, mlp_layer=mlp, attn_layer=attn, **kwargs)  # type: ignore[arg-type]
+
+    return make
+
+
 class VisionTransformerPlus(VisionTransformer):  # type: ignore[misc]
     """timm ``VisionTransformer`` with multi-scale attention in every block.
 
     Args:
         ms_scales: pooling factor per head group; ``(1,)`` turns multi-scale attention off.
+        block_heads: per block, the head count of each scale group (a pruned model; sets depth).
+        block_mlp: per block, the MLP hidden width (a pruned model).
+        head_dim: width of one attention head (default ``embed_dim // num_heads``).
+        distill_token: add a DeiT-style distillation token and head; inference averages both heads.
         **kwargs: any timm ``VisionTransformer`` argument (img_size, patch_size, embed_dim, ...).
     """
 
-    def __init__(self, ms_scales: Sequence[int] = DEFAULT_MS_SCALES, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        ms_scales: Sequence[int] = DEFAULT_MS_SCALES,
+        block_heads: Sequence[Sequence[int]] | None = None,
+        block_mlp: Sequence[int] | None = None,
+        head_dim: int | None = None,
+        distill_token: bool = False,
+        **kwargs: Any,
+    ) -> None:
         img = kwargs.get("img_size", 224)
         patch = kwargs.get("patch_size", 16)
         img_hw = (img, img) if isinstance(img, int) else tuple(img)
@@ -156,10 +219,65 @@ class VisionTransformerPlus(VisionTransformer):  # type: ignore[misc]
             raise ValueError("ViT-Plus needs a fixed image size (dynamic_img_size is not supported)")
         grid = (img_hw[0] // patch_hw[0], img_hw[1] // patch_hw[1])
         prefix = (1 if kwargs.get("class_token", True) else 0) + int(kwargs.get("reg_tokens", 0))
-        split_heads(kwargs.get("num_heads", 12), ms_scales)  # fail early on a bad head split
-        kwargs["attn_layer"] = _bound_attention(tuple(ms_scales), grid, prefix)
+        if distill_token:
+            if prefix != 1 or kwargs.get("global_pool", "token") != "token" or kwargs.get("no_embed_class"):
+                raise ValueError(
+                    "distill_token needs a class token, no register tokens and global_pool='token'"
+                )
+            prefix = 2
+        scales = tuple(int(s) for s in ms_scales)
+        num_heads = int(kwargs.get("num_heads", 12))
+        if head_dim is None:
+            head_dim = int(kwargs.get("embed_dim", 768)) // num_heads
+        if block_heads is not None or block_mlp is not None:
+            depth = len(block_heads) if block_heads is not None else len(block_mlp or [])
+            if block_mlp is not None and len(block_mlp) != depth:
+                raise ValueError(f"block_mlp has {len(block_mlp)} entries for {depth} blocks")
+            for counts in block_heads or []:
+                split_heads(sum(counts), scales, counts)  # fail early on a bad head split
+                if sum(counts) < 1:
+                    raise ValueError(f"every block needs at least one head, got {list(counts)}")
+            kwargs["depth"] = depth
+            kwargs["block_fn"] = _shaped_blocks(block_heads, block_mlp, head_dim, scales, grid, prefix)
+        else:
+            split_heads(num_heads, scales)  # fail early on a bad head split
+            kwargs["attn_layer"] = _bound_attention(scales, grid, prefix, head_dim=head_dim)
         super().__init__(**kwargs)
-        self.ms_scales = tuple(int(s) for s in ms_scales)
+        self.ms_scales = scales
+        self.head_dim = head_dim
+        self.distill_token = distill_token
+        self.distilled_training = False
+        if distill_token:
+            self.num_prefix_tokens = 2
+            self.dist_token = nn.Parameter(torch.zeros(1, 1, self.embed_dim))
+            self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + 2, self.embed_dim))
+            nn.init.trunc_normal_(self.dist_token, std=0.02)
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+            self.head_dist = nn.Linear(self.embed_dim, self.num_classes)
+
+    def set_distilled_training(self, enable: bool = True) -> None:
+        """In training mode, return (class-head, distillation-head) logits separately."""
+        self.distilled_training = enable
+
+    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.distill_token:
+            return super()._pos_embed(x)  # type: ignore[no-any-return]
+        assert self.cls_token is not None and self.pos_embed is not None  # checked in __init__
+        tokens = (self.cls_token.expand(x.shape[0], -1, -1), self.dist_token.expand(x.shape[0], -1, -1))
+        out: torch.Tensor = self.pos_drop(torch.cat([*tokens, x.flatten(1, -2)], dim=1) + self.pos_embed)
+        return out
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> Any:
+        """Class-token head, or with a distillation token the mean of both heads."""
+        if not self.distill_token:
+            return super().forward_head(x, pre_logits)
+        cls, dist = self.head_drop(x[:, 0]), self.head_drop(x[:, 1])
+        if pre_logits:
+            return (cls + dist) / 2
+        cls, dist = self.head(cls), self.head_dist(dist)
+        if self.distilled_training and self.training:
+            return cls, dist
+        return (cls + dist) / 2
 
     @classmethod
     def from_pretrained(cls, path: str, **overrides: Any) -> VisionTransformerPlus:
@@ -170,6 +288,17 @@ class VisionTransformerPlus(VisionTransformer):  # type: ignore[misc]
         if not isinstance(model, cls):
             raise TypeError(f"{path} holds a {type(model).__name__}, not a {cls.__name__}")
         return model
+
+
+def add_distill_token(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict without a distillation token, given one that starts as a copy of the class token."""
+    out = dict(state)
+    out["dist_token"] = state["cls_token"].clone()
+    pos = state["pos_embed"]
+    out["pos_embed"] = torch.cat([pos[:, :1], pos[:, :1], pos[:, 1:]], dim=1)
+    out["head_dist.weight"] = state["head.weight"].clone()
+    out["head_dist.bias"] = state["head.bias"].clone()
+    return out
 
 
 @dataclass(frozen=True)

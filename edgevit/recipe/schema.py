@@ -34,12 +34,13 @@ class ModelSpec(Strict):
 
 
 class DataSection(Strict):
-    """Calibration and evaluation images: inline specs or names of manifests in calibration/."""
+    """Calibration, evaluation and (for distillation) training images: inline specs or manifest names."""
 
     calibration: DataSpec
     evaluation: DataSpec
+    train: DataSpec | None = None
 
-    @field_validator("calibration", "evaluation", mode="before")
+    @field_validator("calibration", "evaluation", "train", mode="before")
     @classmethod
     def _manifest(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -47,6 +48,79 @@ class DataSection(Strict):
 
             return read_manifest(value)
         return value
+
+
+class PruneTarget(Strict):
+    """The budget: the fraction of the model's MACs or of its parameters to keep (one of them)."""
+
+    macs: float | None = Field(default=None, gt=0, lt=1, description="keep at most this fraction of MACs")
+    params: float | None = Field(default=None, gt=0, lt=1, description="keep at most this fraction of params")
+
+    @model_validator(mode="after")
+    def _one(self) -> PruneTarget:
+        if (self.macs is None) == (self.params is None):
+            raise ValueError("set exactly one of macs or params, e.g. `target: {macs: 0.5}`")
+        return self
+
+
+class PruneStage(Strict):
+    """Structured pruning of a ViT-Plus: attention heads, MLP width, optionally whole blocks.
+
+    Importance is measured on the calibration images: ``taylor`` (|sum w * dL/dw| per unit,
+    cross-entropy on the labels) or ``magnitude`` (weight L2 norm). ``allocation: global`` removes
+    the units with the least importance per MAC across all blocks; ``uniform`` removes the same
+    fraction everywhere. ``remove_blocks`` first drops the blocks whose skipping costs least.
+    """
+
+    order: ClassVar[int] = 10
+    stage: Literal["prune"]
+    target: PruneTarget
+    importance: Literal["taylor", "magnitude"] = "taylor"
+    allocation: Literal["global", "uniform"] = "global"
+    heads: bool = True
+    mlp: bool = True
+    remove_heads: int | None = Field(
+        default=None, ge=1, description="remove exactly this many heads per block"
+    )
+    remove_blocks: int = Field(default=0, ge=0)
+    min_heads: int = Field(default=1, ge=1, description="heads every block keeps")
+    round_to: int = Field(default=8, ge=1, description="MLP widths stay multiples of this")
+    steps: int = Field(default=1, ge=1, le=20, description="prune in this many re-scored steps")
+    calibration_batch: int = Field(default=32, gt=0)
+
+    @model_validator(mode="after")
+    def _something_to_prune(self) -> PruneStage:
+        if not (self.heads or self.mlp or self.remove_blocks or self.remove_heads):
+            raise ValueError("nothing to prune: enable heads or mlp, or set remove_blocks")
+        return self
+
+
+class DistillStage(Strict):
+    """Knowledge distillation from the float reference (teacher) into a student.
+
+    The student is the pruned model when a prune stage comes first, else the ViT-Plus named in
+    ``student`` (trained from scratch). Loss: ``alpha`` x KL(teacher || student) at
+    ``temperature`` (scaled by T^2) + (1 - alpha) x cross-entropy on the labels of ``data.train``.
+    ``nproc`` > 1 trains that many processes under torchrun (DistributedDataParallel).
+    """
+
+    order: ClassVar[int] = 20
+    stage: Literal["distill"]
+    student: str | None = Field(default=None, description="ViT-Plus name of a smaller student")
+    epochs: int = Field(default=30, gt=0)
+    batch_size: int = Field(default=64, gt=0)
+    lr: float = Field(default=5e-4, gt=0)
+    weight_decay: float = Field(default=0.05, ge=0)
+    warmup_epochs: int = Field(default=1, ge=0)
+    temperature: float = Field(default=4.0, gt=0)
+    alpha: float = Field(default=0.7, ge=0, le=1)
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    shift_pixels: int = Field(default=2, ge=0)
+    distill_token: bool = Field(
+        default=False, description="DeiT-style distillation token (ViT-Plus students)"
+    )
+    seed: int = 0
+    nproc: int = Field(default=1, ge=1, le=64)
 
 
 class QuantizeStage(Strict):
@@ -69,13 +143,18 @@ class QuantizeStage(Strict):
     calibration_batch: int = Field(default=16, gt=0)
 
 
-Stage = Annotated[QuantizeStage, Field(discriminator="stage")]
+Stage = Annotated[PruneStage | DistillStage | QuantizeStage, Field(discriminator="stage")]
 
 
 class Gates(Strict):
     """Pass/fail limits; a failed gate makes ``edgevit build`` exit 1."""
 
-    max_top1_drop: float | None = Field(default=1.0, ge=0, description="points below the float reference")
+    max_top1_drop: float | None = Field(
+        default=1.0, ge=0, description="points an artifact may lose against the float model it was built from"
+    )
+    max_compression_top1_drop: float | None = Field(
+        default=1.0, ge=0, description="points prune/distill may lose against the float reference"
+    )
     min_agreement: float | None = Field(default=None, ge=0, le=1)
     min_cosine: float | None = Field(default=None, ge=-1, le=1)
     max_latency_p50_ms: float | None = Field(default=None, gt=0)
@@ -153,6 +232,10 @@ class Recipe(Strict):
         """The quantize stage, if any."""
         return next((s for s in self.stages if isinstance(s, QuantizeStage)), None)
 
+    def compression(self) -> list[PruneStage | DistillStage]:
+        """The stages that change the float model, in order (prune, distill)."""
+        return [s for s in self.stages if isinstance(s, PruneStage | DistillStage)]
+
     @model_validator(mode="after")
     def _consistent(self) -> Recipe:
         names = [t.name for t in self.targets]
@@ -164,7 +247,17 @@ class Recipe(Strict):
             raise ValueError("each stage may appear once")
         orders = [s.order for s in self.stages]
         if orders != sorted(orders):
-            raise ValueError("stages are out of order: the order is prune, distill, quantize")
+            raise ValueError(
+                f"stages are out of order ({', '.join(kinds)}): the order is prune, distill, quantize"
+            )
+        distill = next((s for s in self.stages if isinstance(s, DistillStage)), None)
+        if distill is not None:
+            if self.data.train is None:
+                raise ValueError("a distill stage needs training images: set data.train (e.g. digits-train)")
+            if distill.student is None and not any(isinstance(s, PruneStage) for s in self.stages):
+                raise ValueError("distill needs a student: put a prune stage before it or set student")
+            if distill.student is not None and any(isinstance(s, PruneStage) for s in self.stages):
+                raise ValueError("distill.student names a new model, but a prune stage already makes one")
         if any(t.precision == "int8" for t in self.targets) and self.quantize() is None:
             raise ValueError("int8 targets need a `quantize` stage in stages (e.g. `- stage: quantize`)")
         return self

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -127,14 +129,17 @@ class OvTarget(Target):
         batches = list(calibration_batches(request, batch=1))  # NNCF collects statistics per sample
         names = float_ops(model, request.quantize)
         ignored = nncf.IgnoredScope(names=names) if names else None
+        # NNCF logs every ignored op at INFO on stdout, which is for the report (--json): keep it quiet.
+        logging.getLogger("nncf").setLevel(logging.WARNING)
         try:
-            return nncf.quantize(
-                model,
-                nncf.Dataset(batches),
-                model_type=nncf.ModelType.TRANSFORMER,
-                subset_size=len(batches),
-                ignored_scope=ignored,
-            )
+            with contextlib.redirect_stdout(sys.stderr):
+                return nncf.quantize(
+                    model,
+                    nncf.Dataset(batches),
+                    model_type=nncf.ModelType.TRANSFORMER,
+                    subset_size=len(batches),
+                    ignored_scope=ignored,
+                )
         except Exception as exc:
             raise LoweringError(f"NNCF quantization failed: {type(exc).__name__}: {exc}") from exc
 

@@ -1,0 +1,83 @@
+"""Multi-process training on torch.distributed: launched by torchrun, or by us through torchrun.
+
+Processes started by ``torchrun`` (ours or the user's) find RANK/WORLD_SIZE in the environment;
+``init()`` joins the group with gloo on CPU and nccl on GPUs. Each process takes its share of
+every global batch and DistributedDataParallel averages the gradients, so N processes follow
+the same optimisation as one process with the same global batch.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from edgevit.errors import EdgeVitError
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place in the group (rank 0 of 1 when not distributed)."""
+
+    rank: int = 0
+    size: int = 1
+
+    @property
+    def main(self) -> bool:
+        """True on the process that writes files and prints progress."""
+        return self.rank == 0
+
+
+def launched() -> bool:
+    """True when this process was started by torchrun with more than one process."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init() -> World:
+    """Join the process group if torchrun started us (idempotent); the world otherwise is 1 process."""
+    if not launched():
+        return World()
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+        if backend == "gloo":
+            cores = os.cpu_count() or 1
+            torch.set_num_threads(max(1, cores // dist.get_world_size()))
+    return World(dist.get_rank(), dist.get_world_size())
+
+
+def barrier() -> None:
+    """Wait for every process (no-op when not distributed)."""
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def finish() -> None:
+    """Leave the process group."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def run_under_torchrun(module_args: list[str], nproc: int) -> None:
+    """Run ``python -m <module_args>`` as ``nproc`` processes under torchrun; raise if it fails."""
+    if nproc < 1:
+        raise EdgeVitError(f"--nproc must be at least 1, got {nproc}")
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        *module_args,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // nproc))}
+    code = subprocess.run(cmd, env=env).returncode
+    if code != 0:
+        raise EdgeVitError(
+            f"{nproc}-process run under torchrun failed (exit {code})", "see the worker errors printed above"
+        )

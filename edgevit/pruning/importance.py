@@ -1,0 +1,123 @@
+"""Importance of heads, MLP neurons and blocks, measured on calibration data."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgevit.models.vit_plus import MultiScaleAttention, VisionTransformerPlus
+from edgevit.pruning.structure import BlockView, blocks
+
+Importance = Literal["taylor", "magnitude"]
+
+
+@dataclass
+class Scores:
+    """Per block: one score per head and one per MLP neuron (higher = more important)."""
+
+    heads: list[np.ndarray]
+    neurons: list[np.ndarray]
+
+
+def _batches(x: torch.Tensor, y: torch.Tensor, batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for i in range(0, len(x), batch):
+        yield x[i : i + batch], y[i : i + batch]
+
+
+def _head_terms(attn: MultiScaleAttention, fn: str) -> torch.Tensor:
+    """Sum over each head's parameters of ``w*g`` (fn="taylor") or ``w*w`` (fn="magnitude")."""
+    h, hd = attn.num_heads, attn.head_dim
+
+    def term(p: torch.Tensor) -> torch.Tensor:
+        other = p.grad if fn == "taylor" else p
+        assert other is not None, "taylor importance needs gradients"
+        return p * other
+
+    qkv = term(attn.qkv.weight).view(3, h, hd, -1).sum(dim=(0, 2, 3))
+    if attn.qkv.bias is not None:
+        qkv = qkv + term(attn.qkv.bias).view(3, h, hd).sum(dim=(0, 2))
+    proj = term(attn.proj.weight).view(-1, h, hd).sum(dim=(0, 2))
+    return (qkv + proj).detach()
+
+
+def _neuron_terms(view: BlockView, fn: str) -> torch.Tensor:
+    def term(p: torch.Tensor) -> torch.Tensor:
+        other = p.grad if fn == "taylor" else p
+        assert other is not None, "taylor importance needs gradients"
+        return p * other
+
+    out = term(view.fc1.weight).sum(dim=1) + term(view.fc2.weight).sum(dim=0)
+    if view.fc1.bias is not None:
+        out = out + term(view.fc1.bias)
+    return out.detach()
+
+
+def taylor(model: VisionTransformerPlus, x: torch.Tensor, y: torch.Tensor, batch: int) -> Scores:
+    """First-order Taylor importance: |sum of w * dL/dw| over a unit's weights, averaged over batches.
+
+    It estimates how much the cross-entropy loss changes when the unit is zeroed.
+    """
+    model.eval()
+    views = blocks(model)
+    heads = [torch.zeros(b.heads, dtype=torch.float64) for b in views]
+    neurons = [torch.zeros(b.width, dtype=torch.float64) for b in views]
+    count = 0
+    for xb, yb in _batches(x, y, batch):
+        model.zero_grad(set_to_none=True)
+        F.cross_entropy(model(xb), yb).backward()
+        for i, view in enumerate(views):
+            heads[i] += _head_terms(view.attn, "taylor").abs().double()
+            neurons[i] += _neuron_terms(view, "taylor").abs().double()
+        count += 1
+    model.zero_grad(set_to_none=True)
+    return Scores([(h / count).numpy() for h in heads], [(n / count).numpy() for n in neurons])
+
+
+def magnitude(model: VisionTransformerPlus) -> Scores:
+    """L2 norm of each unit's weights, divided by the layer's mean so that layers compare."""
+
+    def normed(t: torch.Tensor) -> np.ndarray:
+        v = t.double().sqrt()
+        return (v / v.mean().clamp_min(1e-12)).numpy()
+
+    with torch.no_grad():
+        return Scores(
+            [normed(_head_terms(b.attn, "magnitude")) for b in blocks(model)],
+            [normed(_neuron_terms(b, "magnitude")) for b in blocks(model)],
+        )
+
+
+def block_losses(model: VisionTransformerPlus, x: torch.Tensor, y: torch.Tensor, batch: int) -> np.ndarray:
+    """Cross-entropy increase when each block is skipped (its residual branches removed)."""
+    model.eval()
+
+    def loss() -> float:
+        with torch.no_grad():
+            total = sum(
+                float(F.cross_entropy(model(xb), yb, reduction="sum")) for xb, yb in _batches(x, y, batch)
+            )
+        return total / max(1, len(x))
+
+    base = loss()
+    out = []
+    for i in range(len(model.blocks)):
+        block = model.blocks[i]
+        model.blocks[i] = nn.Identity()
+        try:
+            out.append(loss() - base)
+        finally:
+            model.blocks[i] = block
+    return np.array(out)
+
+
+def score(
+    model: VisionTransformerPlus, kind: Importance, x: torch.Tensor, y: torch.Tensor, batch: int
+) -> Scores:
+    """Scores of every head and neuron by ``kind``."""
+    return taylor(model, x, y, batch) if kind == "taylor" else magnitude(model)

@@ -1,0 +1,166 @@
+"""The distill stage: train a student to match the float reference (teacher) and the labels."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+from edgevit import distributed
+from edgevit.data import DataSpec, load_data
+from edgevit.data.transforms import preprocess
+from edgevit.errors import ModelLoadError
+from edgevit.fileio import atomic_write_json
+from edgevit.models.config import ModelConfig
+from edgevit.models.load import config_for, create, load, save
+from edgevit.models.vit_plus import VisionTransformerPlus, add_distill_token
+from edgevit.recipe.schema import DistillStage
+from edgevit.train import STATE_FILE, Optim, fit
+
+LOG_FILE = "distill.json"
+CONFIG_FILE = "distill_config.json"
+
+
+class DistillConfig(BaseModel):
+    """One distillation run: teacher and student checkpoints, training data, settings."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    teacher: str
+    student: str  # a checkpoint (file or directory) or a model name trained from scratch
+    data: DataSpec
+    base_dir: str | None = None
+    settings: DistillStage
+
+
+def kd_loss(
+    student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, s: DistillStage
+) -> torch.Tensor:
+    """alpha * T^2 * KL(teacher || student at temperature T) + (1 - alpha) * cross-entropy."""
+    t = s.temperature
+    soft = F.kl_div(
+        F.log_softmax(student / t, dim=-1),
+        F.log_softmax(teacher / t, dim=-1),
+        reduction="batchmean",
+        log_target=True,
+    )
+    hard = F.cross_entropy(student, labels, label_smoothing=s.label_smoothing)
+    return s.alpha * t * t * soft + (1 - s.alpha) * hard
+
+
+def _student(cfg: DistillConfig, teacher: ModelConfig) -> tuple[nn.Module, ModelConfig]:
+    path = Path(cfg.student).expanduser()
+    extra = {"distill_token": True} if cfg.settings.distill_token else {}
+    if path.exists():
+        loaded = load(checkpoint=path)
+        model, config = loaded.model, loaded.config
+        if extra and not config.model_kwargs.get("distill_token"):
+            # the token starts as a copy of the class token, its head as a copy of the class head
+            config = config.model_copy(update={"model_kwargs": {**config.model_kwargs, **extra}})
+            state = add_distill_token(model.state_dict())
+            model = create(config.architecture, num_classes=config.num_classes, **config.model_kwargs)
+            model.load_state_dict(state, strict=True)
+    else:
+        torch.manual_seed(cfg.settings.seed)
+        model = create(cfg.student, num_classes=teacher.num_classes, **extra)
+        config = config_for(
+            cfg.student,
+            model,
+            mean=teacher.mean,
+            std=teacher.std,
+            interpolation=teacher.interpolation,
+            crop_pct=teacher.crop_pct,
+            class_names=teacher.class_names,
+            model_kwargs=extra,
+        )
+    if config.input_size != teacher.input_size or config.num_classes != teacher.num_classes:
+        raise ModelLoadError(
+            f"student {cfg.student} takes {config.input_size} and predicts {config.num_classes} classes; the "
+            f"teacher takes {teacher.input_size} and predicts {teacher.num_classes}",
+            "pick a student with the teacher's input size and classes",
+        )
+    return model, config
+
+
+def distill(cfg: DistillConfig, out_dir: Path, progress: bool = True) -> dict[str, Any]:
+    """Distill into ``out_dir`` (model.safetensors, config.json, distill.json); resumable, seeded.
+
+    Run it once per process under torchrun to train with DistributedDataParallel.
+    """
+    world = distributed.init()
+    s = cfg.settings
+    out_dir.mkdir(parents=True, exist_ok=True)
+    teacher = load(checkpoint=Path(cfg.teacher))
+    model, config = _student(cfg, teacher.config)
+    base = Path(cfg.base_dir) if cfg.base_dir else None
+    raw = load_data(cfg.data, teacher.config.class_names, base)
+    x = torch.from_numpy(preprocess(raw, teacher.config))
+    y = torch.from_numpy(raw.labels).long()
+    teacher_model = teacher.model.eval()
+    for p in teacher_model.parameters():
+        p.requires_grad_(False)
+
+    def loss_fn(net: nn.Module, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            target = teacher_model(xb)
+        out = net(xb)
+        if isinstance(out, tuple):  # distillation token: class head learns labels, token head the teacher
+            cls_out, dist_out = out
+            return (1 - s.alpha) * F.cross_entropy(
+                cls_out, yb, label_smoothing=s.label_smoothing
+            ) + s.alpha * kd_loss(dist_out, target, yb, s.model_copy(update={"alpha": 1.0}))
+        return kd_loss(out, target, yb, s)
+
+    optim = Optim(s.epochs, s.batch_size, s.lr, s.weight_decay, s.warmup_epochs, s.shift_pixels, s.seed)
+    vit = model if isinstance(model, VisionTransformerPlus) else None
+    if vit is not None:
+        vit.set_distilled_training(True)
+    t0 = time.perf_counter()
+    history = fit(
+        model,
+        x,
+        y,
+        optim,
+        loss_fn,
+        out_dir,
+        cfg.model_dump_json(),
+        f"distill {config.architecture}",
+        progress,
+    )
+    if vit is not None:
+        vit.set_distilled_training(False)
+    result: dict[str, Any] = {
+        "teacher": cfg.teacher,
+        "student": cfg.student,
+        "data": raw.description,
+        "settings": s.model_dump(mode="json"),
+        "history": history,
+        "processes": world.size,
+        "seconds_this_run": round(time.perf_counter() - t0, 1),
+    }
+    if world.main:
+        save(model, config, out_dir)
+        atomic_write_json(out_dir / LOG_FILE, result)
+        (out_dir / STATE_FILE).unlink(missing_ok=True)
+    distributed.barrier()
+    return result
+
+
+def run_distill(cfg: DistillConfig, out_dir: Path, progress: bool = False) -> dict[str, Any]:
+    """Distill in this process, or in ``settings.nproc`` processes under torchrun."""
+    if cfg.settings.nproc == 1:
+        return distill(cfg, out_dir, progress)
+    import json
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config_path = out_dir / CONFIG_FILE
+    atomic_write_json(config_path, cfg.model_dump(mode="json"))
+    args = ["edgevit.cli", "distill", "--config", str(config_path), "-o", str(out_dir)]
+    distributed.run_under_torchrun(args if progress else [*args, "--quiet"], cfg.settings.nproc)
+    config_path.unlink()
+    return dict(json.loads((out_dir / LOG_FILE).read_text()))
