@@ -147,7 +147,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
                 "see `edgevit distill -h`",
             ) from None
     result = distill(cfg, Path(args.output), progress=not args.quiet)
-    if not _main_process():
+    if not _main_process() or (args.quiet and not args.json):
         return 0
     last = result["history"][-1] if result["history"] else {}
     print(

@@ -44,3 +44,31 @@ def test_user_errors_are_one_line_exit_2(tmp_path) -> None:
         assert proc.returncode == 2, (args, proc.stderr)
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("edgevit: error: "), (args, proc.stderr)
+
+
+def test_bad_compression_settings_are_one_line_errors(tmp_path, tiny_checkpoint) -> None:
+    out = str(tmp_path / "build")
+    base = ("build", "digits-pruned-int8", "-o", out, "--set", f"model.checkpoint={tiny_checkpoint}")
+    cases = [
+        (
+            (*base, "--set", "stages.0.remove_heads=3"),
+            "stages[0].remove_heads: cannot remove 3 heads per block",
+        ),
+        (
+            (*base, "--set", "stages.0.remove_blocks=1"),
+            "stages[0].remove_blocks: cannot remove 1 of 1 blocks",
+        ),
+        ((*base, "--set", "stages.0.target.macs=1"), "stages[0].target.macs: Input should be less than 1"),
+        ((*base, "--set", "stages.0.importance=random"), "stages[0].importance: Input should be 'taylor' or"),
+        (
+            ("distill", "--teacher", str(tiny_checkpoint), "--student", "vit_plus_nope", "-o", out),
+            "unknown model name 'vit_plus_nope'",
+        ),
+        (("distill", "--teacher", str(tiny_checkpoint), "-o", out), "distill needs --teacher and --student"),
+    ]
+    for args, message in cases:
+        proc = run_cli(*args, "--quiet")
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert len(lines) == 1 and message in lines[0], (args, proc.stderr)
+    assert not (tmp_path / "build" / "stages").exists() or not any((tmp_path / "build" / "stages").iterdir())

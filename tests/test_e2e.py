@@ -94,3 +94,19 @@ def test_json_output_is_only_the_report(ort_build: Path) -> None:
     proc = run_cli("build", "digits-ort-int8", "-o", str(ort_build), "--json", *QUICK)
     assert proc.returncode == 0 and proc.stderr == ""
     assert json.loads(proc.stdout)["recipe"] == "digits-ort-int8"
+
+
+def test_pruned_distilled_build_in_two_processes(tmp_path: Path) -> None:
+    """The shipped compression recipe, distilling under torchrun (2 processes), with --json output."""
+    proc = run_cli(
+        "build", "digits-pruned-int8", "-o", str(tmp_path), "--json", "--set", "stages.1.nproc=2", *QUICK
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rep = json.loads(proc.stdout)  # stdout holds the report only, even with NNCF and torchrun workers
+    assert rep == _report(tmp_path) and rep["passed"] is True
+    ref, (pruned, distilled) = rep["reference"], rep["stages"]
+    assert pruned["macs"] <= 0.5 * ref["macs"]
+    assert distilled["details"]["processes"] == 2
+    assert distilled["top1_drop"] <= 1.0  # the recipe's acceptance: within 1.0 point of the unpruned float
+    for target in rep["targets"]:
+        assert target["status"] == "ok" and target["accuracy"]["top1_drop"] <= 1.0

@@ -88,3 +88,38 @@ def test_user_checkpoint_and_image_folder_relative_to_the_recipe(
     assert report.data["reference"]["evaluation"].endswith("images/all")
     assert report.passed, report.data["gates"]
     assert report.target("int8")["accuracy"]["cosine"] < 1.0
+
+
+QUICK_COMPRESSION = [
+    "stages.0.remove_blocks=0",
+    "stages.1.epochs=1",
+    "check.runs=5",
+    "gates.max_top1_drop=100",
+    "gates.max_compression_top1_drop=100",
+]
+
+
+def test_prune_distill_quantize_build(fresh_builtin: Path, tmp_path: Path) -> None:
+    lines: list[str] = []
+    report = edgevit.build(
+        "digits-pruned-int8", tmp_path / "b", overrides=QUICK_COMPRESSION, log=lines.append
+    )
+    doc = report.data
+    assert [s["stage"] for s in doc["stages"]] == ["prune", "distill"]
+    ref, pruned, distilled = doc["reference"], doc["stages"][0], doc["stages"][1]
+    assert pruned["macs"] <= 0.5 * ref["macs"] and pruned["params"] < ref["params"]
+    assert distilled["macs"] == pruned["macs"]  # distillation trains, it does not resize
+    assert pruned["checkpoint_bytes"] < ref["checkpoint_bytes"]
+    assert pruned["details"]["after"]["macs"] == pruned["macs"]
+    assert distilled["top1_drop"] == pytest.approx(ref["top1"] - distilled["top1"], abs=1e-3)
+    assert doc["lowered"]["step"] == "stages/1-distill"
+    assert {t["status"] for t in doc["targets"]} == {"ok"}
+    assert "reference_top1_drop" in report.target("ort-int8")["accuracy"]
+    gate = next(g for g in doc["gates"] if g["name"] == "max_compression_top1_drop")
+    assert (
+        gate["value"] == pytest.approx(distilled["top1_drop"]) and gate["target"] == "stage:stages/1-distill"
+    )
+    md = (tmp_path / "b" / "report.md").read_text()
+    assert "| prune |" in md and "| distill |" in md
+    again = edgevit.build("digits-pruned-int8", tmp_path / "b", overrides=QUICK_COMPRESSION)
+    assert all(s["reused"] for s in again.data["stages"])

@@ -51,3 +51,33 @@ def test_atomic_write_replaces_whole_files(tmp_path: Path) -> None:
     atomic_write_text(path, "one")
     atomic_write_text(path, "two")
     assert path.read_text() == "two" and [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+
+
+def test_resumable_step_keeps_its_partial_work_for_the_next_run(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path)
+    seen: list[bool] = []
+
+    def interrupted(d: Path) -> None:
+        (d / "state.txt").write_text("epoch 1")
+        raise KeyboardInterrupt
+
+    def resumes(d: Path) -> None:
+        seen.append((d / "state.txt").is_file())
+        (d / "state.txt").unlink()
+        (d / "out.txt").write_text("done")
+
+    with pytest.raises(KeyboardInterrupt):
+        ws.step("s", {"x": 1}, interrupted, resumable=True)
+    assert not (tmp_path / "s").exists()
+    result = ws.step("s", {"x": 1}, resumes, resumable=True)
+    assert seen == [True] and set(result.outputs) == {"out.txt"}
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_resumable_step_discards_partial_work_of_another_key(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path)
+    with pytest.raises(ZeroDivisionError):
+        ws.step("s", {"x": 1}, lambda d: ((d / "state.txt").write_text("old"), 1 / 0), resumable=True)
+    seen: list[bool] = []
+    ws.step("s", {"x": 2}, lambda d: seen.append((d / "state.txt").exists()), resumable=True)
+    assert seen == [False]

@@ -30,6 +30,10 @@ class PruneResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
+class _Infeasible(Exception):
+    """Every removable unit is gone and the budget is still not met."""
+
+
 @dataclass
 class _Stream:
     """Removable units of one kind in one block, cheapest-to-lose first."""
@@ -94,10 +98,7 @@ def _allocate_global(streams: list[_Stream], excess: int) -> None:
         if s.pos < len(s.units):
             heapq.heappush(heap, (s.priority(), i))
     if excess > 0:
-        raise RecipeError(
-            "the pruning target cannot be met with these limits",
-            "raise stages[].target, lower min_heads/round_to, or allow remove_blocks",
-        )
+        raise _Infeasible
 
 
 def _allocate_uniform(streams: list[_Stream], excess: int) -> None:
@@ -222,7 +223,14 @@ def prune(
             if current <= goal and fixed is None:
                 continue
             scores = importance.score(vit, stage.importance, x, y, stage.calibration_batch)
-            vit, config = _step(vit, config, stage, scores, goal, current, measure, fixed)
+            try:
+                vit, config = _step(vit, config, stage, scores, goal, current, measure, fixed)
+            except _Infeasible:
+                raise RecipeError(
+                    f"{where}.target: {measure} {ratio} cannot be met: every head and MLP unit these limits "
+                    "allow to go is gone",
+                    "raise the target, lower min_heads or round_to, enable heads/mlp, or set remove_blocks",
+                ) from None
             fixed = None  # fixed head removal happens once
             say(
                 f"prune: step {step}/{stage.steps}: {measure} {_measure(vit, measure, size) / base:.3f} of the original"

@@ -28,6 +28,34 @@ def _fmt(value: Any, spec: str) -> str:
     return "—" if value is None else format(value, spec)
 
 
+def _stage_lines(doc: dict[str, Any]) -> list[str]:
+    """The compression table: size and float accuracy of the reference and after each stage."""
+    stages = doc.get("stages") or []
+    if not stages:
+        return []
+    ref = doc["reference"]
+    lines = [
+        "",
+        "## Compression",
+        "",
+        "| model | params | MACs | MACs vs reference | checkpoint | float top-1 % | drop (pts) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in [{"stage": "reference", "top1_drop": 0.0, **ref}, *stages]:
+        lines.append(
+            f"| {row['stage']} | {row['params'] / 1e6:.2f}M | {row['macs'] / 1e6:.1f}M "
+            f"| {row['macs'] / ref['macs']:.3f} | {row['checkpoint_bytes'] / 1e6:.2f} MB "
+            f"| {row['top1']:.2f} | {row['top1_drop']:+.2f} |"
+        )
+    lines += [
+        "",
+        f"Targets are built from the output of `{doc['lowered']['step']}`; their drop, agreement and cosine "
+        "compare each artifact with that float model (the reference's drop is in report.json as "
+        "`reference_top1_drop`).",
+    ]
+    return lines
+
+
 def render_markdown(doc: dict[str, Any]) -> str:
     """A people-readable summary with one row per target and one per gate."""
     ref = doc["reference"]
@@ -38,6 +66,7 @@ def render_markdown(doc: dict[str, Any]) -> str:
         "",
         f"Float reference **{ref['model']}**: top-1 **{ref['top1']:.2f}%** on {ref['samples']} images "
         f"({ref['evaluation']}), measured on the host with PyTorch.",
+        *_stage_lines(doc),
         "",
         "| target | backend | precision | status | where | top-1 % | drop (pts) | agreement | cosine "
         "| SQNR dB | p50 ms | p90 ms | p99 ms | size |",

@@ -32,3 +32,18 @@ def test_gates_pass_fail_and_skipped() -> None:
     assert not any(g.passed for g in gates.evaluate(skipped, Gates(fail_on_skipped=True)))
     failed = {"name": "f", "status": "failed"}
     assert not any(g.passed for g in gates.evaluate(failed, Gates()))
+
+
+def test_compression_gate_checks_the_last_stage() -> None:
+    from edgevit.check.gates import evaluate_stages
+    from edgevit.recipe.schema import Gates
+
+    stages = [{"step": "stages/0-prune", "top1_drop": 4.0}, {"step": "stages/1-distill", "top1_drop": 0.6}]
+    (ok,) = evaluate_stages(stages, Gates(max_compression_top1_drop=1.0))
+    assert ok.passed and ok.value == 0.6 and ok.target == "stage:stages/1-distill"
+    (bad,) = evaluate_stages(stages[:1], Gates(max_compression_top1_drop=1.0))
+    assert not bad.passed
+    assert (
+        evaluate_stages([], Gates()) == []
+        and evaluate_stages(stages, Gates(max_compression_top1_drop=None)) == []
+    )

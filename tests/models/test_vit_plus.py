@@ -35,6 +35,49 @@ def test_split_heads_is_even_and_complete() -> None:
         split_heads(2, (1, 2, 4))
 
 
+def test_explicit_head_counts_per_scale() -> None:
+    assert split_heads(2, (1, 2, 4), [1, 0, 1]) == [(0, 1, 1), (1, 1, 4)]
+    with pytest.raises(ValueError, match="summing to 3"):
+        split_heads(3, (1, 2, 4), [1, 1, 0])
+
+
+def test_blocks_can_differ_in_heads_and_mlp_width() -> None:
+    model = timm.create_model(
+        "vit_plus_tiny_patch8_32", num_classes=3, block_heads=[[1, 1, 1], [0, 2, 0]], block_mlp=[64, 16]
+    )
+    assert len(model.blocks) == 2
+    assert model.blocks[1].attn.groups == [(0, 2, 2)] and model.blocks[1].attn.qkv.out_features == 3 * 2 * 64
+    assert model.blocks[1].mlp.fc1.out_features == 16
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 3)
+    with pytest.raises(ValueError, match="at least one head"):
+        timm.create_model("vit_plus_tiny_patch8_32", block_heads=[[0, 0, 0]])
+    with pytest.raises(ValueError, match="block_mlp has 1 entries for 2 blocks"):
+        timm.create_model("vit_plus_tiny_patch8_32", block_heads=[[1, 1, 1]] * 2, block_mlp=[8])
+
+
+def test_distillation_token_model() -> None:
+    from edgevit.models.vit_plus import add_distill_token
+
+    torch.manual_seed(0)
+    plain = timm.create_model("vit_plus_tiny_patch8_32", num_classes=4, depth=1).eval()
+    model = timm.create_model("vit_plus_tiny_patch8_32", num_classes=4, depth=1, distill_token=True)
+    model.load_state_dict(add_distill_token(plain.state_dict()), strict=True)
+    assert model.num_prefix_tokens == 2 and model.pos_embed.shape[1] == 16 + 2
+    x = torch.randn(3, 3, 32, 32)
+    model.set_distilled_training(True)
+    cls, dist = model.train()(x)
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model(x),
+            (model.head(model.forward_features(x)[:, 0]) + model.head_dist(model.forward_features(x)[:, 1]))
+            / 2,
+        )
+    assert cls.shape == dist.shape == (3, 4)
+    with pytest.raises(ValueError, match="distill_token needs a class token"):
+        timm.create_model("vit_plus_tiny_patch8_32", distill_token=True, class_token=False, global_pool="avg")
+
+
 def test_timm_vit_weights_load_and_match_with_multiscale_off() -> None:
     torch.manual_seed(0)
     ref = timm.create_model("vit_tiny_patch16_224", num_classes=5).eval()

@@ -52,6 +52,36 @@ def test_shipped_default_recipes_exist() -> None:
         (lambda d: d["data"].update(calibration="nope"), r"data manifest 'nope' not found"),
         (lambda d: d.pop("targets"), r"targets: Field required"),
         (lambda d: d["targets"][0].update(device="pdp-11"), r"device profile 'pdp-11' not found.*x86-avx512"),
+        (
+            lambda d: d["stages"].insert(0, {"stage": "prune", "target": {"macs": 1.5}}),
+            r"stages\[0\]\.target\.macs: .*less than 1",
+        ),
+        (
+            lambda d: d["stages"].insert(
+                0, {"stage": "prune", "target": {"macs": 0.5}, "importance": "vibes"}
+            ),
+            r"stages\[0\]\.importance: .*'taylor' or 'magnitude'.*got 'vibes'",
+        ),
+        (
+            lambda d: d["stages"].insert(0, {"stage": "prune", "target": {"macs": 0.5, "params": 0.5}}),
+            r"set exactly one of macs or params",
+        ),
+        (
+            lambda d: d["stages"].append({"stage": "prune", "target": {"macs": 0.5}}),
+            r"stages are out of order \(quantize, prune\): the order is prune, distill, quantize",
+        ),
+        (
+            lambda d: d["stages"].insert(0, {"stage": "distill", "student": "vit_plus_tiny_patch8_32"}),
+            r"a distill stage needs training images: set data.train",
+        ),
+        (
+            lambda d: (d["data"].update(train="digits-train"), d["stages"].insert(0, {"stage": "distill"})),
+            r"distill needs a student: put a prune stage before it or set student",
+        ),
+        (
+            lambda d: d["stages"].insert(0, {"stage": "distill", "nproc": 0}),
+            r"stages\[0\]\.nproc: .*greater than",
+        ),
     ],
 )
 def test_bad_recipes_name_the_field(tmp_path: Path, change, message: str) -> None:

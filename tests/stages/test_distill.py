@@ -1,0 +1,93 @@
+"""Distillation: the loss, a resumable run, and 2 processes under torchrun matching 1 process."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import edgevit.train as train_mod
+from edgevit.data import DataSpec
+from edgevit.models.load import load
+from edgevit.recipe.schema import DistillStage
+from edgevit.stages.distill import DistillConfig, distill, kd_loss
+from edgevit.train import TrainConfig, train
+from tests.conftest import run_cli, write_image_folder
+
+
+def test_kd_loss_is_zero_only_when_the_student_matches_the_teacher() -> None:
+    s = DistillStage(stage="distill", alpha=1.0, temperature=3.0)
+    logits = torch.randn(8, 5)
+    labels = torch.randint(0, 5, (8,))
+    assert float(kd_loss(logits, logits, labels, s)) == pytest.approx(0.0, abs=1e-6)
+    assert float(kd_loss(logits, torch.randn(8, 5), labels, s)) > 0.01
+    hard = DistillStage(stage="distill", alpha=0.0)
+    ce = torch.nn.functional.cross_entropy(logits, labels)
+    assert float(kd_loss(logits, torch.randn(8, 5), labels, hard)) == pytest.approx(float(ce))
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A 1-block ViT-Plus trained 3 epochs on a 2-class image folder (80 images)."""
+    root = tmp_path_factory.mktemp("distill")
+    data = write_image_folder(root / "imgs", {"dark": 40, "light": 40})
+    cfg = TrainConfig(model="vit_plus_tiny_patch8_32", model_kwargs={"depth": 1}, data=str(data), epochs=3)
+    train(cfg, root / "teacher", progress=False)
+    return root / "teacher", data
+
+
+def _config(teacher: tuple[Path, Path], **settings) -> DistillConfig:
+    ckpt, data = teacher
+    stage = DistillStage(stage="distill", epochs=2, batch_size=8, warmup_epochs=0, **settings)
+    return DistillConfig(
+        teacher=str(ckpt), student=str(ckpt), data=DataSpec(source=str(data), split="train"), settings=stage
+    )
+
+
+def test_distill_writes_a_loadable_student_and_resumes(
+    teacher: tuple[Path, Path], tmp_path: Path, monkeypatch
+) -> None:
+    cfg = _config(teacher)
+    straight = distill(cfg, tmp_path / "a", progress=False)
+    assert len(straight["history"]) == 2 and (tmp_path / "a" / "distill.json").is_file()
+    assert not (tmp_path / "a" / "train_state.pt").exists()
+
+    real_fit_save, calls = train_mod.atomic_path, []
+
+    def dies_on_second_save(path):  # the epoch-2 checkpoint never lands
+        calls.append(path)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_fit_save(path)
+
+    monkeypatch.setattr(train_mod, "atomic_path", dies_on_second_save)
+    with pytest.raises(KeyboardInterrupt):
+        distill(cfg, tmp_path / "b", progress=False)
+    monkeypatch.setattr(train_mod, "atomic_path", real_fit_save)
+    assert (tmp_path / "b" / "train_state.pt").is_file()
+    resumed = distill(cfg, tmp_path / "b", progress=False)
+    assert [h["loss"] for h in resumed["history"]] == pytest.approx([h["loss"] for h in straight["history"]])
+    a, b = load(checkpoint=tmp_path / "a").model, load(checkpoint=tmp_path / "b").model
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        torch.testing.assert_close(pa, pb, msg=name)
+
+
+def test_distillation_token_student(teacher: tuple[Path, Path], tmp_path: Path) -> None:
+    distill(_config(teacher, distill_token=True), tmp_path / "s", progress=False)
+    student = load(checkpoint=tmp_path / "s")
+    assert student.config.model_kwargs["distill_token"] is True
+    assert student.model(torch.zeros(2, 3, 32, 32)).shape == (2, 2)  # eval: mean of both heads
+
+
+def test_two_processes_follow_one_process(teacher: tuple[Path, Path], tmp_path: Path) -> None:
+    """torchrun + DDP (gloo): each process takes half of every global batch; the result matches."""
+    ckpt, data = teacher
+    args = ["distill", "--teacher", str(ckpt), "--student", str(ckpt), "--data", str(data)]
+    args += ["--epochs", "2", "--batch-size", "8", "--quiet", "--json"]
+    one = run_cli(*args, "-o", str(tmp_path / "one"))
+    two = run_cli(*args, "--nproc", "2", "-o", str(tmp_path / "two"))
+    assert one.returncode == 0, one.stderr[-2000:]
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert '"processes": 2' in (tmp_path / "two" / "distill.json").read_text()
+    a, b = load(checkpoint=tmp_path / "one").model, load(checkpoint=tmp_path / "two").model
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        torch.testing.assert_close(pa, pb, atol=1e-4, rtol=1e-3, msg=name)
