@@ -36,6 +36,11 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0 if report.passed else 1
 
 
+def _given(**options: Any) -> dict[str, Any]:
+    """The options the user set (argparse leaves the others None)."""
+    return {k: v for k, v in options.items() if v is not None}
+
+
 def _without_nproc(argv: list[str]) -> list[str]:
     out, skip = [], False
     for a in argv:
@@ -70,19 +75,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     if _relaunch(args):
         return 0
 
-    fields = {
-        k: v
-        for k, v in {
-            "model": args.model,
-            "data": args.data,
-            "epochs": args.epochs,
-            "batch_size": args.batch_size,
-            "lr": args.lr,
-            "seed": args.seed,
-            "init_checkpoint": args.init,
-        }.items()
-        if v is not None
-    }
+    fields = _given(
+        model=args.model,
+        data=args.data,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        init_checkpoint=args.init,
+    )
     try:
         cfg = TrainConfig(**fields)
     except ValueError as exc:
@@ -120,19 +121,15 @@ def cmd_distill(args: argparse.Namespace) -> int:
             )
         if _relaunch(args):
             return 0
-        fields = {
-            k: v
-            for k, v in {
-                "epochs": args.epochs,
-                "batch_size": args.batch_size,
-                "lr": args.lr,
-                "temperature": args.temperature,
-                "alpha": args.alpha,
-                "seed": args.seed,
-                "distill_token": args.distill_token or None,
-            }.items()
-            if v is not None
-        }
+        fields = _given(
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            temperature=args.temperature,
+            alpha=args.alpha,
+            seed=args.seed,
+            distill_token=args.distill_token or None,
+        )
         try:
             cfg = DistillConfig(
                 teacher=args.teacher,

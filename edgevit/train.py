@@ -22,7 +22,7 @@ from edgevit.data.transforms import preprocess
 from edgevit.errors import EdgeVitError
 from edgevit.fileio import atomic_path, atomic_write_json
 from edgevit.models.config import ModelConfig
-from edgevit.models.load import config_for, create, load, save
+from edgevit.models.load import create_configured, load, save
 
 STATE_FILE = "train_state.pt"
 LOG_FILE = "train.json"
@@ -80,18 +80,7 @@ def _build(cfg: TrainConfig, class_names: list[str]) -> tuple[nn.Module, ModelCo
             model.reset_classifier(n)  # type: ignore[operator]
         mcfg = loaded.config.model_copy(update={"num_classes": n, "class_names": class_names})
         return model, mcfg
-    model = create(cfg.model, num_classes=n, **cfg.model_kwargs)
-    mcfg = config_for(
-        cfg.model,
-        model,
-        mean=cfg.mean,
-        std=cfg.std,
-        interpolation=cfg.interpolation,
-        crop_pct=cfg.crop_pct,
-        class_names=class_names,
-        model_kwargs=dict(cfg.model_kwargs),
-    )
-    return model, mcfg
+    return create_configured(cfg.model, n, class_names, cfg.model_dump(), cfg.model_kwargs)
 
 
 @dataclass(frozen=True)
@@ -259,9 +248,16 @@ def train(cfg: TrainConfig, out_dir: Path, progress: bool = True) -> dict[str, A
         )
     except EdgeVitError:
         result["test_top1"] = None  # a folder source may have no test split
-    if world.main:
-        save(model, mcfg, out_dir)
-        atomic_write_json(out_dir / LOG_FILE, result)
+    return finish(model, mcfg, out_dir, LOG_FILE, result)
+
+
+def finish(
+    model: nn.Module, config: ModelConfig, out_dir: Path, log_name: str, result: dict[str, Any]
+) -> dict[str, Any]:
+    """Rank 0 saves the trained model and its log and drops the resume state; all ranks wait."""
+    if distributed.init().main:
+        save(model, config, out_dir)
+        atomic_write_json(out_dir / log_name, result)
         (out_dir / STATE_FILE).unlink(missing_ok=True)
     distributed.barrier()
     return result

@@ -61,6 +61,26 @@ def config_for(name: str, model: nn.Module, **fields: Any) -> ModelConfig:
     return ModelConfig(**values)
 
 
+PREPROCESSING = frozenset({"mean", "std", "interpolation", "crop_pct"})
+
+
+def create_configured(
+    name: str,
+    num_classes: int,
+    class_names: list[str] | None,
+    preprocessing: dict[str, Any],
+    model_kwargs: dict[str, Any],
+) -> tuple[nn.Module, ModelConfig]:
+    """A new model (random weights) and its config, with the given input preprocessing.
+
+    ``preprocessing`` holds the ``PREPROCESSING`` fields (e.g. a teacher's, or a training config's).
+    """
+    model = create(name, num_classes=num_classes, **model_kwargs)
+    fields = {k: v for k, v in preprocessing.items() if k in PREPROCESSING}
+    config = config_for(name, model, class_names=class_names, model_kwargs=dict(model_kwargs), **fields)
+    return model, config
+
+
 def save(model: nn.Module, config: ModelConfig, directory: Path) -> Path:
     """Save ``model`` as safetensors with its config beside it; returns the weights path."""
     from safetensors.torch import save_file

@@ -17,10 +17,10 @@ from edgevit.data.transforms import preprocess
 from edgevit.errors import ModelLoadError
 from edgevit.fileio import atomic_write_json
 from edgevit.models.config import ModelConfig
-from edgevit.models.load import config_for, create, load, save
+from edgevit.models.load import create, create_configured, load
 from edgevit.models.vit_plus import VisionTransformerPlus, add_distill_token
 from edgevit.recipe.schema import DistillStage
-from edgevit.train import STATE_FILE, Optim, fit
+from edgevit.train import Optim, finish, fit
 
 LOG_FILE = "distill.json"
 CONFIG_FILE = "distill_config.json"
@@ -67,16 +67,8 @@ def _student(cfg: DistillConfig, teacher: ModelConfig) -> tuple[nn.Module, Model
             model.load_state_dict(state, strict=True)
     else:
         torch.manual_seed(cfg.settings.seed)
-        model = create(cfg.student, num_classes=teacher.num_classes, **extra)
-        config = config_for(
-            cfg.student,
-            model,
-            mean=teacher.mean,
-            std=teacher.std,
-            interpolation=teacher.interpolation,
-            crop_pct=teacher.crop_pct,
-            class_names=teacher.class_names,
-            model_kwargs=extra,
+        model, config = create_configured(
+            cfg.student, teacher.num_classes, teacher.class_names, teacher.model_dump(), extra
         )
     if config.input_size != teacher.input_size or config.num_classes != teacher.num_classes:
         raise ModelLoadError(
@@ -143,12 +135,7 @@ def distill(cfg: DistillConfig, out_dir: Path, progress: bool = True) -> dict[st
         "processes": world.size,
         "seconds_this_run": round(time.perf_counter() - t0, 1),
     }
-    if world.main:
-        save(model, config, out_dir)
-        atomic_write_json(out_dir / LOG_FILE, result)
-        (out_dir / STATE_FILE).unlink(missing_ok=True)
-    distributed.barrier()
-    return result
+    return finish(model, config, out_dir, LOG_FILE, result)
 
 
 def run_distill(cfg: DistillConfig, out_dir: Path, progress: bool = False) -> dict[str, Any]:
