@@ -123,3 +123,24 @@ def test_prune_distill_quantize_build(fresh_builtin: Path, tmp_path: Path) -> No
     assert "| prune |" in md and "| distill |" in md
     again = edgevit.build("digits-pruned-int8", tmp_path / "b", overrides=QUICK_COMPRESSION)
     assert all(s["reused"] for s in again.data["stages"])
+
+
+def test_distill_into_a_named_student(fresh_builtin: Path, tmp_path: Path) -> None:
+    import yaml
+
+    recipe = {
+        "name": "kd-only",
+        "model": {"checkpoint": "builtin:digits"},
+        "data": {"calibration": "digits-train-256", "evaluation": "digits-test", "train": "digits-train"},
+        "stages": [{"stage": "distill", "student": "vit_plus_tiny_patch8_32", "epochs": 1}],
+        "targets": [{"name": "ort-fp32", "backend": "onnxruntime"}],
+        "check": {"runs": 5},
+        "gates": {"max_compression_top1_drop": None},
+    }
+    path = tmp_path / "kd.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    report = edgevit.build(path, tmp_path / "b")
+    (stage,) = report.data["stages"]
+    assert stage["details"]["student"] == "vit_plus_tiny_patch8_32"
+    assert stage["params"] > report.data["reference"]["params"]  # the 4-block student vs the 1-block stand-in
+    assert report.target("ort-fp32")["accuracy"]["top1_drop"] == 0.0
