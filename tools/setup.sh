@@ -15,7 +15,7 @@ fi
 want="$(cat requirements.lock pyproject.toml | sha256sum | cut -d' ' -f1)"
 stamp=.venv/.edgevit-installed
 if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
-  echo "setup: installing the locked stack (torch 2.14.1 + torchvision 0.29.1 + timm, onnxruntime, openvino, nncf; several GB the first time)"
+  echo "setup: installing the locked stack (torch 2.14.1 + torchvision 0.29.1 + timm, onnxruntime, openvino + nncf, litert-torch + ai-edge-quantizer + ai-edge-litert; several GB the first time)"
   # The lock pins every package; the editable install adds edgevit itself with its extras.
   .venv/bin/python -m pip install --disable-pip-version-check -q -c requirements.lock -e '.[all,dev]' \
     2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
