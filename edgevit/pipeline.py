@@ -146,7 +146,7 @@ class Build:
         src_logits = ref_logits
         prev_step = ref_step
         for index, stage in enumerate(r.compression()):
-            prev_step = self._compress_step(index, stage, ref_step, prev_step)
+            prev_step = self._compress_step(index, stage, ref_step, prev_step, model, cfg)
             loaded = load(checkpoint=prev_step.directory)
             model, cfg, weights_sha = loaded.model, loaded.config, prev_step.outputs["model.safetensors"]
             src_logits = _logits(model, x_eval, r.check.eval_batch)
@@ -346,9 +346,15 @@ class Build:
         }
 
     def _compress_step(
-        self, index: int, stage: PruneStage | DistillStage, ref_step: StepResult, prev: StepResult
+        self,
+        index: int,
+        stage: PruneStage | DistillStage,
+        ref_step: StepResult,
+        prev: StepResult,
+        model: torch.nn.Module,
+        cfg: ModelConfig,
     ) -> StepResult:
-        """Run one prune or distill stage as a cached step; its input is the previous step's model."""
+        """Run one prune or distill stage as a cached step on ``model``, the output of step ``prev``."""
         r = self.recipe
         where = f"stages[{r.stages.index(stage)}]"
         base_key = {
@@ -356,20 +362,19 @@ class Build:
             "stage": stage.model_dump(mode="json"),
             "torch": self.versions["torch"],
         }
-        loaded = load(checkpoint=prev.directory)
-        classes = loaded.config.class_names
+        classes = cfg.class_names
         if isinstance(stage, PruneStage):
             data = load_data(r.data.calibration, classes, r.base_dir)
             return self.ws.step(
                 f"stages/{index}-prune",
                 {**base_key, "data": data.sha256()},
-                lambda d: run_prune(loaded.model, loaded.config, stage, data, d, where, self.log),
+                lambda d: run_prune(model, cfg, stage, data, d, where, self.log),
                 {"producer": "stages.prune", "data": data.description},
             )
         assert r.data.train is not None  # the schema requires it with a distill stage
         train_raw = load_data(r.data.train, classes, r.base_dir)
         student = stage.student or str(prev.directory)
-        cfg = DistillConfig(
+        job = DistillConfig(
             teacher=str(ref_step.directory),
             student=student,
             data=r.data.train,
@@ -387,7 +392,7 @@ class Build:
                 "student": stage.student,
                 "data": train_raw.sha256(),
             },
-            lambda d: run_distill(cfg, d, self.progress),
+            lambda d: run_distill(job, d, self.progress),
             {"producer": "stages.distill", "data": train_raw.description},
             resumable=True,
         )

@@ -114,7 +114,7 @@ def _allocate_uniform(streams: list[_Stream], excess: int) -> None:
         return total
 
     if removed(1.0, False) < excess:
-        _allocate_global(streams, excess)  # raises the clear error
+        raise _Infeasible
     lo, hi = 0.0, 1.0
     for _ in range(40):
         mid = (lo + hi) / 2
