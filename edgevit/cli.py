@@ -208,7 +208,7 @@ def cmd_targets(args: argparse.Namespace) -> int:
                 if r["available"]
                 else f"unavailable: {r['reason']}"
             )
-            print(f"{r['backend']:<12} [{'/'.join(r['precisions'])}]  {state}")
+            print(f"{r['backend']:<12} {'[' + '/'.join(r['precisions']) + ']':<17} {state}")
     return 0
 
 

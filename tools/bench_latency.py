@@ -20,7 +20,7 @@ import torch
 
 from edgevit.check.latency import measure
 from edgevit.hostinfo import host_facts
-from edgevit.models.load import config_for, create
+from edgevit.models.load import config_for, create, save
 from edgevit.recipe.schema import QuantizeStage
 from edgevit.stages.export import export_onnx
 from edgevit.targets import TARGETS, LowerRequest
@@ -40,7 +40,7 @@ def main() -> int:
     torch.manual_seed(0)
     scales = tuple(int(s) for s in args.ms_scales.split(","))
     model = create(args.model, ms_scales=scales).eval()
-    cfg = config_for(args.model, model)
+    cfg = config_for(args.model, model, model_kwargs={"ms_scales": scales})
     rng = np.random.default_rng(0)
     calib = rng.standard_normal((args.calibration, *cfg.input_size)).astype(np.float32)
     sample = calib[:1]
@@ -49,6 +49,8 @@ def main() -> int:
         work = Path(tmp)
         t0 = time.perf_counter()
         onnx_path = export_onnx(model, cfg.input_size, work / "model.onnx")
+        checkpoint = work / "checkpoint"  # for backends that convert from torch (tflite)
+        save(model, cfg, checkpoint)
         print(
             f"exported {args.model} ms_scales={scales} in {time.perf_counter() - t0:.0f} s", file=sys.stderr
         )
@@ -64,7 +66,8 @@ def main() -> int:
                 out.mkdir()
                 q = QuantizeStage(stage="quantize") if precision == "int8" else None
                 t0 = time.perf_counter()
-                artifact = target.lower(LowerRequest(onnx_path, precision, cfg, {}, q, calib), out)
+                request = LowerRequest(onnx_path, precision, cfg, {}, q, calib, checkpoint=checkpoint)
+                artifact = target.lower(request, out)
                 lower_s = time.perf_counter() - t0
                 with target.runner(artifact, args.threads, cfg.input_size) as runner:
                     lat = measure(runner, sample, args.warmup, args.runs)

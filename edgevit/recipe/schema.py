@@ -5,7 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from edgevit.data.dataset import DataSpec
 
@@ -196,7 +205,40 @@ class TargetSpec(Strict):
         supported = TARGETS.get(self.backend).precisions
         if self.precision not in supported:
             raise ValueError(f"backend {self.backend} builds {', '.join(supported)}, not {self.precision}")
+        if self.device is not None:
+            from edgevit.devices import resolve_device
+
+            profile = resolve_device(self.device)
+            if profile.runtimes and self.backend not in profile.runtimes:
+                raise ValueError(
+                    f"device {self.device} runs {', '.join(profile.runtimes)}, not {self.backend}: "
+                    "change the backend or the device"
+                )
+            if profile.precisions and self.precision not in profile.precisions:
+                raise ValueError(
+                    f"device {self.device} runs {', '.join(profile.precisions)}, not {self.precision}"
+                )
         return self
+
+    @field_validator("options")
+    @classmethod
+    def _valid_options(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        from edgevit.targets import TARGETS
+
+        backend, precision = info.data.get("backend"), info.data.get("precision")
+        if backend is None or precision is None:
+            return value  # the backend or precision error is reported instead
+        try:
+            TARGETS.get(backend).parse_options(value, precision)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"])
+            got = "" if err["type"] == "extra_forbidden" else f", got {err.get('input')!r}"
+            schema = TARGETS.get(backend).options_schema
+            known = ", ".join(schema.model_fields) if schema else "none"
+            msg = f"unknown option (valid: {known})" if err["type"] == "extra_forbidden" else err["msg"]
+            raise ValueError(f"{where}: {msg}{got}") from None
+        return value
 
 
 class CheckSpec(Strict):
@@ -250,6 +292,17 @@ class Recipe(Strict):
             raise ValueError(
                 f"stages are out of order ({', '.join(kinds)}): the order is prune, distill, quantize"
             )
+        q = self.quantize()
+        if q is not None:
+            from edgevit.targets import TARGETS
+
+            for i, t in enumerate(self.targets):
+                methods = TARGETS.get(t.backend).calibration_methods
+                if t.precision == "int8" and q.method not in methods:
+                    raise ValueError(
+                        f"targets[{i}]: backend {t.backend} calibrates with {', '.join(methods)}, "
+                        f"not {q.method}: set the quantize stage's method to one of those"
+                    )
         distill = next((s for s in self.stages if isinstance(s, DistillStage)), None)
         if distill is not None:
             if self.data.train is None:

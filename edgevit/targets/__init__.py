@@ -11,5 +11,6 @@ TARGETS: Registry[Target] = Registry("backend", RecipeError)
 # Registration happens on import of each module; these imports load no backend library.
 from edgevit.targets import onnxruntime as _ort  # noqa: E402,F401
 from edgevit.targets import openvino as _ov  # noqa: E402,F401
+from edgevit.targets import tflite as _tfl  # noqa: E402,F401
 
 __all__ = ["TARGETS", "Availability", "LowerRequest", "Runner", "Target"]

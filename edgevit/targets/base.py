@@ -15,6 +15,7 @@ from types import TracebackType
 from typing import Any, ClassVar
 
 import numpy as np
+from pydantic import BaseModel
 
 from edgevit.errors import LoweringError, TargetUnavailableError
 from edgevit.models.config import ModelConfig
@@ -43,6 +44,9 @@ class LowerRequest:
     options: dict[str, Any]
     quantize: QuantizeStage | None = None
     calibration: np.ndarray | None = None  # preprocessed N x C x H x W float32
+    checkpoint: Path | None = (
+        None  # the float model as a checkpoint dir, for backends that convert from torch
+    )
 
 
 class Runner(ABC):
@@ -94,6 +98,21 @@ class Target(ABC):
     modules: ClassVar[tuple[str, ...]]  # import names whose presence makes the backend available
     extra: ClassVar[str]  # pip extra that installs it
     revision: ClassVar[int] = 1  # bump when lowering changes its output: invalidates cached artifacts
+    artifact_name: ClassVar[str]  # the main file lower() writes into its workdir
+    options_schema: ClassVar[type[BaseModel] | None] = None  # what `targets[].options` may hold
+    calibration_methods: ClassVar[tuple[str, ...]] = ("minmax", "percentile", "entropy")
+
+    def parse_options(self, options: dict[str, Any], precision: str) -> BaseModel | None:
+        """Validate a target's ``options`` for ``precision`` (raises ValidationError or ValueError)."""
+        if self.options_schema is None:
+            if options:
+                raise ValueError(f"backend {self.name} takes no options, got {', '.join(sorted(options))}")
+            return None
+        return self.options_schema.model_validate(options)
+
+    def describe(self, artifact: Path) -> dict[str, Any]:
+        """Facts about a built artifact for the report (e.g. op counts by precision)."""
+        return {}
 
     def availability(self) -> Availability:
         """Import the backend's modules; report versions or the reason it cannot run."""

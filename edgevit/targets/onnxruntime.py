@@ -45,10 +45,11 @@ class OrtTarget(Target):
     precisions = ("fp32", "int8")
     modules = ("onnxruntime",)
     extra = "onnxruntime"
+    artifact_name = "model.onnx"
 
     def lower(self, request: LowerRequest, workdir: Path) -> Path:
         self.require()
-        out = workdir / "model.onnx"
+        out = workdir / self.artifact_name
         if request.precision == "fp32":
             shutil.copyfile(request.onnx_path, out)
             return out

@@ -96,6 +96,7 @@ class OvTarget(Target):
     precisions = ("fp32", "int8")
     modules = ("openvino",)
     extra = "openvino"
+    artifact_name = "model.xml"
     revision = 2
 
     def availability(self) -> Availability:
@@ -114,7 +115,7 @@ class OvTarget(Target):
         import openvino as ov
 
         model = ov.convert_model(str(request.onnx_path))
-        out = workdir / "model.xml"
+        out = workdir / self.artifact_name
         if request.precision == "int8":
             model = self._quantize(model, request)
         ov.save_model(model, str(out), compress_to_fp16=False)

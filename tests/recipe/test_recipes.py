@@ -30,7 +30,7 @@ def test_every_shipped_recipe_validates(name: str) -> None:
 
 
 def test_shipped_default_recipes_exist() -> None:
-    assert {"digits-ort-int8", "x86-openvino-int8"} <= set(builtin_recipes())
+    assert {"digits-ort-int8", "x86-openvino-int8", "android-tflite-int8"} <= set(builtin_recipes())
 
 
 @pytest.mark.parametrize(
@@ -81,6 +81,30 @@ def test_shipped_default_recipes_exist() -> None:
         (
             lambda d: d["stages"].insert(0, {"stage": "distill", "nproc": 0}),
             r"stages\[0\]\.nproc: .*greater than",
+        ),
+        (
+            lambda d: d["targets"][0].update(backend="tflite", options={"mode": "bogus"}),
+            r"targets\[0\]\.options: mode: Input should be 'static', 'dynamic', 'weight_only' or 'full'",
+        ),
+        (
+            lambda d: d["targets"][0].update(backend="tflite", options={"speed": 1}),
+            r"targets\[0\]\.options: speed: unknown option \(valid: mode\)",
+        ),
+        (
+            lambda d: d["targets"][0].update(backend="tflite", precision="fp16", options={"mode": "dynamic"}),
+            r"targets\[0\]\.options: mode chooses the INT8 scheme; remove it for fp16",
+        ),
+        (
+            lambda d: d["targets"][0].update(options={"mode": "static"}),
+            r"targets\[0\]\.options: backend onnxruntime takes no options",
+        ),
+        (
+            lambda d: d["targets"][0].update(device="pixel-8"),
+            r"targets\[0\]: device pixel-8 runs tflite, not onnxruntime",
+        ),
+        (
+            lambda d: (d["targets"][0].update(backend="tflite"), d["stages"][0].update(method="entropy")),
+            r"backend tflite calibrates with minmax, not entropy",
         ),
     ],
 )

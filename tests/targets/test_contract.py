@@ -33,7 +33,7 @@ def _lower(backend: str, precision: str, onnx: Path, ckpt: Path, calib: np.ndarr
     cfg = load(checkpoint=ckpt).config
     q = QuantizeStage(stage="quantize", calibration_batch=8) if precision == "int8" else None
     out.mkdir(parents=True, exist_ok=True)
-    return target.lower(LowerRequest(onnx, precision, cfg, {}, q, calib), out)
+    return target.lower(LowerRequest(onnx, precision, cfg, {}, q, calib, checkpoint=ckpt), out)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -1,0 +1,296 @@
+"""TFLite / LiteRT target: litert-torch converts the float model; ai-edge-quantizer makes FP16/INT8.
+
+The artifact is a batch-1 ``model.tflite`` (the shape phones run). INT8 modes (``options.mode``):
+
+- ``static`` (default): W8A8 on the Linear layers (FULLY_CONNECTED with constant weights),
+  calibrated on the recipe's calibration set; attention matmuls join with ``matmul_scope: all``,
+  the patch-embedding Conv with ``patch_embed: true``. LayerNorm, Softmax, GELU and the residual
+  Adds stay float.
+- ``dynamic``: int8 weights, activations quantized on the fly (no calibration).
+- ``weight_only``: int8 weights dequantized to float before the op (smaller file, float compute).
+- ``full``: every op ai-edge-quantizer supports, static INT8. Opt-in only: quantizing the
+  normalisations, softmax and residual adds wrecks ViT accuracy.
+
+FP16 stores the weights as float16 (dequantized at load on CPUs; GPU delegates compute in FP16).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata as md
+import importlib.util
+import io
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from edgevit.errors import LoweringError, TargetUnavailableError
+from edgevit.targets.base import Availability, LowerRequest, Runner, Target
+from edgevit.targets.calibration import calibration_batches
+from edgevit.targets.tflite_graph import OpInfo, op_counts, read_ops, scope_regex
+
+_DISTRIBUTIONS = {"litert_torch": "litert-torch", "ai_edge_quantizer": "ai-edge-quantizer"}
+
+
+class TfliteOptions(BaseModel):
+    """``targets[].options`` of a tflite target."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: Literal["static", "dynamic", "weight_only", "full"] = "static"
+
+
+def interpreter_class() -> Any:
+    """LiteRT's Interpreter from ai-edge-litert, else from tflite-runtime (the on-device package)."""
+    with contextlib.suppress(ImportError):
+        from ai_edge_litert.interpreter import Interpreter
+
+        return Interpreter
+    with contextlib.suppress(ImportError):
+        from tflite_runtime.interpreter import Interpreter  # type: ignore[import-not-found,no-redef]
+
+        return Interpreter
+    raise TargetUnavailableError(
+        "no TFLite interpreter: neither ai-edge-litert nor tflite-runtime is importable",
+        "pip install ai-edge-litert (or tflite-runtime on the device)",
+    )
+
+
+class TfliteRunner(Runner):
+    """Runs a .tflite file with LiteRT's interpreter (XNNPACK delegate, ``threads`` threads).
+
+    The model has a fixed batch (1 from litert-torch); a larger batch is run one model-batch at
+    a time, so latency at batch N is N invocations.
+    """
+
+    _interp: Any = None
+
+    def _load(self) -> None:
+        self._interp = interpreter_class()(model_path=str(self.artifact), num_threads=self.threads)
+        self._interp.allocate_tensors()
+        self._in = self._interp.get_input_details()[0]
+        self._out = self._interp.get_output_details()[0]
+        self._batch = int(self._in["shape"][0])
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        outs = []
+        for i in range(0, len(batch), self._batch):
+            self._interp.set_tensor(self._in["index"], batch[i : i + self._batch])
+            self._interp.invoke()
+            outs.append(self._interp.get_tensor(self._out["index"]))
+        return np.concatenate(outs)
+
+    def _close(self) -> None:
+        self._interp = None
+
+
+@contextlib.contextmanager
+def _no_progress() -> Iterator[None]:
+    """Silence litert-torch's progress lines (printed on stdout, which belongs to --json)."""
+    old = os.environ.get("LITERT_TORCH_SHOW_PROGRESS")
+    os.environ["LITERT_TORCH_SHOW_PROGRESS"] = "n"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("LITERT_TORCH_SHOW_PROGRESS", None)
+        else:
+            os.environ["LITERT_TORCH_SHOW_PROGRESS"] = old
+
+
+_OP_PATTERNS = (
+    re.compile(r"Lowering not found: (\S+)"),
+    re.compile(r"target=torch\.ops\.([\w.]+)"),
+    re.compile(r"call_function\[target=([\w.]+)\]"),
+)
+_SOURCE = re.compile(r'File "([^"]+)", line (\d+), in (\w+)')
+
+
+def conversion_error(exc: BaseException) -> LoweringError:
+    """A one-line LoweringError naming the op litert-torch failed on (searched in the whole chain)."""
+    texts, seen = [], set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        texts.append(str(current))
+        current = current.__cause__ or current.__context__
+    text = "\n".join(texts)
+    op = next((m.group(1) for p in _OP_PATTERNS for m in [p.search(text)] if m), None)
+    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    if op is None:
+        return LoweringError(
+            f"litert-torch could not convert the model ({type(exc).__name__}: {first[:200]})",
+            "build this model for onnxruntime/openvino, or replace the layer that fails",
+        )
+    op = op.removeprefix("torch.ops.")
+    origin = ""
+    if "Original traceback" in text:
+        frames = _SOURCE.findall(text.split("Original traceback", 1)[1])
+        if frames:
+            path, line, func = frames[-1]
+            origin = f" (from {Path(path).name}:{line} in {func})"
+    return LoweringError(
+        f"litert-torch cannot convert op {op}{origin}: {first[:160]}",
+        f"replace {op} in the model with supported ops, or build it for onnxruntime/openvino",
+    )
+
+
+def convert(model: Any, input_shape: tuple[int, int, int], out: Path) -> Path:
+    """Convert a torch model to a float32, batch-1 .tflite at ``out``."""
+    import torch
+
+    sample = (torch.zeros(1, *input_shape),)
+    try:
+        with _no_progress():
+            import litert_torch
+
+            litert_torch.convert(model.eval(), sample).export(str(out))
+    except Exception as exc:  # litert-torch raises many kinds (RuntimeError, JAX, MLIR, asserts)
+        raise conversion_error(exc) from None
+    return out
+
+
+def _selected(ops: list[OpInfo], request: LowerRequest, mode: str) -> dict[str, list[OpInfo]]:
+    """The ops a non-``full`` mode quantizes under the quantize stage's scope, by op kind."""
+    q = request.quantize
+    assert q is not None
+    chosen: dict[str, list[OpInfo]] = {}
+    for op in ops:
+        weighted = op.has_constant_weight
+        take = (
+            (op.kind == "FULLY_CONNECTED" and weighted)
+            or (
+                op.kind in ("FULLY_CONNECTED", "BATCH_MATMUL")
+                and q.matmul_scope == "all"
+                and mode == "static"
+            )
+            or (op.kind in ("CONV_2D", "DEPTHWISE_CONV_2D") and q.patch_embed and weighted)
+        )
+        if take:
+            chosen.setdefault(op.kind, []).append(op)
+    return chosen
+
+
+class TfliteTarget(Target):
+    """LiteRT (TFLite) with XNNPACK on the host CPU; the same .tflite runs on Android/embedded."""
+
+    name = "tflite"
+    precisions = ("fp32", "fp16", "int8")
+    modules = ("litert_torch", "ai_edge_quantizer", "ai_edge_litert")
+    extra = "tflite"
+    artifact_name = "model.tflite"
+    options_schema = TfliteOptions
+    calibration_methods = ("minmax",)  # ai-edge-quantizer's static INT8 takes min/max ranges
+
+    def availability(self) -> Availability:
+        # litert-torch takes ~10 s to import (it loads JAX): look it up without importing it.
+        versions = {}
+        for module in self.modules:
+            if importlib.util.find_spec(module) is None:
+                return Availability(
+                    False, f"{module} is not installed; install it with: pip install 'edgevit[{self.extra}]'"
+                )
+            versions[module] = md.version(_DISTRIBUTIONS.get(module, module.replace("_", "-")))
+        try:
+            interpreter_class()
+        except TargetUnavailableError as exc:
+            return Availability(False, exc.message)
+        return Availability(True, "", versions)
+
+    def parse_options(self, options: dict[str, Any], precision: str) -> BaseModel | None:
+        parsed = super().parse_options(options, precision)
+        if "mode" in options and precision != "int8":
+            raise ValueError(f"mode chooses the INT8 scheme; remove it for {precision}")
+        return parsed
+
+    def lower(self, request: LowerRequest, workdir: Path) -> Path:
+        self.require()
+        if request.checkpoint is None:
+            raise LoweringError("the tflite target converts from the torch model, but none was given")
+        from edgevit.models.load import load
+
+        options = TfliteOptions.model_validate(request.options)
+        out = workdir / self.artifact_name
+        model = load(checkpoint=request.checkpoint).model
+        if request.precision == "fp32":
+            return convert(model, request.model_config.input_size, out)
+        float_path = convert(model, request.model_config.input_size, workdir / "float.tflite")
+        try:
+            self._quantize(float_path, out, request, options.mode)
+        finally:
+            float_path.unlink(missing_ok=True)
+        return out
+
+    def _quantize(self, float_path: Path, out: Path, request: LowerRequest, mode: str) -> None:
+        from ai_edge_quantizer import qtyping, quantizer, recipe
+
+        ops_enum = qtyping.TFLOperationName
+        q = quantizer.Quantizer(str(float_path))
+        what = "FP16 weights" if request.precision == "fp16" else f"INT8 ({mode})"
+        if request.precision == "fp16":
+            q.add_weight_only_config(
+                ".*", ops_enum.ALL_SUPPORTED, 16, algorithm_key=recipe.AlgorithmName.FLOAT_CASTING
+            )
+        elif mode == "full":
+            q.load_quantization_recipe(recipe.static_wi8_ai8())
+        else:
+            assert request.quantize is not None
+            granularity = (
+                qtyping.QuantGranularity.CHANNELWISE
+                if request.quantize.per_channel
+                else qtyping.QuantGranularity.TENSORWISE
+            )
+            chosen = _selected(read_ops(float_path), request, mode)
+            if not chosen:
+                raise LoweringError("the quantize scope selects no op", "set stages[].matmul_scope: all")
+            for kind, ops in chosen.items():
+                regex, op_name = scope_regex(ops), ops_enum[kind]
+                if mode == "static":
+                    q.add_static_config(regex, op_name, 8, 8, granularity)
+                elif mode == "dynamic":
+                    q.add_dynamic_config(regex, op_name, 8, granularity)
+                else:
+                    q.add_weight_only_config(regex, op_name, 8, granularity)
+        try:
+            # ai-edge-quantizer draws tqdm bars on stderr for every tensor: keep the log readable.
+            with contextlib.redirect_stderr(io.StringIO()):
+                result = None
+                if q.need_calibration:
+                    result = q.calibrate(self._calibration_data(float_path, request), num_threads=2)
+                q.quantize(result, enable_progress_report=False).export_model(str(out), overwrite=True)
+        except LoweringError:
+            raise
+        except Exception as exc:  # the quantizer raises ValueError/RuntimeError with long messages
+            first = next((s.strip() for s in str(exc).splitlines() if s.strip()), type(exc).__name__)
+            fix = (
+                "use the default options.mode: static (Linear layers only)"
+                if mode == "full"
+                else "check the model converts to FP32 first"
+            )
+            raise LoweringError(f"ai-edge-quantizer failed on {what}: {first[:240]}", fix) from None
+
+    @staticmethod
+    def _calibration_data(float_path: Path, request: LowerRequest) -> dict[str, list[dict[str, Any]]]:
+        """``{signature: [{input name: sample}, ...]}`` for the batch-1 float model."""
+        signatures = interpreter_class()(model_path=str(float_path)).get_signature_list()
+        key = next(iter(signatures))
+        name = signatures[key]["inputs"][0]
+        samples = [x[i : i + 1] for x in calibration_batches(request) for i in range(len(x))]
+        return {key: [{name: s} for s in samples]}
+
+    def describe(self, artifact: Path) -> dict[str, Any]:
+        ops = read_ops(artifact)
+        return {"ops": op_counts(ops), "op_total": len(ops)}
+
+    def runner(self, artifact: Path, threads: int, input_shape: tuple[int, int, int]) -> Runner:
+        return TfliteRunner(artifact, threads, input_shape)
+
+
+from edgevit.targets import TARGETS  # noqa: E402
+
+TARGETS.add(TfliteTarget.name, TfliteTarget())
