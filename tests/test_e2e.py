@@ -110,3 +110,43 @@ def test_pruned_distilled_build_in_two_processes(tmp_path: Path) -> None:
     assert distilled["top1_drop"] <= 1.0  # the recipe's acceptance: within 1.0 point of the unpruned float
     for target in rep["targets"]:
         assert target["status"] == "ok" and target["accuracy"]["top1_drop"] <= 1.0
+
+
+def test_android_tflite_build_checks_on_host_and_shows_what_stayed_float(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    pytest.importorskip("litert_torch")
+    out = tmp_path_factory.mktemp("build") / "android"
+    proc = run_cli("build", "android-tflite-int8", "-o", str(out), "--quiet", *QUICK)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rep = _report(out)
+    by_name = {t["name"]: t for t in rep["targets"]}
+    assert set(by_name) == {"tflite-fp32", "tflite-fp16", "tflite-int8"}
+    assert by_name["tflite-fp32"]["accuracy"]["cosine"] > 0.99999
+    assert by_name["tflite-fp16"]["accuracy"]["top1_drop"] <= 0.2
+    int8 = by_name["tflite-int8"]
+    assert int8["accuracy"]["top1_drop"] <= 1.0 and int8["accuracy"]["agreement"] >= 0.98
+    assert int8["size_bytes"] < 0.4 * by_name["tflite-fp32"]["size_bytes"]
+    assert int8["artifact"] == "targets/tflite-int8/model.tflite"
+    assert "int8" in int8["ops"]["FULLY_CONNECTED"]
+    for kind in ("SOFTMAX", "GELU", "ADD", "BATCH_MATMUL", "RSQRT"):
+        assert set(int8["ops"][kind]) == {"fp32"}, kind
+    # pixel-8 is reached by adb: accuracy is checked here, latency is not claimed.
+    for t in by_name.values():
+        assert t["status"] == "ok" and t["where"] == "host" and t["latency_ms"] is None
+        assert t["reason"].startswith("latency not measured: device pixel-8 is reached by adb")
+    assert "Ops by precision" in (out / "report.md").read_text()
+
+    gated = run_cli(
+        "build",
+        "android-tflite-int8",
+        "-o",
+        str(out),
+        "--quiet",
+        *QUICK,
+        "--set",
+        "gates.max_latency_p50_ms=50",
+    )
+    assert gated.returncode == 1
+    notes = {g["note"] for g in _report(out)["gates"] if not g["passed"]}
+    assert notes == {"latency_ms.p50 not measured"}

@@ -85,6 +85,15 @@ def render_markdown(doc: dict[str, Any]) -> str:
     notes = [f"- **{t['name']}** {t['status']}: {t['reason']}" for t in doc["targets"] if t.get("reason")]
     if notes:
         lines += ["", *notes]
+    graphs = [t for t in doc["targets"] if t.get("ops")]
+    if graphs:
+        lines += ["", "Ops by precision (what stayed float):", ""]
+        for t in graphs:
+            parts = [
+                f"{kind} " + " + ".join(f"{n} {precision}" for precision, n in by_precision.items())
+                for kind, by_precision in t["ops"].items()
+            ]
+            lines.append(f"- **{t['name']}** ({t.get('op_total', '?')} ops): {', '.join(parts)}")
     lat_runs = next((t["latency_ms"] for t in doc["targets"] if t.get("latency_ms")), None)
     if lat_runs:
         host = doc.get("host", {})
