@@ -184,6 +184,7 @@ class TfliteTarget(Target):
     modules = ("litert_torch", "ai_edge_quantizer", "ai_edge_litert")
     extra = "tflite"
     artifact_name = "model.tflite"
+    revision = 2  # 2: global min/max calibration
     options_schema = TfliteOptions
     calibration_methods = ("minmax",)  # ai-edge-quantizer's static INT8 takes min/max ranges
 
@@ -261,7 +262,7 @@ class TfliteTarget(Target):
             with contextlib.redirect_stderr(io.StringIO()):
                 result = None
                 if q.need_calibration:
-                    result = q.calibrate(self._calibration_data(float_path, request), num_threads=2)
+                    result = self._calibrate(q, float_path, request)
                 q.quantize(result, enable_progress_report=False).export_model(str(out), overwrite=True)
         except LoweringError:
             raise
@@ -275,13 +276,24 @@ class TfliteTarget(Target):
             raise LoweringError(f"ai-edge-quantizer failed on {what}: {first[:240]}", fix) from None
 
     @staticmethod
-    def _calibration_data(float_path: Path, request: LowerRequest) -> dict[str, list[dict[str, Any]]]:
-        """``{signature: [{input name: sample}, ...]}`` for the batch-1 float model."""
+    def _calibrate(q: Any, float_path: Path, request: LowerRequest) -> dict[str, Any]:
+        """Activation ranges: the global min/max over the calibration set.
+
+        ai-edge-quantizer's own calibrate() keeps a moving average of per-sample ranges, which
+        clips the tails: on the digits model, logit SQNR 22.8 dB with it vs 37.6 dB with min/max.
+        So each sample is calibrated alone and the ranges are merged here.
+        """
+        from ai_edge_quantizer.utils import qsv_utils
+
         signatures = interpreter_class()(model_path=str(float_path)).get_signature_list()
         key = next(iter(signatures))
         name = signatures[key]["inputs"][0]
-        samples = [x[i : i + 1] for x in calibration_batches(request) for i in range(len(x))]
-        return {key: [{name: s} for s in samples]}
+        merged: dict[str, Any] = {}
+        for batch in calibration_batches(request):
+            for i in range(len(batch)):
+                for tensor, qsv in q.calibrate({key: [{name: batch[i : i + 1]}]}, num_threads=2).items():
+                    merged[tensor] = qsv_utils.min_max_update(merged[tensor], qsv) if tensor in merged else qsv
+        return merged
 
     def describe(self, artifact: Path) -> dict[str, Any]:
         ops = read_ops(artifact)
