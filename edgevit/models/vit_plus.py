@@ -122,7 +122,10 @@ class MultiScaleAttention(nn.Module):
         gh, gw = self.grid_size
         prefix, grid = t[:, :, :p], t[:, :, p:]
         grid = grid.reshape(b * h, gh, gw, d).permute(0, 3, 1, 2)
-        grid = F.avg_pool2d(grid, factor, factor, ceil_mode=True, count_include_pad=False)
+        # ceil_mode only matters when the grid does not divide; without it, exporters emit a plain
+        # average pool (TFLite AVERAGE_POOL_2D, which XNNPACK runs, instead of a StableHLO window op).
+        ragged = gh % factor != 0 or gw % factor != 0
+        grid = F.avg_pool2d(grid, factor, factor, ceil_mode=ragged, count_include_pad=False)
         grid = grid.flatten(2).transpose(1, 2).reshape(b, h, -1, d)
         return torch.cat([prefix, grid], dim=2)
 

@@ -61,6 +61,24 @@ def interpreter_class() -> Any:
     )
 
 
+def _to_tensor(x: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
+    """Quantize a float input for a model with integer inputs (``full`` INT8); float passes through."""
+    dtype = np.dtype(detail["dtype"])
+    if dtype.kind == "f":
+        return x.astype(dtype, copy=False)
+    scale, zero = detail["quantization"]
+    info = np.iinfo(dtype)
+    return np.clip(np.round(x / scale) + zero, info.min, info.max).astype(dtype)
+
+
+def _from_tensor(y: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
+    """Dequantize an integer output; float passes through."""
+    if np.dtype(detail["dtype"]).kind == "f":
+        return y.astype(np.float32, copy=True)
+    scale, zero = detail["quantization"]
+    return ((y.astype(np.float32) - zero) * scale).astype(np.float32)
+
+
 class TfliteRunner(Runner):
     """Runs a .tflite file with LiteRT's interpreter (XNNPACK delegate, ``threads`` threads).
 
@@ -80,9 +98,9 @@ class TfliteRunner(Runner):
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         outs = []
         for i in range(0, len(batch), self._batch):
-            self._interp.set_tensor(self._in["index"], batch[i : i + self._batch])
+            self._interp.set_tensor(self._in["index"], _to_tensor(batch[i : i + self._batch], self._in))
             self._interp.invoke()
-            outs.append(self._interp.get_tensor(self._out["index"]))
+            outs.append(_from_tensor(self._interp.get_tensor(self._out["index"]), self._out))
         return np.concatenate(outs)
 
     def _close(self) -> None:
@@ -292,7 +310,9 @@ class TfliteTarget(Target):
         for batch in calibration_batches(request):
             for i in range(len(batch)):
                 for tensor, qsv in q.calibrate({key: [{name: batch[i : i + 1]}]}, num_threads=2).items():
-                    merged[tensor] = qsv_utils.min_max_update(merged[tensor], qsv) if tensor in merged else qsv
+                    merged[tensor] = (
+                        qsv_utils.min_max_update(merged[tensor], qsv) if tensor in merged else qsv
+                    )
         return merged
 
     def describe(self, artifact: Path) -> dict[str, Any]:

@@ -98,6 +98,17 @@ def test_weight_modes(
     assert result.cosine > 0.999 if precision == "fp16" else result.cosine > 0.99
 
 
+def test_full_int8_quantizes_every_op_and_its_io(
+    tiny_checkpoint, tiny_onnx, inputs, reference, tmp_path
+) -> None:
+    artifact = build(tiny_checkpoint, tiny_onnx, tmp_path, "int8", inputs, "full")
+    ops = kinds(artifact)
+    for kind in ("FULLY_CONNECTED", "SOFTMAX", "ADD", "AVERAGE_POOL_2D"):
+        assert set(ops[kind]) == {"int8"}, kind
+    result = compare(run(artifact, inputs), reference.argmax(1), reference)  # int8 input and output
+    assert result.cosine > 0.9
+
+
 def test_conversion_error_names_the_op(tmp_path: Path) -> None:
     class Svd(torch.nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
