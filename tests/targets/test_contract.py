@@ -4,7 +4,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from edgevit.check.accuracy import compare
 from edgevit.errors import RecipeError
@@ -13,17 +12,6 @@ from edgevit.recipe.schema import QuantizeStage
 from edgevit.targets import TARGETS, LowerRequest
 
 BACKENDS = TARGETS.names()
-
-
-@pytest.fixture(scope="module")
-def inputs() -> np.ndarray:
-    return np.random.default_rng(0).uniform(-1, 1, (24, 3, 32, 32)).astype(np.float32)
-
-
-@pytest.fixture(scope="module")
-def reference(tiny_checkpoint: Path, inputs: np.ndarray) -> np.ndarray:
-    with torch.no_grad():
-        return load(checkpoint=tiny_checkpoint).model(torch.from_numpy(inputs)).numpy()
 
 
 def _lower(backend: str, precision: str, onnx: Path, ckpt: Path, calib: np.ndarray, out: Path) -> Path:

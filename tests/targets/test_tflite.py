@@ -23,17 +23,6 @@ from edgevit.targets.tflite_graph import op_counts, read_ops
 TARGET = TARGETS.get("tflite")
 
 
-@pytest.fixture(scope="module")
-def inputs() -> np.ndarray:
-    return np.random.default_rng(1).uniform(-1, 1, (16, 3, 32, 32)).astype(np.float32)
-
-
-@pytest.fixture(scope="module")
-def reference(tiny_checkpoint: Path, inputs: np.ndarray) -> np.ndarray:
-    with torch.no_grad():
-        return load(checkpoint=tiny_checkpoint).model(torch.from_numpy(inputs)).numpy()
-
-
 def build(
     ckpt: Path, onnx: Path, out: Path, precision: str, calib: np.ndarray, mode: str | None = None, **q
 ) -> Path:
