@@ -44,9 +44,8 @@ class LowerRequest:
     options: dict[str, Any]
     quantize: QuantizeStage | None = None
     calibration: np.ndarray | None = None  # preprocessed N x C x H x W float32
-    checkpoint: Path | None = (
-        None  # the float model as a checkpoint dir, for backends that convert from torch
-    )
+    # The float model as a checkpoint dir, for backends that convert from torch.
+    checkpoint: Path | None = None
 
 
 class Runner(ABC):

@@ -17,6 +17,7 @@ FP16 stores the weights as float16 (dequantized at load on CPUs; GPU delegates c
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.metadata as md
 import importlib.util
 import io
@@ -173,6 +174,19 @@ def convert(model: Any, input_shape: tuple[int, int, int], out: Path) -> Path:
     return out
 
 
+@functools.lru_cache(maxsize=1)
+def _float_tflite(checkpoint: str, stamp: tuple[int, int], input_shape: tuple[int, int, int]) -> bytes:
+    """The float .tflite of a checkpoint, converted once per process for all of a build's targets
+    (``stamp``, the weights' mtime and size, keys out a checkpoint rewritten in place)."""
+    import tempfile
+
+    from edgevit.models.load import load
+
+    model = load(checkpoint=Path(checkpoint)).model
+    with tempfile.TemporaryDirectory(prefix="edgevit-tflite-") as tmp:
+        return convert(model, input_shape, Path(tmp) / "float.tflite").read_bytes()
+
+
 def _selected(ops: list[OpInfo], request: LowerRequest, mode: str) -> dict[str, list[OpInfo]]:
     """The ops a non-``full`` mode quantizes under the quantize stage's scope, by op kind."""
     q = request.quantize
@@ -231,14 +245,16 @@ class TfliteTarget(Target):
         self.require()
         if request.checkpoint is None:
             raise LoweringError("the tflite target converts from the torch model, but none was given")
-        from edgevit.models.load import load
-
         options = TfliteOptions.model_validate(request.options)
         out = workdir / self.artifact_name
-        model = load(checkpoint=request.checkpoint).model
+        weights = next(iter(request.checkpoint.glob("*.safetensors")), request.checkpoint)
+        stamp = (weights.stat().st_mtime_ns, weights.stat().st_size)
+        data = _float_tflite(str(request.checkpoint), stamp, request.model_config.input_size)
         if request.precision == "fp32":
-            return convert(model, request.model_config.input_size, out)
-        float_path = convert(model, request.model_config.input_size, workdir / "float.tflite")
+            out.write_bytes(data)
+            return out
+        float_path = workdir / "float.tflite"
+        float_path.write_bytes(data)
         try:
             self._quantize(float_path, out, request, options.mode)
         finally:

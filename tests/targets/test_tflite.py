@@ -56,6 +56,18 @@ def test_static_int8_quantizes_only_the_linear_layers(tiny_checkpoint, tiny_onnx
     assert not (tmp_path / "q" / "float.tflite").exists()  # the intermediate is removed
 
 
+def test_targets_of_one_model_share_one_conversion(
+    tiny_checkpoint, tiny_onnx, inputs, tmp_path, monkeypatch
+) -> None:
+    calls = []
+    real = tflite.convert
+    monkeypatch.setattr(tflite, "convert", lambda *a: calls.append(a) or real(*a))
+    tflite._float_tflite.cache_clear()
+    fp32 = build(tiny_checkpoint, tiny_onnx, tmp_path / "f", "fp32", inputs)
+    build(tiny_checkpoint, tiny_onnx, tmp_path / "h", "fp16", inputs)
+    assert len(calls) == 1 and fp32.read_bytes()[4:8] == b"TFL3"
+
+
 def test_scope_options_add_attention_and_patch_embed(tiny_checkpoint, tiny_onnx, inputs, tmp_path) -> None:
     ops = kinds(
         build(tiny_checkpoint, tiny_onnx, tmp_path, "int8", inputs, matmul_scope="all", patch_embed=True)
