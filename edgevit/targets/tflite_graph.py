@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-# Ops that only move, cast or reshape data: their precision is their input's, not a compute choice.
+# Ops that convert between precisions: reported as ``from->to`` rather than a compute precision.
 _CONVERT_OPS = ("QUANTIZE", "DEQUANTIZE")
 _INT_TYPES = {"INT8": "int8", "UINT8": "int8", "INT16": "int16", "INT4": "int4"}
 _FLOAT_TYPES = {"FLOAT32": "fp32", "FLOAT16": "fp16", "BFLOAT16": "bf16"}
@@ -43,7 +43,7 @@ class OpInfo:
 
     @property
     def has_constant_weight(self) -> bool:
-        """True when a non-first input is constant (a Linear/Conv weight, not activation x activation)."""
+        """True when the second input (the weight slot) is constant: a Linear/Conv, not act x act."""
         return any(t.constant for t in self.inputs[1:2])
 
     @property
