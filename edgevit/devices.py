@@ -14,6 +14,19 @@ from edgevit.paths import targets_dir
 HOST = "host"
 
 
+class CoreMLSettings(BaseModel):
+    """How a Core ML build is made and run on an Apple device."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    deployment_target: Literal["iOS16", "iOS17", "iOS18", "macOS13", "macOS14", "macOS15"] = Field(
+        default="iOS17", description="oldest OS the .mlpackage must load on (a mode may need a newer one)"
+    )
+    compute_units: Literal["ALL", "CPU_AND_NE", "CPU_AND_GPU", "CPU_ONLY"] = Field(
+        default="ALL", description="where Core ML may run the model (set when the model is loaded)"
+    )
+
+
 class DeviceProfile(BaseModel):
     """Where a target runs."""
 
@@ -21,11 +34,13 @@ class DeviceProfile(BaseModel):
 
     name: str
     description: str = ""
-    transport: Literal["local", "ssh", "adb"] = "local"
+    # none: edgevit cannot reach the device (e.g. an iPhone); accuracy is checked on the host
+    transport: Literal["local", "ssh", "adb", "none"] = "local"
     address: str | None = Field(default=None, description="ssh://user@host[:port] for ssh")
     runtimes: list[str] = Field(default_factory=list)
     precisions: list[Literal["fp32", "fp16", "int8"]] = Field(default_factory=list)
     threads: int | None = Field(default=None, gt=0)
+    coreml: CoreMLSettings | None = None
     notes: str = ""
 
 

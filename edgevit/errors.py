@@ -34,6 +34,10 @@ class LoweringError(EdgeVitError):
     """A backend failed to convert or quantize the exported model."""
 
 
+class NotCheckable(EdgeVitError):
+    """An artifact was built but can be neither run nor simulated on this host (the target is skipped)."""
+
+
 class BuildDirError(EdgeVitError):
     """The build directory holds something unexpected (a path escaping it, a tampered file)."""
 

@@ -17,8 +17,8 @@ from edgevit.check import accuracy, gates, latency
 from edgevit.data import load_data
 from edgevit.data.transforms import preprocess
 from edgevit.devices import resolve_device
-from edgevit.errors import EdgeVitError
-from edgevit.fileio import atomic_write_json, atomic_write_text
+from edgevit.errors import EdgeVitError, NotCheckable
+from edgevit.fileio import atomic_write_json, atomic_write_text, sha256_bytes
 from edgevit.hostinfo import host_facts
 from edgevit.models.builtin import resolve_builtin
 from edgevit.models.config import ModelConfig
@@ -57,6 +57,7 @@ def library_versions() -> dict[str, str]:
         "litert-torch",
         "ai-edge-quantizer",
         "ai-edge-litert",
+        "coremltools",
     ):
         with contextlib.suppress(md.PackageNotFoundError):
             versions[dist] = md.version(dist)
@@ -96,6 +97,15 @@ def _logits(model: torch.nn.Module, x: np.ndarray, batch: int) -> np.ndarray:
             if len(x)
             else np.zeros((0, 0), np.float32)
         )
+
+
+def _artifact_sha256(outputs: dict[str, str], main: str) -> str:
+    """sha256 of an artifact file, or of a directory artifact (an .mlpackage) from its files' hashes."""
+    if main in outputs:
+        return outputs[main]
+    prefix = main + "/"
+    files = sorted((rel.removeprefix(prefix), digest) for rel, digest in outputs.items() if rel.startswith(prefix))
+    return sha256_bytes("".join(f"{rel}\0{digest}\n" for rel, digest in files).encode())
 
 
 class Build:
@@ -213,7 +223,14 @@ class Build:
         results = []
         for spec in r.targets:
             request = LowerRequest(
-                onnx_path, spec.precision, cfg, spec.options, q, calibration, checkpoint=prev_step.directory
+                onnx_path,
+                spec.precision,
+                cfg,
+                spec.options,
+                q,
+                calibration,
+                checkpoint=prev_step.directory,
+                device=resolve_device(spec.device),
             )
             results.append(
                 self._target(
@@ -297,8 +314,10 @@ class Build:
             if request.quantize and spec.precision == "int8"
             else None,
             "calibration": calib_sha if spec.precision == "int8" else None,
+            **target.device_key(device),
         }
         threads = spec.threads or device.threads or r.check.threads
+        built: dict[str, Any] = {}
         try:
             step = self.ws.step(
                 f"targets/{spec.name}",
@@ -312,19 +331,32 @@ class Build:
             )
             main = target.artifact_name
             artifact = step.path(main)
-            with target.runner(artifact, threads, request.model_config.input_size) as runner:
+            built = {
+                **target.describe(artifact),
+                "size_bytes": sum((step.directory / rel).stat().st_size for rel in step.outputs),
+                "artifact": str(artifact.relative_to(self.ws.root)),
+                "sha256": _artifact_sha256(step.outputs, main),
+                "files": sorted(step.outputs),
+                "reused": step.reused,
+                "device": device.name,
+            }
+            with target.runner(artifact, threads, request.model_config.input_size, device) as runner:
                 logits = np.concatenate(
                     [
                         runner.infer(x_eval[i : i + r.check.eval_batch])
                         for i in range(0, len(x_eval), r.check.eval_batch)
                     ]
                 )
+                simulated = runner.simulated
+                findings = runner.findings()
                 lat = (
                     None
-                    if remote
+                    if remote or simulated
                     else latency.measure(runner, x_eval[: r.check.batch], r.check.warmup, r.check.runs)
                 )
-            details = target.describe(artifact)
+        except NotCheckable as exc:  # built, but nothing here can run it: keep the artifact, skip the check
+            self.log(f"{spec.name}: built, not checked ({exc})")
+            return {**entry, "status": "skipped", "reason": str(exc), **built}
         except EdgeVitError as exc:
             self.log(f"{spec.name}: failed ({exc})")
             return {**entry, "status": "failed", "reason": str(exc)}
@@ -332,29 +364,31 @@ class Build:
             self.log(f"{spec.name}: failed ({type(exc).__name__}: {exc})")
             return {**entry, "status": "failed", "reason": f"{type(exc).__name__}: {str(exc)[:500]}"}
         acc = accuracy.compare(logits, labels, src_logits)
-        size = sum((step.directory / rel).stat().st_size for rel in step.outputs)
         timing = "latency not measured" if lat is None else f"p50 {lat.p50:.3f} ms"
         self.log(
             f"{spec.name}: top-1 {acc.top1:.2f}% (drop {acc.top1_drop:+.2f}), agreement "
             f"{acc.agreement:.4f}, cosine {acc.cosine:.5f}, {timing}"
             f"{' (artifact reused)' if step.reused else ''}"
         )
-        if remote:
+        if simulated:
+            entry["where"] = f"simulated:{simulated}"
             entry["reason"] = (
-                f"latency not measured: device {device.name} is reached by {device.transport}; "
+                f"latency not measured: {spec.backend} cannot run on this host"
+                f"{f' (device {device.name} is not reachable)' if remote else ''}; accuracy is "
+                f"from the {simulated} simulation of the same artifact"
+            )
+        elif remote:
+            how = "cannot be reached" if device.transport == "none" else f"is reached by {device.transport}"
+            entry["reason"] = (
+                f"latency not measured: device {device.name} {how}; "
                 "accuracy was checked on this host with the same artifact"
             )
         return {
             **entry,
             "accuracy": {**acc.to_dict(), "reference_top1_drop": round(ref_top1 - acc.top1, 4)},
             "latency_ms": None if lat is None else lat.to_dict(),
-            **details,
-            "size_bytes": size,
-            "artifact": str(artifact.relative_to(self.ws.root)),
-            "sha256": step.outputs[main],
-            "files": sorted(step.outputs),
-            "reused": step.reused,
-            "device": device.name,
+            **findings,
+            **built,
         }
 
     def _size_record(self, model: torch.nn.Module, cfg: ModelConfig, weights: Path) -> dict[str, int]:

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import BaseModel
 
+from edgevit.devices import DeviceProfile
 from edgevit.errors import LoweringError, TargetUnavailableError
 from edgevit.models.config import ModelConfig
 from edgevit.recipe.schema import QuantizeStage
@@ -46,10 +47,19 @@ class LowerRequest:
     calibration: np.ndarray | None = None  # preprocessed N x C x H x W float32
     # The float model as a checkpoint dir, for backends that convert from torch.
     checkpoint: Path | None = None
+    # Where the artifact will run (a backend may build for it, e.g. Core ML's deployment target).
+    device: DeviceProfile | None = None
 
 
 class Runner(ABC):
-    """Runs one artifact. Use as a context manager: ``with runner: runner.infer(batch)``."""
+    """Runs one artifact. Use as a context manager: ``with runner: runner.infer(batch)``.
+
+    ``simulated`` names the simulation when the runner is not the backend's own runtime (e.g.
+    ``mil-reference`` for Core ML on Linux): its outputs are reported as ``simulated:<name>`` and
+    its latency is not measured.
+    """
+
+    simulated: ClassVar[str | None] = None
 
     def __init__(self, artifact: Path, threads: int, input_shape: tuple[int, int, int]) -> None:
         self.artifact = artifact
@@ -78,6 +88,10 @@ class Runner(ABC):
         if out.ndim != 2 or out.shape[0] != batch.shape[0]:
             raise LoweringError(f"{self.artifact} returned shape {out.shape} for batch {batch.shape}")
         return out
+
+    def findings(self) -> dict[str, Any]:
+        """What running the artifact revealed, for the report (e.g. a simulation's overflow checks)."""
+        return {}
 
     @abstractmethod
     def _load(self) -> None: ...
@@ -108,6 +122,10 @@ class Target(ABC):
                 raise ValueError(f"backend {self.name} takes no options, got {', '.join(sorted(options))}")
             return None
         return self.options_schema.model_validate(options)
+
+    def device_key(self, device: DeviceProfile) -> dict[str, Any]:
+        """The device settings that change what ``lower`` builds (part of the artifact's cache key)."""
+        return {}
 
     def describe(self, artifact: Path) -> dict[str, Any]:
         """Facts about a built artifact for the report (e.g. op counts by precision)."""
@@ -140,5 +158,11 @@ class Target(ABC):
         """Build the artifact for ``request`` inside ``workdir``; return its main file."""
 
     @abstractmethod
-    def runner(self, artifact: Path, threads: int, input_shape: tuple[int, int, int]) -> Runner:
-        """A Runner for an artifact this target built."""
+    def runner(
+        self,
+        artifact: Path,
+        threads: int,
+        input_shape: tuple[int, int, int],
+        device: DeviceProfile | None = None,
+    ) -> Runner:
+        """A Runner for an artifact this target built (``device``: the profile it runs under)."""

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from edgevit.devices import DeviceProfile
 from edgevit.errors import LoweringError
 from edgevit.targets.base import INPUT_NAME, LowerRequest, Runner, Target
 from edgevit.targets.calibration import calibration_batches
@@ -106,7 +107,13 @@ class OrtTarget(Target):
             prepared.unlink(missing_ok=True)
         return out
 
-    def runner(self, artifact: Path, threads: int, input_shape: tuple[int, int, int]) -> Runner:
+    def runner(
+        self,
+        artifact: Path,
+        threads: int,
+        input_shape: tuple[int, int, int],
+        device: DeviceProfile | None = None,
+    ) -> Runner:
         return OrtRunner(artifact, threads, input_shape)
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from edgevit.devices import DeviceProfile
 from edgevit.errors import LoweringError
 from edgevit.recipe.schema import QuantizeStage
 from edgevit.targets.base import Availability, LowerRequest, Runner, Target
@@ -144,7 +145,13 @@ class OvTarget(Target):
         except Exception as exc:
             raise LoweringError(f"NNCF quantization failed: {type(exc).__name__}: {exc}") from exc
 
-    def runner(self, artifact: Path, threads: int, input_shape: tuple[int, int, int]) -> Runner:
+    def runner(
+        self,
+        artifact: Path,
+        threads: int,
+        input_shape: tuple[int, int, int],
+        device: DeviceProfile | None = None,
+    ) -> Runner:
         return OvRunner(artifact, threads, input_shape)
 
 

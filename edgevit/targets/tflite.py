@@ -32,6 +32,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from edgevit.devices import DeviceProfile
 from edgevit.errors import LoweringError, TargetUnavailableError
 from edgevit.targets.base import Availability, LowerRequest, Runner, Target
 from edgevit.targets.calibration import calibration_batches
@@ -337,7 +338,13 @@ class TfliteTarget(Target):
         ops = read_ops(artifact)
         return {"ops": op_counts(ops), "op_total": len(ops)}
 
-    def runner(self, artifact: Path, threads: int, input_shape: tuple[int, int, int]) -> Runner:
+    def runner(
+        self,
+        artifact: Path,
+        threads: int,
+        input_shape: tuple[int, int, int],
+        device: DeviceProfile | None = None,
+    ) -> Runner:
         return TfliteRunner(artifact, threads, input_shape)
 
 
