@@ -21,7 +21,7 @@ def test_recipes_targets_models_list() -> None:
     assert recipes.returncode == 0
     assert {"digits-ort-int8", "x86-openvino-int8"} <= {r["name"] for r in json.loads(recipes.stdout)}
     targets = json.loads(run_cli("targets", "--json").stdout)
-    assert {t["backend"] for t in targets} == {"onnxruntime", "openvino", "tflite"}
+    assert {t["backend"] for t in targets} == {"onnxruntime", "openvino", "tflite", "coreml"}
     assert all(t["available"] == (not t["reason"]) for t in targets)
     models = json.loads(run_cli("models", "--json").stdout)
     assert "vit_plus_base_patch16_224" in models

@@ -144,3 +144,40 @@ def test_distill_into_a_named_student(fresh_builtin: Path, tmp_path: Path) -> No
     assert stage["details"]["student"] == "vit_plus_tiny_patch8_32"
     assert stage["params"] > report.data["reference"]["params"]  # the 4-block student vs the 1-block stand-in
     assert report.target("ort-fp32")["accuracy"]["top1_drop"] == 0.0
+
+
+def test_coreml_build_is_simulated_and_an_unevaluable_op_skips_the_check(
+    fresh_builtin: Path, tmp_path: Path, monkeypatch
+) -> None:
+    pytest.importorskip("coremltools")
+    import yaml
+
+    from edgevit.paths import recipes_dir
+    from edgevit.targets import coreml_mil
+
+    recipe = yaml.safe_load((recipes_dir() / "ios-coreml-int8.yaml").read_text())
+    recipe["data"] = {
+        "calibration": {"source": "digits", "split": "train", "count": 16},
+        "evaluation": {"source": "digits", "split": "test", "count": 24},
+    }
+    recipe["targets"] = [t for t in recipe["targets"] if t["name"] in ("coreml-fp16", "coreml-w8a8")]
+    path = tmp_path / "ios.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    report = edgevit.build(path, tmp_path / "b")
+    for name in ("coreml-fp16", "coreml-w8a8"):
+        t = report.target(name)
+        assert t["status"] == "ok" and t["where"] == "simulated:mil-reference"
+        assert t["latency_ms"] is None and "latency not measured: coreml cannot run" in t["reason"]
+        assert t["artifact"] == f"targets/{name}/model.mlpackage" and len(t["sha256"]) == 64
+        assert t["device"] == "iphone-15" and t["coreml"]["deployment_target"] == "iOS17"
+    assert report.target("coreml-w8a8")["accuracy"]["cosine"] > 0.99
+    md = (tmp_path / "b" / "report.md").read_text()
+    assert "simulated:mil-reference" in md and "Core ML packages:" in md
+    assert not any(g["name"].startswith("latency") for g in report.data["gates"])
+
+    # Without its conv evaluator the program cannot be checked: kept and reported, not failed.
+    monkeypatch.delitem(coreml_mil._OWN, "conv")
+    again = edgevit.build(path, tmp_path / "b")
+    t = again.target("coreml-fp16")
+    assert t["status"] == "skipped" and "no reference evaluator for MIL op(s) conv" in t["reason"]
+    assert t["reused"] and t["sha256"] == report.target("coreml-fp16")["sha256"]

@@ -94,6 +94,29 @@ def render_markdown(doc: dict[str, Any]) -> str:
                 for kind, by_precision in t["ops"].items()
             ]
             lines.append(f"- **{t['name']}** ({t.get('op_total', '?')} ops): {', '.join(parts)}")
+    packages = [t for t in doc["targets"] if t.get("coreml")]
+    if packages:
+        lines += ["", "Core ML packages:", ""]
+        for t in packages:
+            c = t["coreml"]
+            weights = ", ".join(f"{n} {kind}" for kind, n in c.get("compressed_weights", {}).items())
+            lines.append(
+                f"- **{t['name']}**: mode {c.get('mode')}, deployment target {c.get('deployment_target')} "
+                f"(spec {c.get('specification_version')}), compressed weight tensors: {weights or 'none'}"
+            )
+    for t in doc["targets"]:
+        sim = t.get("simulation") or {}
+        if sim.get("layer_norm_fp16_overflow"):
+            worst = max(sim["layer_norm_fp16_overflow"].values())
+            lines.append(
+                f"- **{t['name']}** FP16 risk: layer_norm squared deviations reach {worst:.3g} > 65504 "
+                f"(ops {', '.join(sim['layer_norm_fp16_overflow'])}): add layer_norm to options.float32_ops"
+            )
+        if sim.get("first_nonfinite_op"):
+            lines.append(
+                f"- **{t['name']}** produced inf/NaN first at {', '.join(sim['first_nonfinite_op'])} "
+                "(simulated FP16 overflow)"
+            )
     lat_runs = next((t["latency_ms"] for t in doc["targets"] if t.get("latency_ms")), None)
     if lat_runs:
         host = doc.get("host", {})

@@ -9,6 +9,7 @@ from edgevit.targets.base import Availability, LowerRequest, Runner, Target
 TARGETS: Registry[Target] = Registry("backend", RecipeError)
 
 # Registration happens on import of each module; these imports load no backend library.
+from edgevit.targets import coreml as _cml  # noqa: E402,F401
 from edgevit.targets import onnxruntime as _ort  # noqa: E402,F401
 from edgevit.targets import openvino as _ov  # noqa: E402,F401
 from edgevit.targets import tflite as _tfl  # noqa: E402,F401

@@ -30,7 +30,9 @@ def test_every_shipped_recipe_validates(name: str) -> None:
 
 
 def test_shipped_default_recipes_exist() -> None:
-    assert {"digits-ort-int8", "x86-openvino-int8", "android-tflite-int8"} <= set(builtin_recipes())
+    assert {"digits-ort-int8", "x86-openvino-int8", "android-tflite-int8", "ios-coreml-int8"} <= set(
+        builtin_recipes()
+    )
 
 
 @pytest.mark.parametrize(
@@ -101,6 +103,14 @@ def test_shipped_default_recipes_exist() -> None:
         (
             lambda d: d["targets"][0].update(device="pixel-8"),
             r"targets\[0\]: device pixel-8 runs tflite, not onnxruntime",
+        ),
+        (
+            lambda d: d["targets"][0].update(backend="coreml", precision="int8", options={"mode": "int4_block"}),
+            r"targets\[0\]\.options: mode int4_block is not for int8; use one of: weights, w8a8",
+        ),
+        (
+            lambda d: d["targets"][0].update(backend="coreml", device="pixel-8"),
+            r"targets\[0\]: device pixel-8 runs tflite, not coreml",
         ),
         (
             lambda d: (d["targets"][0].update(backend="tflite"), d["stages"][0].update(method="entropy")),
