@@ -205,6 +205,7 @@ def cmd_targets(args: argparse.Namespace) -> int:
         for r in rows:
             state = (
                 "available " + ", ".join(f"{k} {v}" for k, v in r["versions"].items())
+                + (f" ({r['reason']})" if r["reason"] else "")
                 if r["available"]
                 else f"unavailable: {r['reason']}"
             )

@@ -28,7 +28,7 @@ OUTPUT_NAME = "logits"
 
 @dataclass(frozen=True)
 class Availability:
-    """Whether a backend can run here, and why not."""
+    """Whether a backend can run here, and why not (or, when available, a caveat such as simulation)."""
 
     available: bool
     reason: str = ""

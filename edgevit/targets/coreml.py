@@ -201,7 +201,12 @@ class CoremlTarget(Target):
                 f"coremltools is not importable ({type(exc).__name__}: {str(exc)[:120]}); "
                 f"install it with: pip install 'edgevit[{self.extra}]'",
             )
-        return Availability(True, "", {"coremltools": str(coremltools.__version__)})
+        note = (
+            ""
+            if coreml_runtime_available()
+            else "builds here; Core ML runs only on macOS, so artifacts are checked by simulation (mil-reference)"
+        )
+        return Availability(True, note, {"coremltools": str(coremltools.__version__)})
 
     def parse_options(self, options: dict[str, Any], precision: str) -> BaseModel | None:
         parsed = CoremlOptions.model_validate(options)
@@ -237,6 +242,7 @@ class CoremlTarget(Target):
         out = workdir / self.artifact_name
         with _quiet():
             model.save(str(out))
+        check_interface(out, request.model_config)
         return out
 
     @staticmethod
@@ -371,6 +377,7 @@ class CoremlTarget(Target):
             "ops": {kind: dict(c) for kind, c in sorted(counts.items(), key=lambda kv: -sum(kv[1].values()))},
             "op_total": len(compute),
             "coreml": {
+                "interface": interface(artifact),
                 "deployment_target": meta.get("edgevit.deployment_target"),
                 "mode": meta.get("edgevit.mode"),
                 "specification_version": int(spec.specificationVersion),
@@ -390,6 +397,35 @@ class CoremlTarget(Target):
             runner.compute_units = _settings(device).compute_units
             return runner
         return MilReferenceRunner(artifact, threads, input_shape)
+
+
+def interface(package: Path) -> dict[str, Any]:
+    """The saved package's input/output as Core ML declares them, and its class names."""
+    _, spec = load_program(package)
+    arrays = spec.description.input[0].type.multiArrayType
+    dtypes = {arrays.FLOAT32: "float32", arrays.FLOAT16: "float16", arrays.INT32: "int32"}
+    meta = spec.description.metadata.userDefined
+    return {
+        "input": {
+            "name": spec.description.input[0].name,
+            "shape": [int(d) for d in arrays.shape],
+            "dtype": dtypes.get(arrays.dataType, str(arrays.dataType)),
+        },
+        "output": {"name": spec.description.output[0].name},
+        "class_names": json.loads(meta["edgevit.class_names"]) if "edgevit.class_names" in meta else None,
+    }
+
+
+def check_interface(package: Path, cfg: Any) -> None:
+    """Raise LoweringError unless the package's interface is the model config's."""
+    got = interface(package)
+    want = {
+        "input": {"name": INPUT_NAME, "shape": [1, *cfg.input_size], "dtype": "float32"},
+        "output": {"name": OUTPUT_NAME},
+        "class_names": cfg.class_names or [str(i) for i in range(cfg.num_classes)],
+    }
+    if got != want:
+        raise LoweringError(f"the saved {package.name} declares {got}, expected {want}", "report this as a bug")
 
 
 def _dtype_name(var: Any) -> str:

@@ -7,12 +7,15 @@ Core ML's own ``predict`` runs only on macOS. On other hosts edgevit loads the p
   constant folding uses);
 - compressed weights (``constexpr_*``: INT8/INT4 affine, palettized LUTs) through their
   ``materialized_val_inference``;
-- ``conv`` and ``avg_pool``, which coremltools does not evaluate, through torch.nn.functional.
+- ``conv``, ``avg_pool`` and ``quantize``/``dequantize``, which coremltools does not evaluate, and
+  ``linear``, ``matmul`` and ``gelu``, which it evaluates slowly, through edgevit's own NumPy code.
 
 Every value is rounded to its variable's MIL dtype, so an FP16 program rounds to float16 between
-ops (and overflows to inf where float16 would); inside one op NumPy/torch compute in float32.
-That is a reference for the program's arithmetic, not a model of a device: the Neural Engine and
-GPU may order or fuse operations differently. Numbers from it are labelled ``simulated``.
+ops (and overflows to inf where float16 would); inside one op NumPy computes in float32. An FP16
+``layer_norm`` whose squared deviations exceed float16's range is flagged (``findings``): computed
+in float16, its variance would overflow. This is a reference for the program's arithmetic, not a
+model of a device: the Neural Engine and GPU may order or fuse operations differently. Numbers
+from it are labelled ``simulated``.
 """
 
 from __future__ import annotations
@@ -74,63 +77,84 @@ def _padding(op: Any, spatial: tuple[int, ...], kernel: tuple[int, ...], dilatio
     return pads
 
 
-def _torch_pad(pads: list[int]) -> list[int]:
-    """MIL (before, after) per dim, first dim first -> torch.nn.functional.pad order (last dim first)."""
-    out: list[int] = []
-    for i in range(len(pads) // 2 - 1, -1, -1):
-        out += [pads[2 * i], pads[2 * i + 1]]
-    return out
+def _windows(x: np.ndarray, sizes: list[int], strides: list[int], dilations: list[int]) -> np.ndarray:
+    """Sliding windows over the trailing spatial dims: N, C, *out, *kernel (a view, no copy)."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    n = len(sizes)
+    spans = [(k - 1) * d + 1 for k, d in zip(sizes, dilations, strict=True)]
+    win = sliding_window_view(x, spans, axis=tuple(range(2, 2 + n)))
+    picks = [slice(None, None, s) for s in strides] + [slice(None, None, d) for d in dilations]
+    return win[(slice(None), slice(None), *picks)]
 
 
 def _conv(op: Any, f32: F32) -> np.ndarray:
-    x = op.x.val
-    import torch
-    import torch.nn.functional as F
-
+    x = np.asarray(op.x.val, np.float32)
     w = f32(op.weight)
     n = w.ndim - 2
-    dil = tuple(int(d) for d in op.dilations.val) if op.dilations is not None else (1,) * n
-    strides = tuple(int(s) for s in op.strides.val) if op.strides is not None else (1,) * n
-    pads = _padding(op, tuple(x.shape[2:]), tuple(w.shape[2:]), dil)
-    t = F.pad(torch.from_numpy(x.astype(np.float32)), _torch_pad(pads))
-    bias = None if op.bias is None else torch.from_numpy(np.asarray(op.bias.val, np.float32))
-    fn = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[n]
+    dil = [int(d) for d in op.dilations.val] if op.dilations is not None else [1] * n
+    strides = [int(s) for s in op.strides.val] if op.strides is not None else [1] * n
+    pads = _padding(op, tuple(x.shape[2:]), tuple(w.shape[2:]), tuple(dil))
+    xp = np.pad(x, [(0, 0), (0, 0), *[(pads[2 * i], pads[2 * i + 1]) for i in range(n)]])
+    win = _windows(xp, list(w.shape[2:]), strides, dil)  # N, C, *out, *kernel
     groups = int(op.groups.val) if op.groups is not None else 1
-    return fn(t, torch.from_numpy(w), bias, strides, 0, dil, groups).numpy()
+    cin, cout = w.shape[1], w.shape[0] // groups
+    axes = ([1, *range(2 + n, 2 + 2 * n)], [1, *range(2, 2 + n)])  # (C, *kernel) of windows and weight
+    outs = [
+        np.tensordot(win[:, g * cin : (g + 1) * cin], w[g * cout : (g + 1) * cout], axes=axes)
+        for g in range(groups)
+    ]  # each N, *out, cout
+    out = np.moveaxis(np.concatenate(outs, axis=-1), -1, 1)
+    if op.bias is not None:
+        out = out + f32(op.bias).reshape(1, -1, *([1] * n))
+    return np.ascontiguousarray(out)
 
 
 def _avg_pool(op: Any, f32: F32) -> np.ndarray:
-    x = op.x.val
-    import torch
-    import torch.nn.functional as F
-
-    kernel = tuple(int(k) for k in op.kernel_sizes.val)
+    x = np.asarray(op.x.val, np.float32)
+    kernel = [int(k) for k in op.kernel_sizes.val]
     n = len(kernel)
-    strides = tuple(int(s) for s in op.strides.val) if op.strides is not None else (1,) * n
+    strides = [int(s) for s in op.strides.val] if op.strides is not None else [1] * n
     pad_type = op.pad_type.val
     pads = [int(p) for p in op.pad.val] if pad_type == "custom" and op.pad is not None else [0] * (2 * n)
-    if pad_type not in ("valid", "custom") or any(pads[2 * i] != pads[2 * i + 1] for i in range(n)):
-        raise UnsupportedOp(
-            f"avg_pool {op.name}: pad_type {pad_type} with asymmetric padding has no reference evaluator"
-        )
+    if pad_type not in ("valid", "custom"):
+        raise UnsupportedOp(f"avg_pool {op.name}: pad_type {pad_type} has no reference evaluator")
     exclude = bool(op.exclude_padding_from_average.val) if op.exclude_padding_from_average is not None else False
     ceil = bool(op.ceil_mode.val) if op.ceil_mode is not None else False
-    fn = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[n]
-    t = torch.from_numpy(x.astype(np.float32))
-    return fn(t, kernel, strides, tuple(pads[0::2]), ceil, not exclude).numpy()
+    widths, counted = [], np.ones(x.shape[2:], np.float32)
+    for i, (size, k, s) in enumerate(zip(x.shape[2:], kernel, strides, strict=True)):
+        before, after = pads[2 * i], pads[2 * i + 1]
+        span = size + before + after - k
+        out = (-(-span // s) if ceil else span // s) + 1
+        if ceil and (out - 1) * s >= size + before:
+            out -= 1  # the last window must start inside the input or the leading padding
+        extra = max((out - 1) * s + k - (size + before + after), 0)
+        widths.append((before, after + extra))
+        # The divisor counts the input, and the explicit padding unless excluded; never the ceil overhang.
+        pad_count = [(0, 0)] * n
+        pad_count[i] = (before, after) if not exclude else (0, 0)
+        counted = np.pad(counted, pad_count, constant_values=1.0)
+        edge = [(0, 0)] * n
+        edge[i] = (before, after + extra) if exclude else (0, extra)
+        counted = np.pad(counted, edge, constant_values=0.0)
+    xp = np.pad(x, [(0, 0), (0, 0), *widths])
+    axes = tuple(range(-n, 0))
+    sums = _windows(xp, kernel, strides, [1] * n).sum(axis=axes)
+    counts = _windows(counted[None, None], kernel, strides, [1] * n).sum(axis=axes)
+    return np.asarray(sums / counts, np.float32)
 
 
 def _gelu(op: Any, f32: F32) -> np.ndarray:
-    x = op.x.val
     # coremltools' EXACT mode maps math.erf over every element (np.vectorize): seconds per image.
-    import torch
-    import torch.nn.functional as F
+    from scipy.special import erf
 
+    x = np.asarray(op.x.val, np.float32)
     mode = op.mode.val if op.mode is not None else "EXACT"
-    t = torch.from_numpy(x.astype(np.float32))
     if mode == "SIGMOID_APPROXIMATION":
-        return (t * torch.sigmoid(1.702 * t)).numpy()
-    return F.gelu(t, approximate="tanh" if mode == "TANH_APPROXIMATION" else "none").numpy()
+        return x / (1.0 + np.exp(-1.702 * x))
+    if mode == "TANH_APPROXIMATION":
+        return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x**3)))
+    return 0.5 * x * (1.0 + erf(x / np.sqrt(2.0)))
 
 
 def _along(param: Any, rank: int, axis: Any) -> np.ndarray:

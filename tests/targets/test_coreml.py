@@ -65,6 +65,11 @@ def test_package_reloads_with_the_model_interface(packages, tiny_checkpoint) -> 
     assert json.loads(meta["edgevit.class_names"]) == cfg.class_names
     assert json.loads(meta["edgevit.mean"]) == list(cfg.mean)
     assert meta["edgevit.deployment_target"] == "iOS17"
+    assert TARGET.describe(packages["fp16"])["coreml"]["interface"] == {
+        "input": {"name": "input", "shape": [1, 3, 32, 32], "dtype": "float32"},
+        "output": {"name": "logits"},
+        "class_names": cfg.class_names,
+    }
 
 
 def test_fp16_keeps_layer_norm_in_fp32_and_matches_torch(packages, inputs, reference) -> None:

@@ -33,6 +33,7 @@ def test_conv_and_pooling_padding_modes_match_torch(tmp_path) -> None:
     rng = np.random.default_rng(0)
     w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
     b = rng.standard_normal(4).astype(np.float32)
+    wg = rng.standard_normal((6, 1, 3, 3)).astype(np.float32)
 
     @mb.program(input_specs=[mb.TensorSpec(shape=(1, 3, 9, 9))], opset_version=ct.target.iOS17)
     def prog(x):
@@ -41,7 +42,18 @@ def test_conv_and_pooling_padding_modes_match_torch(tmp_path) -> None:
         pooled = mb.avg_pool(
             x=same, kernel_sizes=[2, 2], strides=[2, 2], pad_type="valid", ceil_mode=True, name="pool"
         )
-        return same, lower, pooled
+        grouped = mb.conv(
+            x=x, weight=wg, strides=[1, 1], pad_type="custom", pad=[2, 2, 1, 1], dilations=[2, 2], groups=3,
+            name="grouped",
+        )
+        counted = [
+            mb.avg_pool(
+                x=x, kernel_sizes=[3, 3], strides=[2, 2], pad_type="custom", pad=[1, 1, 1, 1],
+                exclude_padding_from_average=exclude, ceil_mode=True, name=f"exclude_{exclude}",
+            )
+            for exclude in (True, False)
+        ]
+        return same, lower, pooled, grouped, *counted
 
     ref = MilReference(save_program(prog, tmp_path / "conv.mlpackage"))
     x = rng.standard_normal((1, 3, 9, 9)).astype(np.float32)
@@ -55,6 +67,11 @@ def test_conv_and_pooling_padding_modes_match_torch(tmp_path) -> None:
     pooled = F.avg_pool2d(torch.from_numpy(same), 2, 2, ceil_mode=True).numpy()
     assert pooled.shape == (1, 4, 3, 3)
     np.testing.assert_allclose(seen["pool"], pooled, rtol=1e-5, atol=1e-6)
+    grouped = F.conv2d(F.pad(t, (1, 1, 2, 2)), torch.from_numpy(wg), dilation=2, groups=3).numpy()
+    np.testing.assert_allclose(seen["grouped"], grouped, rtol=1e-5, atol=1e-5)
+    for exclude in (True, False):
+        expect = F.avg_pool2d(t, 3, 2, 1, ceil_mode=True, count_include_pad=not exclude).numpy()
+        np.testing.assert_allclose(seen[f"exclude_{exclude}"], expect, rtol=1e-5, atol=1e-6)
 
 
 def test_an_op_without_an_evaluator_is_named(tmp_path) -> None:
