@@ -197,6 +197,7 @@ def cmd_targets(args: argparse.Namespace) -> int:
                 "precisions": list(target.precisions),
                 "versions": avail.versions,
                 "reason": avail.reason,
+                "note": avail.note,
             }
         )
     if args.json:
@@ -205,7 +206,7 @@ def cmd_targets(args: argparse.Namespace) -> int:
         for r in rows:
             state = (
                 "available " + ", ".join(f"{k} {v}" for k, v in r["versions"].items())
-                + (f" ({r['reason']})" if r["reason"] else "")
+                + (f" ({r['note']})" if r["note"] else "")
                 if r["available"]
                 else f"unavailable: {r['reason']}"
             )

@@ -23,6 +23,8 @@ def test_recipes_targets_models_list() -> None:
     targets = json.loads(run_cli("targets", "--json").stdout)
     assert {t["backend"] for t in targets} == {"onnxruntime", "openvino", "tflite", "coreml"}
     assert all(t["available"] == (not t["reason"]) for t in targets)
+    coreml = next(t for t in targets if t["backend"] == "coreml")
+    assert not coreml["available"] or sys.platform == "darwin" or "simulation" in coreml["note"]
     models = json.loads(run_cli("models", "--json").stdout)
     assert "vit_plus_base_patch16_224" in models
 

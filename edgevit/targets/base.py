@@ -28,11 +28,12 @@ OUTPUT_NAME = "logits"
 
 @dataclass(frozen=True)
 class Availability:
-    """Whether a backend can run here, and why not (or, when available, a caveat such as simulation)."""
+    """Whether a backend can run here, and why not; ``note``: a caveat when it can (e.g. simulation)."""
 
     available: bool
     reason: str = ""
     versions: dict[str, str] = field(default_factory=dict)
+    note: str = ""
 
 
 @dataclass

@@ -206,7 +206,7 @@ class CoremlTarget(Target):
             if coreml_runtime_available()
             else "builds here; Core ML runs only on macOS, so artifacts are checked by simulation (mil-reference)"
         )
-        return Availability(True, note, {"coremltools": str(coremltools.__version__)})
+        return Availability(True, "", {"coremltools": str(coremltools.__version__)}, note)
 
     def parse_options(self, options: dict[str, Any], precision: str) -> BaseModel | None:
         parsed = CoremlOptions.model_validate(options)
