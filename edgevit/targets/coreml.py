@@ -104,6 +104,9 @@ class CoremlRunner(Runner):
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         return predict_batch(self._model, batch)
 
+    def findings(self) -> dict[str, Any]:
+        return {"coreml_runtime": {"compute_units": self.compute_units}}
+
     def _close(self) -> None:
         self._model = None
 
