@@ -36,6 +36,38 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0 if report.passed else 1
 
 
+def cmd_profile(args: argparse.Namespace) -> int:
+    from edgevit.fileio import atomic_write_json
+    from edgevit.profiling import profile
+
+    result = profile(
+        Path(args.target),
+        args.device,
+        runs=args.runs,
+        threads=args.threads,
+        warmup=args.warmup,
+        duration_s=args.duration,
+        batch=args.batch,
+        bundle=Path(args.bundle) if args.bundle else None,
+        timeout_s=args.timeout,
+    )
+    doc = result.to_dict()
+    if args.output:  # written only once every artifact was profiled
+        atomic_write_json(Path(args.output), doc)
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    elif not args.quiet:
+        for r in doc["results"]:
+            lat, acc = r["latency_ms"], r.get("accuracy")
+            extra = f", top-1 {acc['top1']:.2f}%, agreement {acc['agreement']:.4f}" if acc else ""
+            print(
+                f"{r['target']} on {r['where']} ({r['runtime']}): p50 {lat['p50']:.3f} ms, p90 "
+                f"{lat['p90']:.3f}, p99 {lat['p99']:.3f} ({lat['runs']} runs, {lat['threads']} threads, "
+                f"batch {lat['batch']}), peak RSS {r['peak_rss_mb']} MB{extra}"
+            )
+    return 0
+
+
 def _given(**options: Any) -> dict[str, Any]:
     """The options the user set (argparse leaves the others None)."""
     return {k: v for k, v in options.items() if v is not None}
@@ -270,6 +302,23 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--nproc", type=int, help="distill with N processes (torchrun + DistributedDataParallel)")
     d.add_argument("-o", "--output", required=True, help="output directory (re-run to resume)")
     d.set_defaults(func=cmd_distill)
+
+    pr = sub.add_parser(
+        "profile", help="measure latency (and accuracy) of an artifact or a build's artifacts on a device"
+    )
+    pr.add_argument("target", help="an artifact (.onnx, .xml, .tflite) or a build directory")
+    pr.add_argument(
+        "--device", required=True, help="local, ssh://user@host[:port], or a profile in targets/ (e.g. x86-avx512)"
+    )
+    pr.add_argument("--runs", type=int, default=100, help="timed runs (default 100)")
+    pr.add_argument("--duration", type=float, help="seconds of timed runs instead of --runs")
+    pr.add_argument("--warmup", type=int, default=10)
+    pr.add_argument("--threads", type=int, help="default: the device profile's, else 1")
+    pr.add_argument("--batch", type=int, default=1)
+    pr.add_argument("--bundle", help="evaluation bundle .npz (a build directory brings its own)")
+    pr.add_argument("--timeout", type=float, default=1800.0, help="seconds per artifact before giving up")
+    pr.add_argument("-o", "--output", help="write the JSON document here (only when every profile succeeded)")
+    pr.set_defaults(func=cmd_profile)
 
     sub.add_parser("recipes", help="list built-in recipes").set_defaults(func=cmd_recipes)
     sub.add_parser("targets", help="list backends: available here or not, versions, why not").set_defaults(

@@ -37,6 +37,8 @@ class DeviceProfile(BaseModel):
     # none: edgevit cannot reach the device (e.g. an iPhone); accuracy is checked on the host
     transport: Literal["local", "ssh", "adb", "none"] = "local"
     address: str | None = Field(default=None, description="ssh://user@host[:port] for ssh")
+    python: str = Field(default="python3", description="the Python that runs the profiling agent there")
+    ssh_options: list[str] = Field(default_factory=list, description="extra ssh/scp options, e.g. -i KEY")
     runtimes: list[str] = Field(default_factory=list)
     precisions: list[Literal["fp32", "fp16", "int8"]] = Field(default_factory=list)
     threads: int | None = Field(default=None, gt=0)

@@ -3,6 +3,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup.sh
+# The profiling tests start a real OpenSSH server on 127.0.0.1 (Debian's openssh-server).
+if [ ! -x /usr/sbin/sshd ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  echo "setup: installing openssh-server for the profiling tests"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssh-server >/dev/null 2>&1 \
+    || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssh-server >/dev/null; }
+fi
 echo "test: ruff"; .venv/bin/ruff check edgevit tests tools
 echo "test: mypy"; .venv/bin/mypy
 echo "test: pytest"; .venv/bin/python -m pytest -q "$@"

@@ -30,13 +30,9 @@ def top1(logits: np.ndarray, labels: np.ndarray) -> float:
 
 def compare(logits: np.ndarray, labels: np.ndarray, reference: np.ndarray) -> AccuracyResult:
     """Score ``logits`` against labels and the reference logits of the same inputs."""
-    if logits.shape != reference.shape:
-        raise ValueError(f"logits {logits.shape} and reference {reference.shape} differ in shape")
-    acc, ref_acc = top1(logits, labels), top1(reference, labels)
-    agreement = float(np.mean(logits.argmax(1) == reference.argmax(1)))
-    a, b = logits.astype(np.float64), reference.astype(np.float64)
-    denom = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    cosine = float(np.mean(np.sum(a * b, axis=1) / np.maximum(denom, 1e-12)))
-    noise = float(np.sum((a - b) ** 2))
-    sqnr = float("inf") if noise == 0 else float(10 * np.log10(np.sum(b**2) / noise))
-    return AccuracyResult(acc, ref_acc - acc, agreement, cosine, min(sqnr, 999.0), len(labels))
+    from edgevit.agent import fidelity  # the agent scores device runs with the same code
+
+    f = fidelity(logits, labels, reference)
+    return AccuracyResult(
+        f["top1"], f["top1_drop"], f["agreement"], f["cosine"], f["sqnr_db"], int(f["samples"])
+    )

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from edgevit.agent import OrtSession
 from edgevit.devices import DeviceProfile
 from edgevit.errors import LoweringError
 from edgevit.targets.base import INPUT_NAME, LowerRequest, Runner, Target
@@ -23,17 +24,10 @@ class OrtRunner(Runner):
     _session: Any = None
 
     def _load(self) -> None:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = self.threads
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3
-        self._session = ort.InferenceSession(str(self.artifact), opts, providers=["CPUExecutionProvider"])
+        self._session = OrtSession(self.artifact, self.threads)  # the profiling agent's session
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
-        return self._session.run(None, {INPUT_NAME: batch})[0]
+        return self._session(batch)
 
     def _close(self) -> None:
         self._session = None

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from edgevit.agent import OpenVinoSession
 from edgevit.devices import DeviceProfile
 from edgevit.errors import LoweringError
 from edgevit.recipe.schema import QuantizeStage
@@ -18,50 +19,19 @@ from edgevit.targets.calibration import calibration_batches
 
 
 class OvRunner(Runner):
-    """Runs an OpenVINO IR (.xml + .bin) on the CPU plugin in FP32 inference precision.
+    """Runs an OpenVINO IR (.xml + .bin) on the CPU plugin in FP32 inference precision, through the
+    profiling agent's session (each batch size compiled once with a static shape)."""
 
-    The IR has a dynamic batch; each batch size seen is compiled once with a static shape, which
-    measured ~2x faster at batch 1 on the digits model than running the dynamic-shape model.
-    """
-
-    _core: Any = None
-    _model: Any = None
-    _requests: dict[int, Any]
+    _session: Any = None
 
     def _load(self) -> None:
-        import openvino as ov
-
-        self._core = ov.Core()
-        self._model = self._core.read_model(str(self.artifact))
-        self._requests = {}
-
-    def _request_for(self, batch: int) -> Any:
-        if batch not in self._requests:
-            model = self._model.clone()
-            model.reshape({model.inputs[0].any_name: [batch, *self.input_shape]})
-            # Without the precision hint, CPUs with AVX512-BF16 (like this one) silently run FP32
-            # models in BF16: pin f32 so FP32 means FP32 and INT8 keeps its float parts FP32.
-            compiled = self._core.compile_model(
-                model,
-                "CPU",
-                {
-                    "INFERENCE_NUM_THREADS": self.threads,
-                    "NUM_STREAMS": 1,
-                    "PERFORMANCE_HINT": "LATENCY",
-                    "INFERENCE_PRECISION_HINT": "f32",
-                },
-            )
-            self._requests[batch] = compiled.create_infer_request()
-        return self._requests[batch]
+        self._session = OpenVinoSession(self.artifact, self.threads)
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
-        request = self._request_for(batch.shape[0])
-        request.infer({0: batch}, share_inputs=True)
-        return np.array(request.get_output_tensor(0).data, copy=True)
+        return self._session(batch)
 
     def _close(self) -> None:
-        self._requests = {}
-        self._model = self._core = None
+        self._session = None
 
 
 def float_ops(model: Any, q: QuantizeStage) -> list[str]:

@@ -32,6 +32,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from edgevit import agent
 from edgevit.devices import DeviceProfile
 from edgevit.errors import LoweringError, TargetUnavailableError
 from edgevit.targets.base import Availability, LowerRequest, Runner, Target
@@ -51,64 +52,27 @@ class TfliteOptions(BaseModel):
 
 def interpreter_class() -> Any:
     """LiteRT's Interpreter from ai-edge-litert, else from tflite-runtime (the on-device package)."""
-    with contextlib.suppress(ImportError):
-        from ai_edge_litert.interpreter import Interpreter
-
-        return Interpreter
-    with contextlib.suppress(ImportError):
-        from tflite_runtime.interpreter import Interpreter  # type: ignore[import-not-found,no-redef]
-
-        return Interpreter
-    raise TargetUnavailableError(
-        "no TFLite interpreter: neither ai-edge-litert nor tflite-runtime is importable",
-        "pip install ai-edge-litert (or tflite-runtime on the device)",
-    )
-
-
-def _to_tensor(x: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
-    """Quantize a float input for a model with integer inputs (``full`` INT8); float passes through."""
-    dtype = np.dtype(detail["dtype"])
-    if dtype.kind == "f":
-        return x.astype(dtype, copy=False)
-    scale, zero = detail["quantization"]
-    info = np.iinfo(dtype)
-    return np.clip(np.round(x / scale) + zero, info.min, info.max).astype(dtype)
-
-
-def _from_tensor(y: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
-    """Dequantize an integer output; float passes through."""
-    if np.dtype(detail["dtype"]).kind == "f":
-        return y.astype(np.float32, copy=True)
-    scale, zero = detail["quantization"]
-    return ((y.astype(np.float32) - zero) * scale).astype(np.float32)
+    try:
+        return agent.interpreter_class()
+    except agent.AgentError as exc:
+        raise TargetUnavailableError(str(exc).split(";")[0], "pip install ai-edge-litert") from None
 
 
 class TfliteRunner(Runner):
-    """Runs a .tflite file with LiteRT's interpreter (XNNPACK delegate, ``threads`` threads).
+    """Runs a .tflite file with LiteRT's interpreter (XNNPACK delegate, ``threads`` threads) through
+    the profiling agent's session: a batch larger than the model's (1) runs one image at a time."""
 
-    The model has a fixed batch (1 from litert-torch); a larger batch is run one model-batch at
-    a time, so latency at batch N is N invocations.
-    """
-
-    _interp: Any = None
+    _session: Any = None
 
     def _load(self) -> None:
-        self._interp = interpreter_class()(model_path=str(self.artifact), num_threads=self.threads)
-        self._interp.allocate_tensors()
-        self._in = self._interp.get_input_details()[0]
-        self._out = self._interp.get_output_details()[0]
-        self._batch = int(self._in["shape"][0])
+        interpreter_class()  # a clear TargetUnavailableError when no interpreter is installed
+        self._session = agent.TfliteSession(self.artifact, self.threads)
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
-        outs = []
-        for i in range(0, len(batch), self._batch):
-            self._interp.set_tensor(self._in["index"], _to_tensor(batch[i : i + self._batch], self._in))
-            self._interp.invoke()
-            outs.append(_from_tensor(self._interp.get_tensor(self._out["index"]), self._out))
-        return np.concatenate(outs)
+        return self._session(batch)
 
     def _close(self) -> None:
-        self._interp = None
+        self._session = None
 
 
 @contextlib.contextmanager

@@ -1,0 +1,472 @@
+"""edgevit's profiling agent: one self-contained file that runs an artifact where it will be deployed.
+
+It needs only Python >= 3.8, NumPy and the artifact's runtime (onnxruntime, openvino, or
+ai-edge-litert / tflite-runtime). edgevit copies this file to the device (or runs it locally),
+with the artifact and optionally an evaluation bundle (.npz with ``inputs``, ``labels`` and
+``reference_logits``), and reads the one JSON document it prints:
+
+    python3 agent.py ARTIFACT [--runs N | --duration S] [--warmup N] [--threads T] [--batch B]
+                              [--bundle BUNDLE.npz] [--lock PATH] [--lock-timeout S]
+
+Exit 0 with ``{"ok": true, ...}``; exit 2 with ``{"ok": false, "error": "..."}`` for bad input
+(unknown artifact type, missing runtime, device busy). edgevit's own host runners use the same
+session classes, so host and device numbers come from the same code.
+
+Keep this file importable by Python 3.8 with only the standard library and NumPy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+AGENT_VERSION = 1
+INPUT_NAME = "input"
+RUNTIME_OF_SUFFIX = {".onnx": "onnxruntime", ".xml": "openvino", ".tflite": "tflite"}
+_FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_int8", "asimd", "sve")
+
+
+class AgentError(Exception):
+    """Bad input or an unusable device: reported as ``{"ok": false, "error": ...}``, exit 2."""
+
+
+# ----------------------------------------------------------------------------- sessions
+
+
+class Session:
+    """One loaded artifact: ``session(batch)`` returns float32 logits for a float32 N x C x H x W batch."""
+
+    runtime = ""
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    @staticmethod
+    def versions() -> dict[str, str]:
+        return {}
+
+
+class OrtSession(Session):
+    """ONNX Runtime, CPU execution provider."""
+
+    runtime = "onnxruntime"
+
+    def __init__(self, path: Path, threads: int) -> None:
+        ort = _import("onnxruntime", "onnxruntime")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        self._session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self._input = self._session.get_inputs()[0].name
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return np.asarray(self._session.run(None, {self._input: batch})[0])
+
+    @staticmethod
+    def versions() -> dict[str, str]:
+        return {"onnxruntime": str(_import("onnxruntime", "onnxruntime").__version__)}
+
+
+class OpenVinoSession(Session):
+    """OpenVINO CPU plugin, FP32 inference precision; each batch size compiled once, statically.
+
+    A static shape measured ~2x faster at batch 1 than the dynamic-batch IR. Without the precision
+    hint, CPUs with AVX512-BF16 silently run FP32 models in BF16: f32 keeps FP32 meaning FP32.
+    """
+
+    runtime = "openvino"
+
+    def __init__(self, path: Path, threads: int) -> None:
+        ov = _import("openvino", "openvino")
+        self._core = ov.Core()
+        self._model = self._core.read_model(str(path))
+        self._threads = threads
+        self._requests: dict[int, Any] = {}
+
+    def _request_for(self, batch: np.ndarray) -> Any:
+        n = int(batch.shape[0])
+        if n not in self._requests:
+            model = self._model.clone()
+            model.reshape({model.inputs[0].any_name: list(batch.shape)})
+            compiled = self._core.compile_model(
+                model,
+                "CPU",
+                {
+                    "INFERENCE_NUM_THREADS": self._threads,
+                    "NUM_STREAMS": 1,
+                    "PERFORMANCE_HINT": "LATENCY",
+                    "INFERENCE_PRECISION_HINT": "f32",
+                },
+            )
+            self._requests[n] = compiled.create_infer_request()
+        return self._requests[n]
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        request = self._request_for(batch)
+        request.infer({0: batch}, share_inputs=True)
+        return np.array(request.get_output_tensor(0).data, copy=True)
+
+    @staticmethod
+    def versions() -> dict[str, str]:
+        return {"openvino": str(_import("openvino", "openvino").get_version())}
+
+
+def interpreter_class() -> Any:
+    """LiteRT's Interpreter from ai-edge-litert, else from tflite-runtime (the on-device package)."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+
+        return Interpreter
+    except ImportError:
+        pass
+    try:
+        from tflite_runtime.interpreter import Interpreter  # type: ignore[import-not-found,no-redef]
+
+        return Interpreter
+    except ImportError:
+        pass
+    raise AgentError(
+        "no TFLite interpreter: neither ai-edge-litert nor tflite-runtime is importable; "
+        "pip install ai-edge-litert (or tflite-runtime on the device)"
+    )
+
+
+def to_tensor(x: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
+    """Quantize a float input for a model with integer inputs (``full`` INT8); float passes through."""
+    dtype = np.dtype(detail["dtype"])
+    if dtype.kind == "f":
+        return x.astype(dtype, copy=False)
+    scale, zero = detail["quantization"]
+    info = np.iinfo(dtype)
+    return np.clip(np.round(x / scale) + zero, info.min, info.max).astype(dtype)
+
+
+def from_tensor(y: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
+    """Dequantize an integer output; float passes through."""
+    if np.dtype(detail["dtype"]).kind == "f":
+        return y.astype(np.float32, copy=True)
+    scale, zero = detail["quantization"]
+    return ((y.astype(np.float32) - zero) * scale).astype(np.float32)
+
+
+class TfliteSession(Session):
+    """LiteRT interpreter (XNNPACK). The model has a fixed batch (1 from litert-torch); a larger
+    batch runs one model-batch at a time, so latency at batch N is N invocations."""
+
+    runtime = "tflite"
+
+    def __init__(self, path: Path, threads: int) -> None:
+        self._interp = interpreter_class()(model_path=str(path), num_threads=threads)
+        self._interp.allocate_tensors()
+        self._in = self._interp.get_input_details()[0]
+        self._out = self._interp.get_output_details()[0]
+        self._batch = int(self._in["shape"][0])
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        outs = []
+        for i in range(0, len(batch), self._batch):
+            self._interp.set_tensor(self._in["index"], to_tensor(batch[i : i + self._batch], self._in))
+            self._interp.invoke()
+            outs.append(from_tensor(self._interp.get_tensor(self._out["index"]), self._out))
+        return np.concatenate(outs)
+
+    @staticmethod
+    def versions() -> dict[str, str]:
+        out = {}
+        for module, dist in (("ai_edge_litert", "ai-edge-litert"), ("tflite_runtime", "tflite-runtime")):
+            try:
+                __import__(module)
+            except ImportError:
+                continue
+            out[module] = _dist_version(dist)
+        return out
+
+
+SESSIONS: dict[str, Callable[[Path, int], Session]] = {
+    "onnxruntime": OrtSession,
+    "openvino": OpenVinoSession,
+    "tflite": TfliteSession,
+}
+
+
+def open_session(path: Path, threads: int) -> Session:
+    """The session for an artifact, chosen by its file type."""
+    runtime = RUNTIME_OF_SUFFIX.get(path.suffix)
+    if runtime is None:
+        raise AgentError(
+            f"{path.name}: unknown artifact type {path.suffix or '(none)'}; the agent runs "
+            f"{', '.join(sorted(RUNTIME_OF_SUFFIX))} files"
+        )
+    if not path.is_file():
+        raise AgentError(f"{path} does not exist")
+    return SESSIONS[runtime](path, threads)
+
+
+def _import(module: str, dist: str) -> Any:
+    try:
+        return __import__(module)
+    except ImportError as exc:
+        raise AgentError(f"runtime {module} is not installed on this device ({exc}); pip install {dist}") from None
+
+
+def _dist_version(dist: str) -> str:
+    try:
+        from importlib.metadata import version
+
+        return version(dist)
+    except Exception:
+        return "?"
+
+
+# ----------------------------------------------------------------------------- measurements
+
+
+def summarize(times_ms: list[float]) -> dict[str, float]:
+    """Percentiles, mean and spread of per-call times in milliseconds."""
+    t = np.asarray(times_ms, dtype=np.float64)
+    p50, p90, p99 = np.percentile(t, [50, 90, 99])
+    return {
+        "p50": round(float(p50), 4),
+        "p90": round(float(p90), 4),
+        "p99": round(float(p99), 4),
+        "mean": round(float(t.mean()), 4),
+        "std": round(float(t.std()), 4),
+    }
+
+
+def time_calls(call: Callable[[], Any], warmup: int, runs: int, duration_s: float | None = None) -> list[float]:
+    """``warmup`` untimed calls, then ``runs`` timed ones (or as many as fit in ``duration_s``)."""
+    for _ in range(warmup):
+        call()
+    times: list[float] = []
+    deadline = None if duration_s is None else time.perf_counter() + duration_s
+    while (len(times) < runs) if deadline is None else (time.perf_counter() < deadline or not times):
+        start = time.perf_counter_ns()
+        call()
+        times.append((time.perf_counter_ns() - start) / 1e6)
+    return times
+
+
+def fidelity(logits: np.ndarray, labels: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    """Top-1 (%) against labels; agreement, mean cosine and SQNR (dB) against reference logits."""
+    if logits.shape != reference.shape:
+        raise ValueError(f"logits {logits.shape} and reference {reference.shape} differ in shape")
+    top1 = float(100.0 * np.mean(logits.argmax(1) == labels)) if len(labels) else 0.0
+    ref_top1 = float(100.0 * np.mean(reference.argmax(1) == labels)) if len(labels) else 0.0
+    agreement = float(np.mean(logits.argmax(1) == reference.argmax(1)))
+    a, b = logits.astype(np.float64), reference.astype(np.float64)
+    denom = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    cosine = float(np.mean(np.sum(a * b, axis=1) / np.maximum(denom, 1e-12)))
+    noise = float(np.sum((a - b) ** 2))
+    sqnr = float("inf") if noise == 0 else float(10 * np.log10(np.sum(b**2) / noise))
+    return {
+        "top1": top1,
+        "top1_drop": ref_top1 - top1,
+        "agreement": agreement,
+        "cosine": cosine,
+        "sqnr_db": min(sqnr, 999.0),
+        "samples": len(labels),
+    }
+
+
+def cpu_flags() -> list[str]:
+    """The vector-ISA flags (of a fixed list) that /proc/cpuinfo reports; [] where unreadable."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags: set = set()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            flags.update(line.split(":", 1)[1].split())
+            break
+    return [f for f in _FLAGS_OF_INTEREST if f in flags]
+
+
+def cpu_model() -> str:
+    """The CPU model name (x86 'model name', Arm 'Model'/'Hardware'), or the architecture."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("model name", "Model", "Hardware")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
+
+
+def device_facts() -> dict[str, Any]:
+    """CPU, cores, OS; the CPU frequency governor and thermal zone temperatures where readable."""
+    thermal = {}
+    for zone in sorted(Path("/sys/class/thermal").glob("thermal_zone*")):
+        temp = _read(zone / "temp")
+        if temp is not None and temp.lstrip("-").isdigit():
+            thermal[_read(zone / "type") or zone.name] = int(temp) / 1000.0
+    return {
+        "hostname": platform.node(),
+        "machine": platform.machine(),
+        "system": platform.system(),
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "cpu_flags": cpu_flags(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "governor": _read(Path("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")),
+        "thermal_c": thermal,
+    }
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
+
+
+# ----------------------------------------------------------------------------- the profile
+
+
+class DeviceLock:
+    """An exclusive lock file, so two profiles on one device do not overlap (waits, then fails)."""
+
+    def __init__(self, path: Path, timeout_s: float) -> None:
+        self.path = path
+        self.timeout_s = timeout_s
+        self._fd: int | None = None
+
+    def __enter__(self) -> DeviceLock:
+        import fcntl
+
+        self._fd = os.open(str(self.path), os.O_CREAT | os.O_RDWR, 0o666)
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return self
+            except OSError:
+                if time.monotonic() >= deadline:
+                    os.close(self._fd)
+                    raise AgentError(
+                        f"device busy: another profile holds {self.path} (waited {self.timeout_s:g} s); "
+                        "retry when it finishes"
+                    ) from None
+                time.sleep(0.2)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing releases the flock
+
+
+def profile(
+    artifact: Path,
+    runs: int = 100,
+    warmup: int = 10,
+    threads: int = 1,
+    batch: int = 1,
+    bundle: Path | None = None,
+    duration_s: float | None = None,
+) -> dict[str, Any]:
+    """Load ``artifact``, time it, check it on ``bundle``; the agent's JSON document."""
+    session = open_session(artifact, threads)
+    shape = None
+    data = None
+    if bundle is not None:
+        if not bundle.is_file():
+            raise AgentError(f"evaluation bundle {bundle} does not exist")
+        with np.load(str(bundle)) as npz:
+            data = {k: npz[k] for k in ("inputs", "labels", "reference_logits")}
+        shape = data["inputs"].shape[1:]
+    sample = (
+        np.ascontiguousarray(data["inputs"][:batch], dtype=np.float32)
+        if data is not None
+        else np.zeros((batch, *_input_shape(session, artifact)), np.float32)
+    )
+    if shape is None:
+        shape = sample.shape[1:]
+    times = time_calls(lambda: session(sample), warmup, runs, duration_s)
+    stats = summarize(times)
+    doc: dict[str, Any] = {
+        "ok": True,
+        "agent_version": AGENT_VERSION,
+        "artifact": artifact.name,
+        "runtime": session.runtime,
+        "versions": session.versions(),
+        "latency_ms": {
+            **stats,
+            "runs": len(times),
+            "warmup": warmup,
+            "batch": batch,
+            "threads": threads,
+        },
+        "throughput_ips": round(1000.0 * batch / stats["mean"], 2) if stats["mean"] > 0 else None,
+        "input_shape": list(shape),
+        "device": device_facts(),
+    }
+    if data is not None:
+        x = np.ascontiguousarray(data["inputs"], dtype=np.float32)
+        logits = np.concatenate([session(x[i : i + 16]) for i in range(0, len(x), 16)]).astype(np.float32)
+        doc["accuracy"] = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in fidelity(
+            logits, data["labels"], data["reference_logits"]
+        ).items()}
+    doc["peak_rss_mb"] = peak_rss_mb()
+    return doc
+
+
+def _input_shape(session: Session, artifact: Path) -> list[int]:
+    """The model's C x H x W when no bundle gives it (read from the artifact's declared input)."""
+    if isinstance(session, OrtSession):
+        dims = session._session.get_inputs()[0].shape[1:]
+    elif isinstance(session, OpenVinoSession):
+        dims = [d.get_length() for d in list(session._model.inputs[0].get_partial_shape())[1:]]
+    elif isinstance(session, TfliteSession):
+        dims = [int(d) for d in session._in["shape"][1:]]
+    else:
+        dims = []
+    if not dims or not all(isinstance(d, int) and d > 0 for d in dims):
+        raise AgentError(f"{artifact.name}: input shape {dims} is not static; pass --bundle with inputs")
+    return [int(d) for d in dims]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="agent.py", description="edgevit profiling agent")
+    parser.add_argument("artifact", type=Path)
+    parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--duration", type=float, default=None, help="seconds of timed runs (instead of --runs)")
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--bundle", type=Path, default=None)
+    parser.add_argument("--lock", type=Path, default=Path("/tmp/edgevit-agent.lock"))
+    parser.add_argument("--lock-timeout", type=float, default=600.0)
+    args = parser.parse_args(argv)
+    try:
+        with DeviceLock(args.lock, args.lock_timeout):
+            doc = profile(
+                args.artifact, args.runs, args.warmup, args.threads, args.batch, args.bundle, args.duration
+            )
+    except AgentError as exc:
+        print(json.dumps({"ok": False, "error": str(exc), "agent_version": AGENT_VERSION}))
+        return 2
+    print(json.dumps(doc))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

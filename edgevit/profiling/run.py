@@ -1,0 +1,106 @@
+"""``edgevit profile``: run the agent on an artifact, or on every artifact of a build, on one device."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgevit.agent import RUNTIME_OF_SUFFIX
+from edgevit.devices import resolve_device
+from edgevit.errors import EdgeVitError
+from edgevit.fileio import confined
+from edgevit.profiling.transport import AgentRun, LocalTransport, ProfileError, Transport, parse_ssh_url
+
+LOCAL_NAMES = ("local", "host")
+
+
+@dataclass
+class ProfileResult:
+    """The agent's documents for one device, one per profiled artifact."""
+
+    device: str
+    transport: str
+    results: list[dict[str, Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready."""
+        return {"device": self.device, "transport": self.transport, "results": self.results}
+
+
+def transport_for(device: str) -> tuple[str, Transport, int | None]:
+    """(name, transport, default threads) for ``local``/``host``, an ``ssh://`` URL or a profile name."""
+    if device in LOCAL_NAMES:
+        return "local", LocalTransport(), None
+    if device.startswith("ssh://"):
+        transport = parse_ssh_url(device)
+        return transport.host, transport, None
+    profile = resolve_device(device)
+    if profile.transport == "local":
+        return profile.name, LocalTransport(), profile.threads
+    if profile.transport == "ssh":
+        if not profile.address:
+            raise ProfileError(f"device profile {profile.name} has no address", "set address: ssh://user@host[:port]")
+        return profile.name, parse_ssh_url(profile.address, profile.python, profile.ssh_options), profile.threads
+    if profile.transport == "adb":
+        raise ProfileError(
+            f"device {profile.name} is reached by adb, which edgevit cannot profile through yet",
+            "measure on the phone with the same .tflite (e.g. LiteRT's benchmark_model)",
+        )
+    raise ProfileError(
+        f"device {profile.name} is unreachable: its profile has transport none",
+        "profile on a machine edgevit can reach (local or ssh://)",
+    )
+
+
+def _build_targets(build_dir: Path) -> tuple[list[tuple[str, Path]], Path | None]:
+    """(target name, artifact) for every built target of a build the agent can run, and its bundle."""
+    report_path = build_dir / "report.json"
+    try:
+        report = json.loads(report_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise EdgeVitError(
+            f"{report_path} is not a build report ({exc})", "pass a build directory or an artifact"
+        ) from None
+    targets = []
+    for t in report.get("targets", []):
+        artifact = t.get("artifact")
+        if artifact and Path(artifact).suffix in RUNTIME_OF_SUFFIX:
+            targets.append((t["name"], confined(build_dir, artifact)))
+    if not targets:
+        raise EdgeVitError(
+            f"{build_dir} has no artifact the agent can run ({', '.join(sorted(RUNTIME_OF_SUFFIX))})",
+            "build an onnxruntime, openvino or tflite target first",
+        )
+    bundle = build_dir / "eval" / "bundle.npz"
+    return targets, (bundle if bundle.is_file() else None)
+
+
+def profile(
+    target: Path,
+    device: str,
+    runs: int = 100,
+    threads: int | None = None,
+    warmup: int = 10,
+    duration_s: float | None = None,
+    batch: int = 1,
+    bundle: Path | None = None,
+    timeout_s: float = 1800.0,
+) -> ProfileResult:
+    """Profile an artifact (or every agent-runnable artifact of a build directory) on ``device``."""
+    name, transport, default_threads = transport_for(device)
+    if target.is_dir():
+        items, build_bundle = _build_targets(target)
+        bundle = bundle or build_bundle
+    elif target.is_file():
+        items = [(target.name, target)]
+    else:
+        raise EdgeVitError(f"{target} does not exist", "pass an artifact file or a build directory")
+    options = ["--runs", str(runs), "--warmup", str(warmup), "--threads", str(threads or default_threads or 1)]
+    options += ["--batch", str(batch)] + (["--duration", str(duration_s)] if duration_s else [])
+    results = []
+    for target_name, artifact in items:
+        doc = transport.run(AgentRun(artifact, bundle, options, timeout_s))
+        results.append({"target": target_name, "where": f"device:{name}", **doc})
+    return ProfileResult(name, transport.description, results)

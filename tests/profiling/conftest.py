@@ -1,0 +1,99 @@
+"""A real OpenSSH server on 127.0.0.1 with throw-away keys (`.ci/run` installs openssh-server)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+
+@dataclass
+class Sshd:
+    port: int
+    user: str
+    options: str  # for EDGEVIT_SSH_OPTIONS
+    process: subprocess.Popen
+
+    def url(self, python: str | None = None) -> str:
+        return f"ssh://{self.user}@127.0.0.1:{self.port}" + (f"?python={python}" if python else "")
+
+    def kill_all(self) -> None:
+        """Kill the daemon and every process under it (sessions, the agent): the connection drops."""
+        for pid in [*_descendants(self.process.pid), self.process.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_sshd(root: Path) -> Sshd:
+    daemon = shutil.which("sshd") or "/usr/sbin/sshd"
+    if not Path(daemon).exists():
+        pytest.skip("OpenSSH server not installed: `.ci/run` installs it (apt-get install openssh-server)")
+    for key in ("host_key", "user_key"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / key)], check=True)
+    (root / "authorized_keys").write_text((root / "user_key.pub").read_text())
+    port = _free_port()
+    config = root / "sshd_config"
+    config.write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {root / 'host_key'}\n"
+        f"AuthorizedKeysFile {root / 'authorized_keys'}\nPasswordAuthentication no\n"
+        "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\n"
+        f"PidFile {root / 'sshd.pid'}\n"
+    )
+    Path("/run/sshd").mkdir(exist_ok=True)  # OpenSSH's privilege-separation directory
+    with open(root / "sshd.log", "w") as log:
+        proc = subprocess.Popen([daemon, "-D", "-e", "-f", str(config)], stderr=log)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.1)
+    else:
+        proc.kill()
+        pytest.fail(f"sshd did not start: {(root / 'sshd.log').read_text()[-500:]}")
+    options = (
+        f"-i {root / 'user_key'} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
+    )
+    import getpass
+
+    return Sshd(port, getpass.getuser(), options, proc)
+
+
+@pytest.fixture
+def sshd(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
+    server = start_sshd(tmp_path_factory.mktemp("sshd"))
+    monkeypatch.setenv("EDGEVIT_SSH_OPTIONS", server.options)
+    yield server
+    if server.process.poll() is None:
+        server.kill_all()
