@@ -354,6 +354,7 @@ class Build:
                     if remote or simulated
                     else latency.measure(runner, x_eval[: r.check.batch], r.check.warmup, r.check.runs)
                 )
+            on_device = self._on_device(spec, artifact, threads) if device.transport == "ssh" else None
         except NotCheckable as exc:  # built, but nothing here can run it: keep the artifact, skip the check
             self.log(f"{spec.name}: built, not checked ({exc})")
             return {**entry, "status": "skipped", "reason": str(exc), **built}
@@ -364,13 +365,16 @@ class Build:
             self.log(f"{spec.name}: failed ({type(exc).__name__}: {exc})")
             return {**entry, "status": "failed", "reason": f"{type(exc).__name__}: {str(exc)[:500]}"}
         acc = accuracy.compare(logits, labels, src_logits)
-        timing = "latency not measured" if lat is None else f"p50 {lat.p50:.3f} ms"
-        self.log(
-            f"{spec.name}: top-1 {acc.top1:.2f}% (drop {acc.top1_drop:+.2f}), agreement "
-            f"{acc.agreement:.4f}, cosine {acc.cosine:.5f}, {timing}"
-            f"{' (artifact reused)' if step.reused else ''}"
-        )
-        if simulated:
+        latency_ms = None if lat is None else lat.to_dict()
+        measured = on_device is not None and bool(on_device.get("ok"))
+        if measured:
+            assert on_device is not None
+            entry["where"] = on_device["where"]
+            latency_ms = on_device["latency_ms"]
+            findings["device_profile"] = {
+                k: on_device.get(k) for k in ("versions", "device", "peak_rss_mb", "throughput_ips", "accuracy")
+            }
+        elif simulated:
             entry["where"] = f"simulated:{simulated}"
             entry["reason"] = (
                 f"latency not measured: {spec.backend} cannot run on this host"
@@ -379,17 +383,53 @@ class Build:
             )
         elif remote:
             how = "cannot be reached" if device.transport == "none" else f"is reached by {device.transport}"
+            if on_device is not None:
+                how = f"could not be profiled ({on_device['error']})"
             entry["reason"] = (
                 f"latency not measured: device {device.name} {how}; "
                 "accuracy was checked on this host with the same artifact"
             )
+        timing = "latency not measured" if latency_ms is None else f"p50 {latency_ms['p50']:.3f} ms"
+        self.log(
+            f"{spec.name}: top-1 {acc.top1:.2f}% (drop {acc.top1_drop:+.2f}), agreement "
+            f"{acc.agreement:.4f}, cosine {acc.cosine:.5f}, {timing}"
+            f"{' on ' + entry['where'] if measured else ''}{' (artifact reused)' if step.reused else ''}"
+        )
         return {
             **entry,
             "accuracy": {**acc.to_dict(), "reference_top1_drop": round(ref_top1 - acc.top1, 4)},
-            "latency_ms": None if lat is None else lat.to_dict(),
+            "latency_ms": latency_ms,
             **findings,
             **built,
         }
+
+    def _on_device(self, spec: TargetSpec, artifact: Path, threads: int) -> dict[str, Any] | None:
+        """Profile ``artifact`` on the target's SSH device with the agent (None: not an agent artifact).
+
+        Returns the agent's document, or ``{"ok": False, "error": ...}`` when the device could not be
+        profiled (the build goes on: accuracy was checked on this host with the same artifact).
+        """
+        from edgevit.agent import RUNTIME_OF_SUFFIX
+        from edgevit.profiling import ProfileError, profile
+
+        if artifact.suffix not in RUNTIME_OF_SUFFIX:
+            return None
+        c = self.recipe.check
+        self.log(f"{spec.name}: profiling on device {spec.device} ({c.runs} runs)")
+        try:
+            result = profile(
+                artifact,
+                str(spec.device),
+                runs=c.runs,
+                threads=threads,
+                warmup=c.warmup,
+                batch=c.batch,
+                bundle=self.ws.root / "eval" / "bundle.npz",
+            )
+        except ProfileError as exc:
+            self.log(f"{spec.name}: device profile failed ({exc})")
+            return {"ok": False, "error": exc.message}
+        return result.results[0]
 
     def _size_record(self, model: torch.nn.Module, cfg: ModelConfig, weights: Path) -> dict[str, int]:
         return {
