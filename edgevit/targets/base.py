@@ -158,7 +158,8 @@ class Target(ABC):
     def lower(self, request: LowerRequest, workdir: Path) -> Path:
         """Build the artifact for ``request`` inside ``workdir``; return its main file."""
 
-    @abstractmethod
+    runner_class: ClassVar[type[Runner] | None] = None  # the Runner of this backend's artifacts
+
     def runner(
         self,
         artifact: Path,
@@ -167,3 +168,6 @@ class Target(ABC):
         device: DeviceProfile | None = None,
     ) -> Runner:
         """A Runner for an artifact this target built (``device``: the profile it runs under)."""
+        if self.runner_class is None:
+            raise NotImplementedError(f"backend {self.name} sets no runner_class and does not override runner()")
+        return self.runner_class(artifact, threads, input_shape)

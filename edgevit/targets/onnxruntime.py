@@ -9,7 +9,6 @@ from typing import Any
 import numpy as np
 
 from edgevit.agent import OrtSession
-from edgevit.devices import DeviceProfile
 from edgevit.errors import LoweringError
 from edgevit.targets.base import INPUT_NAME, LowerRequest, Runner, Target
 from edgevit.targets.calibration import calibration_batches
@@ -41,6 +40,7 @@ class OrtTarget(Target):
     modules = ("onnxruntime",)
     extra = "onnxruntime"
     artifact_name = "model.onnx"
+    runner_class = OrtRunner
 
     def lower(self, request: LowerRequest, workdir: Path) -> Path:
         self.require()
@@ -101,14 +101,6 @@ class OrtTarget(Target):
             prepared.unlink(missing_ok=True)
         return out
 
-    def runner(
-        self,
-        artifact: Path,
-        threads: int,
-        input_shape: tuple[int, int, int],
-        device: DeviceProfile | None = None,
-    ) -> Runner:
-        return OrtRunner(artifact, threads, input_shape)
 
 
 from edgevit.targets import TARGETS  # noqa: E402

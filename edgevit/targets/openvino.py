@@ -11,7 +11,6 @@ from typing import Any
 import numpy as np
 
 from edgevit.agent import OpenVinoSession
-from edgevit.devices import DeviceProfile
 from edgevit.errors import LoweringError
 from edgevit.recipe.schema import QuantizeStage
 from edgevit.targets.base import Availability, LowerRequest, Runner, Target
@@ -68,6 +67,7 @@ class OvTarget(Target):
     modules = ("openvino",)
     extra = "openvino"
     artifact_name = "model.xml"
+    runner_class = OvRunner
     revision = 2
 
     def availability(self) -> Availability:
@@ -115,14 +115,6 @@ class OvTarget(Target):
         except Exception as exc:
             raise LoweringError(f"NNCF quantization failed: {type(exc).__name__}: {exc}") from exc
 
-    def runner(
-        self,
-        artifact: Path,
-        threads: int,
-        input_shape: tuple[int, int, int],
-        device: DeviceProfile | None = None,
-    ) -> Runner:
-        return OvRunner(artifact, threads, input_shape)
 
 
 from edgevit.targets import TARGETS  # noqa: E402

@@ -33,7 +33,6 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from edgevit import agent
-from edgevit.devices import DeviceProfile
 from edgevit.errors import LoweringError, TargetUnavailableError
 from edgevit.targets.base import Availability, LowerRequest, Runner, Target
 from edgevit.targets.calibration import calibration_batches
@@ -183,6 +182,7 @@ class TfliteTarget(Target):
     modules = ("litert_torch", "ai_edge_quantizer", "ai_edge_litert")
     extra = "tflite"
     artifact_name = "model.tflite"
+    runner_class = TfliteRunner
     revision = 2  # 2: global min/max calibration
     options_schema = TfliteOptions
     calibration_methods = ("minmax",)  # ai-edge-quantizer's static INT8 takes min/max ranges
@@ -302,14 +302,6 @@ class TfliteTarget(Target):
         ops = read_ops(artifact)
         return {"ops": op_counts(ops), "op_total": len(ops)}
 
-    def runner(
-        self,
-        artifact: Path,
-        threads: int,
-        input_shape: tuple[int, int, int],
-        device: DeviceProfile | None = None,
-    ) -> Runner:
-        return TfliteRunner(artifact, threads, input_shape)
 
 
 from edgevit.targets import TARGETS  # noqa: E402
