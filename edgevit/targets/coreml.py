@@ -24,7 +24,6 @@ same evaluator, so it works on Linux too (coremltools' own calibration calls ``p
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import platform
 from collections import Counter
@@ -39,7 +38,7 @@ from edgevit.devices import CoreMLSettings, DeviceProfile
 from edgevit.errors import LoweringError
 from edgevit.targets.base import INPUT_NAME, OUTPUT_NAME, Availability, LowerRequest, Runner, Target
 from edgevit.targets.calibration import calibration_batches
-from edgevit.targets.coreml_mil import MilReference, load_program, quiet_import
+from edgevit.targets.coreml_mil import MilReference, load_program, quiet
 
 Mode = Literal["none", "weights", "w8a8", "palettize4", "palettize6", "int4_block"]
 INT8_MODES = ("weights", "w8a8")
@@ -82,7 +81,7 @@ def coreml_runtime_available() -> bool:
     if platform.system() != "Darwin":
         return False
     try:
-        with quiet_import():
+        with quiet():
             from coremltools import libcoremlpython  # type: ignore[attr-defined]  # noqa: F401
     except ImportError:
         return False
@@ -96,7 +95,7 @@ class CoremlRunner(Runner):
     _model: Any = None
 
     def _load(self) -> None:
-        with quiet_import():
+        with quiet():
             import coremltools as ct
 
         self._model = ct.models.MLModel(str(self.artifact), compute_units=ct.ComputeUnit[self.compute_units])
@@ -138,13 +137,6 @@ class MilReferenceRunner(Runner):
 
     def _close(self) -> None:
         self._ref = None
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """coremltools draws tqdm bars for every pass on stderr: keep the build log readable."""
-    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
-        yield
 
 
 def activation_ranges(package: Path, samples: Iterator[np.ndarray]) -> dict[str, dict[str, float]]:
@@ -196,7 +188,7 @@ class CoremlTarget(Target):
 
     def availability(self) -> Availability:
         try:
-            with quiet_import():
+            with quiet():
                 import coremltools
         except Exception as exc:
             return Availability(
@@ -230,11 +222,11 @@ class CoremlTarget(Target):
         options = CoremlOptions.model_validate(request.options)
         mode = options.resolved_mode(request.precision)
         target = deployment_target(_settings(request.device), mode)
-        with quiet_import():
+        with quiet():
             import coremltools as ct
         model = self._convert(request, options, target)
         try:
-            with _quiet():
+            with quiet():
                 model = self._compress(model, request, options, mode, workdir)
         except LoweringError:
             raise
@@ -243,7 +235,7 @@ class CoremlTarget(Target):
             raise LoweringError(f"coremltools could not compress the model ({mode}): {first[:240]}") from None
         self._describe_model(model, request, mode, target, ct.__version__)
         out = workdir / self.artifact_name
-        with _quiet():
+        with quiet():
             model.save(str(out))
         check_interface(out, request.model_config)
         return out
@@ -252,7 +244,7 @@ class CoremlTarget(Target):
     def _convert(request: LowerRequest, options: CoremlOptions, target: str) -> Any:
         import torch
 
-        with quiet_import():
+        with quiet():
             import coremltools as ct
 
         from edgevit.models.load import load
@@ -267,7 +259,7 @@ class CoremlTarget(Target):
             else ct.transform.FP16ComputePrecision(op_selector=lambda op: op.op_type not in fp32_ops)
         )
         try:
-            with _quiet():
+            with quiet():
                 exported = torch.export.export(net, (torch.zeros(1, *cfg.input_size),)).run_decompositions({})
                 return ct.convert(
                     exported,

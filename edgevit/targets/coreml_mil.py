@@ -40,17 +40,16 @@ class UnsupportedOp(NotCheckable):
 
 
 @contextlib.contextmanager
-def quiet_import() -> Iterator[None]:
-    """coremltools prints warnings on import (unsupported scikit-learn/torch versions, no native
-    Core ML on Linux) to stdout/stderr: keep them out of the log and of ``--json`` output."""
+def quiet() -> Iterator[None]:
+    """Keep coremltools' prints out of the log and of ``--json`` output: warnings on import
+    (unsupported scikit-learn/torch versions, no native Core ML on Linux) and a tqdm bar per pass."""
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        import coremltools  # noqa: F401
-    yield
+        yield
 
 
 def load_program(package: Path) -> tuple[Any, Any]:
     """The MIL program stored in an .mlpackage, and its spec (no Core ML runtime needed)."""
-    with quiet_import():
+    with quiet():
         import coremltools as ct
         from coremltools.converters.mil.frontend.milproto.load import load
 

@@ -10,15 +10,15 @@ import torch.nn.functional as F
 pytest.importorskip("coremltools")
 
 from edgevit.errors import NotCheckable
-from edgevit.targets.coreml_mil import MilReference, quiet_import
+from edgevit.targets.coreml_mil import MilReference, quiet
 
-with quiet_import():
+with quiet():
     import coremltools as ct
     from coremltools.converters.mil import Builder as mb
 
 
 def save_program(prog, path: Path) -> Path:
-    with quiet_import():
+    with quiet():
         model = ct.convert(
             prog,
             convert_to="mlprogram",
