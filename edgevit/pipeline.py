@@ -374,6 +374,10 @@ class Build:
             findings["device_profile"] = {
                 k: on_device.get(k) for k in ("versions", "device", "peak_rss_mb", "throughput_ips", "accuracy")
             }
+            entry["reason"] = (
+                f"latency measured on device {device.name} by the profiling agent; accuracy checked on this "
+                "host with the same artifact (the device's own result is under device_profile.accuracy)"
+            )
         elif simulated:
             entry["where"] = f"simulated:{simulated}"
             entry["reason"] = (
