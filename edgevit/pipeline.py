@@ -381,7 +381,7 @@ class Build:
         elif simulated:
             entry["where"] = f"simulated:{simulated}"
             entry["reason"] = (
-                f"latency not measured: {spec.backend} cannot run on this host"
+                f"latency not measured: no {spec.backend} runtime on this host"
                 f"{f' (device {device.name} is not reachable)' if remote else ''}; accuracy is "
                 f"from the {simulated} simulation of the same artifact"
             )
@@ -416,8 +416,8 @@ class Build:
         from edgevit.agent import RUNTIME_OF_SUFFIX
         from edgevit.profiling import ProfileError, profile
 
-        if artifact.suffix not in RUNTIME_OF_SUFFIX:
-            return None
+        if RUNTIME_OF_SUFFIX.get(artifact.suffix) != spec.backend:
+            return None  # the agent does not run this backend (e.g. TensorRT's ONNX is not for ORT)
         c = self.recipe.check
         self.log(f"{spec.name}: profiling on device {spec.device} ({c.runs} runs)")
         try:

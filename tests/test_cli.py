@@ -21,7 +21,7 @@ def test_recipes_targets_models_list() -> None:
     assert recipes.returncode == 0
     assert {"digits-ort-int8", "x86-openvino-int8"} <= {r["name"] for r in json.loads(recipes.stdout)}
     targets = json.loads(run_cli("targets", "--json").stdout)
-    assert {t["backend"] for t in targets} == {"onnxruntime", "openvino", "tflite", "coreml"}
+    assert {t["backend"] for t in targets} == {"onnxruntime", "openvino", "tflite", "coreml", "tensorrt"}
     assert all(t["available"] == (not t["reason"]) for t in targets)
     coreml = next(t for t in targets if t["backend"] == "coreml")
     assert not coreml["available"] or sys.platform == "darwin" or "simulation" in coreml["note"]

@@ -12,6 +12,7 @@ TARGETS: Registry[Target] = Registry("backend", RecipeError)
 from edgevit.targets import coreml as _cml  # noqa: E402,F401
 from edgevit.targets import onnxruntime as _ort  # noqa: E402,F401
 from edgevit.targets import openvino as _ov  # noqa: E402,F401
+from edgevit.targets import tensorrt as _trt  # noqa: E402,F401
 from edgevit.targets import tflite as _tfl  # noqa: E402,F401
 
 __all__ = ["TARGETS", "Availability", "LowerRequest", "Runner", "Target"]

@@ -1,0 +1,161 @@
+"""TensorRT target, host side: a TensorRT-ready ONNX and the plan the device builds its engine from.
+
+TensorRT itself needs an NVIDIA GPU (on a Jetson it comes with JetPack), so on the host edgevit
+produces what the device consumes:
+
+- ``fp16``: the ONNX with float16 weights and compute, float32 input/output, LayerNormalization
+  kept in float32 (it overflows in FP16);
+- ``int8``: explicit-quantization ONNX — symmetric INT8 Q/DQ (zero points 0) with per-channel
+  weights and per-tensor activations around the Linear layers only (the quantize stage's scope),
+  calibrated on the recipe's calibration set; LayerNorm, Softmax, GELU and residual Adds carry no
+  Q/DQ;
+- ``build_engine.json``: precision flags, layers pinned to FP32, workspace, optimisation profile
+  and timing-cache name, applied on the device.
+
+The host check runs the same ONNX with ONNX Runtime on the CPU (``simulated:onnxruntime-qdq``):
+accuracy only, never latency. Before anything reaches a device the graph is linted against the
+ONNX ops TensorRT's parser supports (``lint``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from edgevit.errors import LoweringError
+from edgevit.fileio import atomic_write_json
+from edgevit.targets.base import INPUT_NAME, LowerRequest, Target
+from edgevit.targets.onnxruntime import OrtRunner, quantize_qdq
+
+PLAN_NAME = "build_engine.json"
+# ONNX operators TensorRT 10's ONNX parser (onnx-tensorrt, TensorRT 10.x) imports. Keep in step
+# with the TensorRT version of the device profiles; an op outside it fails the build here.
+_PARSER_OPS = """Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh AveragePool BatchNormalization
+    Cast Ceil Celu Clip Concat Constant ConstantOfShape Conv ConvTranspose Cos Cosh CumSum
+    DepthToSpace DequantizeLinear Div Dropout Einsum Elu Equal Erf Exp Expand Flatten Floor Gather
+    GatherElements GatherND Gelu Gemm GlobalAveragePool GlobalMaxPool Greater GreaterOrEqual
+    GroupNormalization HardSigmoid HardSwish Identity If InstanceNormalization LayerNormalization
+    LeakyRelu Less LessOrEqual Log LogSoftmax Loop LRN MatMul Max MaxPool Mean Min Mod Mul Neg
+    NonMaxSuppression NonZero Not OneHot Or Pad Pow PRelu QuantizeLinear Range Reciprocal ReduceL1
+    ReduceL2 ReduceLogSum ReduceLogSumExp ReduceMax ReduceMean ReduceMin ReduceProd ReduceSum
+    ReduceSumSquare Relu Reshape Resize Round ScatterElements ScatterND Selu Shape Sigmoid Sign
+    Sin Sinh Size Slice Softmax Softplus Softsign SpaceToDepth Split Sqrt Squeeze Sub Sum Tan Tanh
+    ThresholdedRelu Tile TopK Transpose Trilu Unsqueeze Where Xor"""
+TENSORRT_10_OPS = frozenset(_PARSER_OPS.split())
+FP32_LAYERS = ("LayerNormalization", "Softmax", "ReduceMean", "Pow", "Sqrt")  # pinned in the plan
+
+
+class TrtHostCheckRunner(OrtRunner):
+    """ONNX Runtime on the CPU running the TensorRT-ready ONNX: numerics only."""
+
+    simulated = "onnxruntime-qdq"
+
+
+def lint(onnx_path: Path) -> dict[str, Any]:
+    """Ops of the graph TensorRT's ONNX parser does not support (empty when it takes them all)."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    kinds = Counter(n.op_type for n in model.graph.node if n.domain in ("", "ai.onnx"))
+    custom = sorted({f"{n.domain}::{n.op_type}" for n in model.graph.node if n.domain not in ("", "ai.onnx")})
+    return {
+        "tensorrt_version": "10",
+        "unsupported": sorted(k for k in kinds if k not in TENSORRT_10_OPS) + custom,
+        "ops": dict(kinds.most_common()),
+    }
+
+
+def qdq_summary(onnx_path: Path) -> dict[str, Any]:
+    """Q/DQ facts of an INT8 ONNX: how many, whether all are symmetric, what they feed."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    consumers: dict[str, list[str]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node.op_type)
+    quant = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    zero_points = [inits[n.input[2]] for n in quant if len(n.input) > 2 and n.input[2] in inits]
+    feeds = Counter(
+        op for n in quant if n.op_type == "DequantizeLinear" for op in consumers.get(n.output[0], [])
+    )
+    return {
+        "qdq_nodes": len(quant),
+        "symmetric": all(int(abs(z).max()) == 0 for z in zero_points if z.size),
+        "int8": all(z.dtype.name == "int8" for z in zero_points),
+        "dequantized_into": dict(feeds),
+    }
+
+
+def build_plan(request: LowerRequest, lint_result: dict[str, Any]) -> dict[str, Any]:
+    """What the device's TensorRT build applies (see the module docstring)."""
+    c, h, w = request.model_config.input_size
+    shape = [1, c, h, w]
+    return {
+        "format_version": 1,
+        "onnx": "model.onnx",
+        "precision": request.precision,
+        "flags": ["FP16", "INT8"] if request.precision == "int8" else ["FP16"],
+        "explicit_quantization": request.precision == "int8",
+        "layer_precisions": {op: "fp32" for op in FP32_LAYERS},
+        "obey_precision_constraints": True,
+        "workspace_mib": 1024,
+        "optimization_profile": {INPUT_NAME: {"min": shape, "opt": shape, "max": shape}},
+        "timing_cache": "timing.cache",
+        "dla_core": None,
+        "tensorrt_version": lint_result["tensorrt_version"],
+    }
+
+
+class TensorrtTarget(Target):
+    """TensorRT (device); on the host a TensorRT-ready ONNX + build plan, checked by ONNX Runtime."""
+
+    name = "tensorrt"
+    precisions = ("fp16", "int8")
+    modules = ("onnxruntime",)  # the host side (quantization, check); TensorRT runs on the device
+    extra = "onnxruntime"
+    artifact_name = "model.onnx"
+    runner_class = TrtHostCheckRunner
+
+    def lower(self, request: LowerRequest, workdir: Path) -> Path:
+        self.require()
+        found = lint(request.onnx_path)
+        if found["unsupported"]:
+            raise LoweringError(
+                f"TensorRT {found['tensorrt_version']}'s ONNX parser does not support "
+                f"{', '.join(found['unsupported'])} in the exported graph",
+                "replace those layers, or build this model for onnxruntime/openvino",
+            )
+        out = workdir / self.artifact_name
+        if request.precision == "fp16":
+            self._fp16(request.onnx_path, out)
+        else:
+            quantize_qdq(request, workdir, out, symmetric_activations=True)
+        atomic_write_json(workdir / PLAN_NAME, build_plan(request, found))
+        return out
+
+    @staticmethod
+    def _fp16(src: Path, out: Path) -> None:
+        import onnx
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        model = convert_float_to_float16(
+            onnx.load(str(src)), keep_io_types=True, op_block_list=["LayerNormalization"]
+        )
+        onnx.save(model, str(out))
+
+    def describe(self, artifact: Path) -> dict[str, Any]:
+        plan = json.loads((artifact.parent / PLAN_NAME).read_text())
+        info: dict[str, Any] = {"lint": lint(artifact), "plan": PLAN_NAME, "flags": plan["flags"]}
+        if plan["precision"] == "int8":
+            info["qdq"] = qdq_summary(artifact)
+        return {"tensorrt": info}
+
+
+from edgevit.targets import TARGETS  # noqa: E402
+
+TARGETS.add(TensorrtTarget.name, TensorrtTarget())
