@@ -382,7 +382,7 @@ class Build:
             entry["where"] = f"simulated:{simulated}"
             entry["reason"] = (
                 f"latency not measured: no {spec.backend} runtime on this host"
-                f"{f' (device {device.name} is not reachable)' if remote else ''}; accuracy is "
+                f"{f' (device {device.name} not profiled)' if remote else ''}; accuracy is "
                 f"from the {simulated} simulation of the same artifact"
             )
         elif remote:

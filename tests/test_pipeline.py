@@ -181,3 +181,28 @@ def test_coreml_build_is_simulated_and_an_unevaluable_op_skips_the_check(
     t = again.target("coreml-fp16")
     assert t["status"] == "skipped" and "no reference evaluator for MIL op(s) conv" in t["reason"]
     assert t["reused"] and t["sha256"] == report.target("coreml-fp16")["sha256"]
+
+
+def test_tensorrt_build_is_simulated_and_passes_on_accuracy_gates(fresh_builtin: Path, tmp_path: Path) -> None:
+    import yaml
+
+    from edgevit.paths import recipes_dir
+
+    recipe = yaml.safe_load((recipes_dir() / "jetson-orin-int8.yaml").read_text())
+    recipe["data"] = {
+        "calibration": {"source": "digits", "split": "train", "count": 16},
+        "evaluation": {"source": "digits", "split": "test", "count": 24},
+    }
+    recipe["gates"] = {"max_top1_drop": 100}
+    for t in recipe["targets"]:
+        t.pop("gates")
+    path = tmp_path / "jetson.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    report = edgevit.build(path, tmp_path / "b")
+    assert report.passed
+    for name in ("trt-fp16", "trt-int8"):
+        t = report.target(name)
+        assert t["where"] == "simulated:onnxruntime-qdq" and t["latency_ms"] is None
+        assert "latency not measured: no tensorrt runtime on this host" in t["reason"]
+        assert (tmp_path / "b" / "targets" / name / "build_engine.json").is_file()
+    assert report.target("trt-int8")["tensorrt"]["qdq"]["symmetric"]

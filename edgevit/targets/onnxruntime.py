@@ -101,7 +101,12 @@ def quantize_qdq(request: LowerRequest, workdir: Path, out: Path, symmetric_acti
             activation_type=QuantType.QInt8 if symmetric_activations else QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=method,
-            extra_options={"WeightSymmetric": True, "ActivationSymmetric": symmetric_activations},
+            # TensorRT wants float biases (no INT32 DequantizeLinear): symmetric mode keeps them float.
+            extra_options={
+                "WeightSymmetric": True,
+                "ActivationSymmetric": symmetric_activations,
+                "QuantizeBias": not symmetric_activations,
+            },
         )
     except Exception as exc:  # the quantizer raises bare exceptions of many kinds
         raise LoweringError(f"ONNX Runtime quantization failed: {type(exc).__name__}: {exc}") from exc

@@ -120,6 +120,7 @@ class TensorrtTarget(Target):
     extra = "onnxruntime"
     artifact_name = "model.onnx"
     runner_class = TrtHostCheckRunner
+    revision = 2  # 2: biases stay float
 
     def lower(self, request: LowerRequest, workdir: Path) -> Path:
         self.require()
