@@ -61,6 +61,7 @@ class Runner(ABC):
     """
 
     simulated: ClassVar[str | None] = None
+    device: DeviceProfile | None = None  # the profile it runs under (set by Target.runner)
 
     def __init__(self, artifact: Path, threads: int, input_shape: tuple[int, int, int]) -> None:
         self.artifact = artifact
@@ -160,6 +161,12 @@ class Target(ABC):
 
     runner_class: ClassVar[type[Runner] | None] = None  # the Runner of this backend's artifacts
 
+    def runner_type(self, device: DeviceProfile | None) -> type[Runner]:
+        """The Runner class for ``device`` (a backend may choose by host, e.g. a simulation)."""
+        if self.runner_class is None:
+            raise NotImplementedError(f"backend {self.name} sets no runner_class and does not override runner_type()")
+        return self.runner_class
+
     def runner(
         self,
         artifact: Path,
@@ -168,6 +175,6 @@ class Target(ABC):
         device: DeviceProfile | None = None,
     ) -> Runner:
         """A Runner for an artifact this target built (``device``: the profile it runs under)."""
-        if self.runner_class is None:
-            raise NotImplementedError(f"backend {self.name} sets no runner_class and does not override runner()")
-        return self.runner_class(artifact, threads, input_shape)
+        runner = self.runner_type(device)(artifact, threads, input_shape)
+        runner.device = device
+        return runner

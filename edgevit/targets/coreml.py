@@ -91,8 +91,12 @@ def coreml_runtime_available() -> bool:
 class CoremlRunner(Runner):
     """Runs an .mlpackage through Core ML (macOS only), one image per ``predict`` call."""
 
-    compute_units = "ALL"
     _model: Any = None
+
+    @property
+    def compute_units(self) -> str:
+        """Where Core ML may run the model: the device profile's ``coreml.compute_units``."""
+        return _settings(self.device).compute_units
 
     def _load(self) -> None:
         with quiet():
@@ -111,7 +115,8 @@ class CoremlRunner(Runner):
 
 
 def predict_batch(model: Any, batch: np.ndarray) -> np.ndarray:
-    """Logits of a batch from a batch-1 Core ML model's ``predict`` (one call per image)."""
+    """Logits of a batch from a batch-1 model's ``predict`` (Core ML's MLModel, or the MIL
+    reference evaluator), one call per image."""
     outs = [np.asarray(model.predict({INPUT_NAME: batch[i : i + 1]})[OUTPUT_NAME]) for i in range(len(batch))]
     return np.concatenate(outs).astype(np.float32).reshape(len(batch), -1)
 
@@ -126,8 +131,7 @@ class MilReferenceRunner(Runner):
         self._ref = MilReference(self.artifact)
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
-        assert self._ref is not None
-        return np.concatenate([self._ref.run({INPUT_NAME: batch[i : i + 1]})[OUTPUT_NAME] for i in range(len(batch))])
+        return predict_batch(self._ref, batch)
 
     def findings(self) -> dict[str, Any]:
         if self._ref is None:
@@ -372,7 +376,7 @@ class CoremlTarget(Target):
             "ops": {kind: dict(c) for kind, c in sorted(counts.items(), key=lambda kv: -sum(kv[1].values()))},
             "op_total": len(compute),
             "coreml": {
-                "interface": interface(artifact),
+                "interface": interface(spec),
                 "deployment_target": meta.get("edgevit.deployment_target"),
                 "mode": meta.get("edgevit.mode"),
                 "specification_version": int(spec.specificationVersion),
@@ -380,23 +384,12 @@ class CoremlTarget(Target):
             },
         }
 
-    def runner(
-        self,
-        artifact: Path,
-        threads: int,
-        input_shape: tuple[int, int, int],
-        device: DeviceProfile | None = None,
-    ) -> Runner:
-        if coreml_runtime_available():
-            runner = CoremlRunner(artifact, threads, input_shape)
-            runner.compute_units = _settings(device).compute_units
-            return runner
-        return MilReferenceRunner(artifact, threads, input_shape)
+    def runner_type(self, device: DeviceProfile | None) -> type[Runner]:
+        return CoremlRunner if coreml_runtime_available() else MilReferenceRunner
 
 
-def interface(package: Path) -> dict[str, Any]:
-    """The saved package's input/output as Core ML declares them, and its class names."""
-    _, spec = load_program(package)
+def interface(spec: Any) -> dict[str, Any]:
+    """A saved package's input/output as its spec declares them, and its class names."""
     arrays = spec.description.input[0].type.multiArrayType
     dtypes = {arrays.FLOAT32: "float32", arrays.FLOAT16: "float16", arrays.INT32: "int32"}
     meta = spec.description.metadata.userDefined
@@ -413,7 +406,7 @@ def interface(package: Path) -> dict[str, Any]:
 
 def check_interface(package: Path, cfg: Any) -> None:
     """Raise LoweringError unless the package's interface is the model config's."""
-    got = interface(package)
+    got = interface(load_program(package)[1])
     want = {
         "input": {"name": INPUT_NAME, "shape": [1, *cfg.input_size], "dtype": "float32"},
         "output": {"name": OUTPUT_NAME},

@@ -326,6 +326,10 @@ class MilReference:
             for var in computed:  # the next sample must not see this one's values
                 var._sym_val = None
 
+    def predict(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``run`` under Core ML's MLModel name, so the same batching code drives both."""
+        return self.run(feeds)
+
     def _check_layer_norm(self, op: Any) -> None:
         """Flag an FP16 layer_norm whose squared deviations exceed float16's max (65504): computed in
         float16, its variance overflows. (This evaluator computes inside an op in float32.)"""

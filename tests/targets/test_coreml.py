@@ -158,7 +158,7 @@ def test_macos_path_predicts_one_image_at_a_time(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(coreml, "coreml_runtime_available", lambda: True)
     runner = TARGET.runner(tmp_path / "m.mlpackage", 1, (3, 32, 32), IPHONE)
     assert isinstance(runner, coreml.CoremlRunner) and runner.simulated is None
-    assert runner.compute_units == "CPU_AND_NE"
+    assert runner.compute_units == "CPU_AND_NE"  # from the device profile
     assert runner.findings() == {"coreml_runtime": {"compute_units": "CPU_AND_NE"}}
 
 
