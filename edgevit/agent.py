@@ -230,6 +230,66 @@ def _dist_version(dist: str) -> str:
         return "?"
 
 
+# ----------------------------------------------------------------------------- TensorRT (device only)
+
+# ONNX ops whose TensorRT layers a build plan may pin to FP32, by TensorRT layer type name.
+_PINNABLE = {"LayerNormalization": "NORMALIZATION", "Softmax": "SOFTMAX"}
+
+
+def engine_cache_key(onnx_bytes: bytes, plan: dict[str, Any], trt_version: str, gpu: str) -> str:
+    """The engine cache key: the ONNX, the build plan, the TensorRT version and the GPU."""
+    import hashlib
+
+    h = hashlib.sha256(onnx_bytes)
+    h.update(json.dumps(plan, sort_keys=True).encode())
+    h.update(trt_version.encode() + b"\0" + gpu.encode())
+    return h.hexdigest()
+
+
+def build_engine(
+    trt: Any, onnx_bytes: bytes, plan: dict[str, Any], timing_cache: bytes = b""
+) -> tuple[bytes, bytes, list[str]]:
+    """Build a serialized engine with TensorRT's Python API as ``plan`` says (edgevit's
+    build_engine.json). Returns (engine, timing cache, names of layers pinned to FP32)."""
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(onnx_bytes):
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise AgentError(f"TensorRT's ONNX parser rejected the model: {'; '.join(errors[:3]) or 'no detail'}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(plan["workspace_mib"]) << 20)
+    for flag in plan["flags"]:
+        config.set_flag(getattr(trt.BuilderFlag, flag))
+    if plan.get("obey_precision_constraints"):
+        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+    pin = {getattr(trt.LayerType, _PINNABLE[op]) for op, p in plan.get("layer_precisions", {}).items()
+           if p == "fp32" and op in _PINNABLE}  # fmt: skip
+    pinned = []
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        if layer.type in pin:
+            layer.precision = trt.float32
+            for j in range(layer.num_outputs):
+                layer.set_output_type(j, trt.float32)
+            pinned.append(layer.name)
+    profile = builder.create_optimization_profile()
+    for name, dims in plan["optimization_profile"].items():
+        profile.set_shape(name, dims["min"], dims["opt"], dims["max"])
+    config.add_optimization_profile(profile)
+    if plan.get("dla_core") is not None:
+        config.default_device_type = trt.DeviceType.DLA
+        config.DLA_core = int(plan["dla_core"])
+        config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+    cache = config.create_timing_cache(timing_cache)
+    config.set_timing_cache(cache, False)
+    engine = builder.build_serialized_network(network, config)
+    if engine is None:
+        raise AgentError("TensorRT could not build an engine with this plan (see its log above)")
+    return bytes(engine), bytes(config.get_timing_cache().serialize()), pinned
+
+
 # ----------------------------------------------------------------------------- measurements
 
 
