@@ -1,12 +1,14 @@
 """edgevit's profiling agent: one self-contained file that runs an artifact where it will be deployed.
 
-It needs only Python >= 3.8, NumPy and the artifact's runtime (onnxruntime, openvino, or
-ai-edge-litert / tflite-runtime). edgevit copies this file to the device (or runs it locally),
-with the artifact and optionally an evaluation bundle (.npz with ``inputs``, ``labels`` and
-``reference_logits``), and reads the one JSON document it prints:
+It needs only Python >= 3.8, NumPy and the artifact's runtime (onnxruntime, openvino,
+ai-edge-litert / tflite-runtime, or TensorRT + cuda-python on an NVIDIA device). edgevit copies
+this file to the device (or runs it locally), with the artifact and optionally an evaluation
+bundle (.npz with ``inputs``, ``labels`` and ``reference_logits``), and reads the one JSON
+document it prints:
 
     python3 agent.py ARTIFACT [--runs N | --duration S] [--warmup N] [--threads T] [--batch B]
                               [--bundle BUNDLE.npz] [--lock PATH] [--lock-timeout S]
+                              [--runtime tensorrt [--plan build_engine.json] [--engine-cache DIR]]
 
 Exit 0 with ``{"ok": true, ...}``; exit 2 with ``{"ok": false, "error": "..."}`` for bad input
 (unknown artifact type, missing runtime, device busy). edgevit's own host runners use the same
@@ -50,6 +52,10 @@ class Session:
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         raise NotImplementedError
+
+    def info(self) -> dict[str, Any]:
+        """Facts about this load for the report (e.g. TensorRT's engine cache and layer precisions)."""
+        return {}
 
     @staticmethod
     def versions() -> dict[str, str]:
@@ -194,31 +200,46 @@ class TfliteSession(Session):
         return out
 
 
-SESSIONS: dict[str, Callable[[Path, int], Session]] = {
-    "onnxruntime": OrtSession,
-    "openvino": OpenVinoSession,
-    "tflite": TfliteSession,
-}
+RUNTIMES = ("onnxruntime", "openvino", "tflite", "tensorrt")
+SUFFIX_OF_RUNTIME = {"onnxruntime": ".onnx", "openvino": ".xml", "tflite": ".tflite", "tensorrt": ".onnx"}
 
 
-def open_session(path: Path, threads: int) -> Session:
-    """The session for an artifact, chosen by its file type."""
-    runtime = RUNTIME_OF_SUFFIX.get(path.suffix)
+def open_session(
+    path: Path,
+    threads: int,
+    runtime: str | None = None,
+    plan: Path | None = None,
+    engine_cache: Path | None = None,
+) -> Session:
+    """The session for an artifact: ``runtime``, else the one its file type names (.onnx: ONNX Runtime)."""
+    runtime = runtime or RUNTIME_OF_SUFFIX.get(path.suffix)
     if runtime is None:
         raise AgentError(
             f"{path.name}: unknown artifact type {path.suffix or '(none)'}; the agent runs "
             f"{', '.join(sorted(RUNTIME_OF_SUFFIX))} files"
         )
+    if runtime not in RUNTIMES:
+        raise AgentError(f"unknown runtime {runtime}; use one of: {', '.join(RUNTIMES)}")
+    if path.suffix != SUFFIX_OF_RUNTIME[runtime]:
+        raise AgentError(f"{path.name}: the {runtime} runtime runs {SUFFIX_OF_RUNTIME[runtime]} files")
     if not path.is_file():
         raise AgentError(f"{path} does not exist")
-    return SESSIONS[runtime](path, threads)
+    if runtime == "tensorrt":
+        return TrtSession(path, threads, plan, engine_cache)
+    sessions: dict[str, Callable[[Path, int], Session]] = {
+        "onnxruntime": OrtSession,
+        "openvino": OpenVinoSession,
+        "tflite": TfliteSession,
+    }
+    return sessions[runtime](path, threads)
 
 
-def _import(module: str, dist: str) -> Any:
+def _import(module: str, dist: str = "", hint: str = "") -> Any:
     try:
         return __import__(module)
     except ImportError as exc:
-        raise AgentError(f"runtime {module} is not installed on this device ({exc}); pip install {dist}") from None
+        fix = hint or f"pip install {dist or module}"
+        raise AgentError(f"runtime {module} is not installed on this device ({exc}); {fix}") from None
 
 
 def _dist_version(dist: str) -> str:
@@ -231,9 +252,23 @@ def _dist_version(dist: str) -> str:
 
 
 # ----------------------------------------------------------------------------- TensorRT (device only)
+#
+# Runs only where TensorRT and an NVIDIA GPU are (a Jetson with JetPack): this host has neither, so
+# edgevit's tests drive this code with stand-ins for the `tensorrt` and cuda-python modules.
 
+PLAN_NAME = "build_engine.json"
 # ONNX ops whose TensorRT layers a build plan may pin to FP32, by TensorRT layer type name.
-_PINNABLE = {"LayerNormalization": "NORMALIZATION", "Softmax": "SOFTMAX"}
+_PINNABLE = {
+    "LayerNormalization": "NORMALIZATION",
+    "Softmax": "SOFTMAX",
+    "ReduceMean": "REDUCE",
+    "Pow": "ELEMENTWISE",
+    "Sqrt": "UNARY",
+}
+_TRT_HINT = (
+    "TensorRT comes with JetPack: use JetPack's python3 (python3-libnvinfer), "
+    "or pip install tensorrt on an x86 machine with an NVIDIA GPU"
+)
 
 
 def engine_cache_key(onnx_bytes: bytes, plan: dict[str, Any], trt_version: str, gpu: str) -> str:
@@ -260,16 +295,19 @@ def build_engine(
         raise AgentError(f"TensorRT's ONNX parser rejected the model: {'; '.join(errors[:3]) or 'no detail'}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(plan["workspace_mib"]) << 20)
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # per-layer precision in the inspector
     for flag in plan["flags"]:
         config.set_flag(getattr(trt.BuilderFlag, flag))
     if plan.get("obey_precision_constraints"):
         config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-    pin = {getattr(trt.LayerType, _PINNABLE[op]) for op, p in plan.get("layer_precisions", {}).items()
-           if p == "fp32" and op in _PINNABLE}  # fmt: skip
+    pin_ops = [op for op, p in plan.get("layer_precisions", {}).items() if p == "fp32" and op in _PINNABLE]
     pinned = []
     for i in range(network.num_layers):
         layer = network.get_layer(i)
-        if layer.type in pin:
+        if any(
+            layer.type == getattr(trt.LayerType, _PINNABLE[op]) and _from_onnx_op(layer.name, op)
+            for op in pin_ops
+        ):
             layer.precision = trt.float32
             for j in range(layer.num_outputs):
                 layer.set_output_type(j, trt.float32)
@@ -290,6 +328,213 @@ def build_engine(
     return bytes(engine), bytes(config.get_timing_cache().serialize()), pinned
 
 
+def _from_onnx_op(layer_name: str, op: str) -> bool:
+    """Whether a parsed layer came from an ONNX node of type ``op``. onnx-tensorrt names layers after
+    their ONNX node, and the exporter names nodes after their op (``/blocks.0/norm1/LayerNormalization``);
+    a layer type shared by many ops (ELEMENTWISE, UNARY, REDUCE) is pinned only when its name says so."""
+    return op in ("LayerNormalization", "Softmax") or op.lower() in layer_name.lower()
+
+
+def layer_precisions(engine_info: dict[str, Any]) -> dict[str, Any]:
+    """Per-layer precision TensorRT chose, from the engine inspector's JSON (DETAILED verbosity):
+    the datatype of each layer's first input, normalised to int8/fp16/bf16/fp8/fp32."""
+    layers = []
+    for layer in engine_info.get("Layers", []):
+        if not isinstance(layer, dict):
+            continue  # names only: the engine was built without DETAILED verbosity
+        tensors = layer.get("Inputs") or layer.get("Outputs") or [{}]
+        fmt = str(tensors[0].get("Format/Datatype", "")) if isinstance(tensors[0], dict) else ""
+        name, kind = layer.get("Name", "?"), layer.get("LayerType", "?")
+        layers.append({"name": name, "type": kind, "precision": _precision(fmt)})
+    counts: dict[str, int] = {}
+    for layer in layers:
+        counts[layer["precision"]] = counts.get(layer["precision"], 0) + 1
+    return {"counts": counts, "layers": layers}
+
+
+def _precision(fmt: str) -> str:
+    text = fmt.lower()
+    for token, name in (("int8", "int8"), ("fp8", "fp8"), ("bf16", "bf16"), ("fp16", "fp16"), ("half", "fp16"),
+                        ("fp32", "fp32"), ("float", "fp32"), ("int32", "int32"), ("int64", "int64")):  # fmt: skip
+        if token in text:
+            return name
+    return "unknown"
+
+
+def _cudart() -> Any:
+    """cuda-python's CUDA runtime bindings (``cuda.bindings.runtime``; ``cuda.cudart`` before 12.6)."""
+    try:
+        from cuda.bindings import runtime  # type: ignore[import-not-found]
+
+        return runtime
+    except ImportError:
+        pass
+    try:
+        from cuda import cudart  # type: ignore[import-not-found]
+
+        return cudart
+    except ImportError:
+        pass
+    raise AgentError(
+        "the tensorrt runtime needs cuda-python to move tensors to and from the GPU; "
+        "pip install cuda-python matching the device's CUDA (e.g. cuda-python==12.6.*)"
+    )
+
+
+def _cuda_call(cudart: Any, result: Any) -> Any:
+    """cuda-python returns (error, *values): raise on an error, else the value(s)."""
+    err, *values = result
+    if err != cudart.cudaError_t.cudaSuccess:
+        raise AgentError(f"CUDA call failed: {err}")
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+def default_engine_cache() -> Path:
+    """Where a device keeps built engines between profiles (they outlive the per-run directory)."""
+    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(root) / "edgevit" / "engines"
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(str(tmp), str(path))
+
+
+class TrtSession(Session):
+    """TensorRT on the device's GPU: the engine is built from the ONNX and its build plan, cached by
+    (ONNX, plan, TensorRT version, GPU), and run on one CUDA stream. A call's time includes the
+    host-to-device and device-to-host copies; batches larger than the plan's profile run in chunks."""
+
+    runtime = "tensorrt"
+
+    def __init__(
+        self, path: Path, threads: int, plan_path: Path | None = None, cache_dir: Path | None = None
+    ) -> None:
+        trt = _import("tensorrt", hint=_TRT_HINT)
+        cudart = _cudart()
+        self._trt, self._cuda = trt, cudart
+        plan_path = plan_path or path.with_name(PLAN_NAME)
+        if not plan_path.is_file():
+            raise AgentError(
+                f"{path.name}: the tensorrt runtime needs the build plan {plan_path.name} next to the ONNX "
+                "(edgevit writes it with the tensorrt target); pass --plan"
+            )
+        plan = json.loads(plan_path.read_text())
+        onnx_bytes = path.read_bytes()
+        props = _cuda_call(cudart, cudart.cudaGetDeviceProperties(0))
+        name = props.name
+        gpu = (name.decode(errors="replace") if isinstance(name, bytes) else str(name)).strip("\0 ")
+        key = engine_cache_key(onnx_bytes, plan, str(trt.__version__), gpu)
+        cache = cache_dir or default_engine_cache()
+        cache.mkdir(parents=True, exist_ok=True)
+        engine_file, meta_file = cache / f"{key}.engine", cache / f"{key}.json"
+        timing_file = cache / f"{_slug(gpu)}-trt{trt.__version__}-{plan.get('timing_cache', 'timing.cache')}"
+        if engine_file.is_file() and meta_file.is_file():
+            engine_bytes = engine_file.read_bytes()
+            meta = json.loads(meta_file.read_text())
+            meta["engine"] = "cached"
+        else:
+            start = time.perf_counter()
+            timing = timing_file.read_bytes() if timing_file.is_file() else b""
+            engine_bytes, timing, pinned = build_engine(trt, onnx_bytes, plan, timing)
+            meta = {"build_s": round(time.perf_counter() - start, 2), "pinned_fp32": pinned}
+            _write_atomic(engine_file, engine_bytes)
+            _write_atomic(timing_file, timing)
+            _write_atomic(meta_file, json.dumps(meta).encode())
+            meta["engine"] = "built"
+        self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self._engine = self._runtime.deserialize_cuda_engine(engine_bytes)
+        if self._engine is None:
+            raise AgentError(f"TensorRT could not load the cached engine {engine_file}; delete it and retry")
+        self._context = self._engine.create_execution_context()
+        names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
+        inputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        outputs = [n for n in names if n not in inputs]
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise AgentError(
+                f"{path.name}: the engine has inputs {inputs} and outputs {outputs}; expected one each"
+            )
+        self._in, self._out = inputs[0], outputs[0]
+        self._max_batch = int(self._engine.get_tensor_profile_shape(self._in, 0)[2][0])
+        self._stream = _cuda_call(cudart, cudart.cudaStreamCreate())
+        self._shape: tuple[int, ...] | None = None
+        self._buffers: list[Any] = []
+        inspector = self._engine.create_engine_inspector()
+        chosen = layer_precisions(
+            json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
+        )
+        expected = str(plan.get("tensorrt_version", ""))
+        self._info = {
+            **meta,
+            "engine_key": key[:16],
+            "engine_bytes": len(engine_bytes),
+            "gpu": gpu,
+            "plan_tensorrt_version": expected,
+            "version_matches_plan": str(trt.__version__).split(".")[0] == expected.split(".")[0],
+            "layer_precisions": chosen,
+        }
+
+    def info(self) -> dict[str, Any]:
+        return self._info
+
+    def _bind(self, shape: tuple[int, ...]) -> np.ndarray:
+        """Device buffers for an input shape (reallocated when it changes); an empty host output."""
+        cudart, trt = self._cuda, self._trt
+        if shape != self._shape:
+            self._free()
+            self._context.set_input_shape(self._in, shape)
+            out_shape = tuple(int(d) for d in self._context.get_tensor_shape(self._out))
+            out_dtype = np.dtype(trt.nptype(self._engine.get_tensor_dtype(self._out)))
+            nbytes = [int(np.prod(shape)) * 4, int(np.prod(out_shape)) * out_dtype.itemsize]
+            self._buffers = [_cuda_call(cudart, cudart.cudaMalloc(n)) for n in nbytes]
+            self._context.set_tensor_address(self._in, int(self._buffers[0]))
+            self._context.set_tensor_address(self._out, int(self._buffers[1]))
+            self._shape, self._out_spec = shape, (out_shape, out_dtype)
+        out_shape, out_dtype = self._out_spec
+        return np.empty(out_shape, out_dtype)
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        cudart = self._cuda
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        y = self._bind(tuple(int(d) for d in x.shape))
+        h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        _cuda_call(
+            cudart, cudart.cudaMemcpyAsync(self._buffers[0], x.ctypes.data, x.nbytes, h2d, self._stream)
+        )
+        if not self._context.execute_async_v3(int(self._stream)):
+            raise AgentError("TensorRT failed to run the engine (see its log above)")
+        _cuda_call(
+            cudart, cudart.cudaMemcpyAsync(y.ctypes.data, self._buffers[1], y.nbytes, d2h, self._stream)
+        )
+        _cuda_call(cudart, cudart.cudaStreamSynchronize(self._stream))
+        return y.astype(np.float32, copy=False)
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        step = max(1, self._max_batch)
+        return np.concatenate([self._run(batch[i : i + step]) for i in range(0, len(batch), step)])
+
+    def _free(self) -> None:
+        for ptr in self._buffers:
+            self._cuda.cudaFree(ptr)
+        self._buffers = []
+
+    def __del__(self) -> None:
+        if getattr(self, "_buffers", None):
+            self._free()
+
+    @staticmethod
+    def versions() -> dict[str, str]:
+        return {
+            "tensorrt": str(_import("tensorrt", hint=_TRT_HINT).__version__),
+            "cuda-python": _dist_version("cuda-python"),
+        }
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in text).strip("-") or "gpu"
+
+
 # ----------------------------------------------------------------------------- measurements
 
 
@@ -306,7 +551,9 @@ def summarize(times_ms: list[float]) -> dict[str, float]:
     }
 
 
-def time_calls(call: Callable[[], Any], warmup: int, runs: int, duration_s: float | None = None) -> list[float]:
+def time_calls(
+    call: Callable[[], Any], warmup: int, runs: int, duration_s: float | None = None
+) -> list[float]:
     """``warmup`` untimed calls, then ``runs`` timed ones (or as many as fit in ``duration_s``)."""
     for _ in range(warmup):
         call()
@@ -442,9 +689,12 @@ def profile(
     batch: int = 1,
     bundle: Path | None = None,
     duration_s: float | None = None,
+    runtime: str | None = None,
+    plan: Path | None = None,
+    engine_cache: Path | None = None,
 ) -> dict[str, Any]:
     """Load ``artifact``, time it, check it on ``bundle``; the agent's JSON document."""
-    session = open_session(artifact, threads)
+    session = open_session(artifact, threads, runtime, plan, engine_cache)
     shape = None
     data = None
     if bundle is not None:
@@ -479,12 +729,15 @@ def profile(
         "input_shape": list(shape),
         "device": device_facts(),
     }
+    if session.info():
+        doc["session"] = session.info()
     if data is not None:
         x = np.ascontiguousarray(data["inputs"], dtype=np.float32)
         logits = np.concatenate([session(x[i : i + 16]) for i in range(0, len(x), 16)]).astype(np.float32)
-        doc["accuracy"] = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in fidelity(
-            logits, data["labels"], data["reference_logits"]
-        ).items()}
+        doc["accuracy"] = {
+            k: (round(v, 6) if isinstance(v, float) else v)
+            for k, v in fidelity(logits, data["labels"], data["reference_logits"]).items()
+        }
     doc["peak_rss_mb"] = peak_rss_mb()
     return doc
 
@@ -497,6 +750,8 @@ def _input_shape(session: Session, artifact: Path) -> list[int]:
         dims = [d.get_length() for d in list(session._model.inputs[0].get_partial_shape())[1:]]
     elif isinstance(session, TfliteSession):
         dims = [int(d) for d in session._in["shape"][1:]]
+    elif isinstance(session, TrtSession):
+        dims = [int(d) for d in session._engine.get_tensor_profile_shape(session._in, 0)[1][1:]]
     else:
         dims = []
     if not dims or not all(isinstance(d, int) and d > 0 for d in dims):
@@ -508,18 +763,36 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="agent.py", description="edgevit profiling agent")
     parser.add_argument("artifact", type=Path)
     parser.add_argument("--runs", type=int, default=100)
-    parser.add_argument("--duration", type=float, default=None, help="seconds of timed runs (instead of --runs)")
+    parser.add_argument(
+        "--duration", type=float, default=None, help="seconds of timed runs (instead of --runs)"
+    )
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--bundle", type=Path, default=None)
+    parser.add_argument(
+        "--runtime", choices=RUNTIMES, default=None, help="default: by file type (.onnx: onnxruntime)"
+    )
+    parser.add_argument(
+        "--plan", type=Path, default=None, help=f"tensorrt: build plan (default: {PLAN_NAME} beside)"
+    )
+    parser.add_argument("--engine-cache", type=Path, default=None, help="tensorrt: engine cache directory")
     parser.add_argument("--lock", type=Path, default=Path("/tmp/edgevit-agent.lock"))
     parser.add_argument("--lock-timeout", type=float, default=600.0)
     args = parser.parse_args(argv)
     try:
         with DeviceLock(args.lock, args.lock_timeout):
             doc = profile(
-                args.artifact, args.runs, args.warmup, args.threads, args.batch, args.bundle, args.duration
+                args.artifact,
+                args.runs,
+                args.warmup,
+                args.threads,
+                args.batch,
+                args.bundle,
+                args.duration,
+                args.runtime,
+                args.plan,
+                args.engine_cache,
             )
     except AgentError as exc:
         print(json.dumps({"ok": False, "error": str(exc), "agent_version": AGENT_VERSION}))

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from edgevit import __version__
+from edgevit.agent import RUNTIMES
 from edgevit.errors import EdgeVitError
 
 
@@ -50,6 +51,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
         batch=args.batch,
         bundle=Path(args.bundle) if args.bundle else None,
         timeout_s=args.timeout,
+        runtime=args.runtime,
     )
     doc = result.to_dict()
     if args.output:  # written only once every artifact was profiled
@@ -65,6 +67,14 @@ def cmd_profile(args: argparse.Namespace) -> int:
                 f"{lat['p90']:.3f}, p99 {lat['p99']:.3f} ({lat['runs']} runs, {lat['threads']} threads, "
                 f"batch {lat['batch']}), peak RSS {r['peak_rss_mb']} MB{extra}"
             )
+            trt = r.get("session") if r["runtime"] == "tensorrt" else None
+            if trt:
+                counts = ", ".join(f"{n} {p}" for p, n in trt["layer_precisions"]["counts"].items())
+                built = f" in {trt['build_s']} s" if trt["engine"] == "built" else ""
+                print(
+                    f"  TensorRT {r['versions'].get('tensorrt')} on {trt['gpu']}: engine {trt['engine']}{built}; "
+                    f"layers {counts}"
+                )
     return 0
 
 
@@ -307,6 +317,11 @@ def parser() -> argparse.ArgumentParser:
         "profile", help="measure latency (and accuracy) of an artifact or a build's artifacts on a device"
     )
     pr.add_argument("target", help="an artifact (.onnx, .xml, .tflite) or a build directory")
+    pr.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        help="default: a build's backends; a file's type (.onnx with build_engine.json beside it: tensorrt)",
+    )
     pr.add_argument(
         "--device", required=True, help="local, ssh://user@host[:port], or a profile in targets/ (e.g. x86-avx512)"
     )

@@ -27,6 +27,18 @@ class CoreMLSettings(BaseModel):
     )
 
 
+class TensorRTSettings(BaseModel):
+    """What the device's TensorRT is expected to be, and how the build plan uses it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: str = Field(default="10.3", description="TensorRT on the device (JetPack 6.1/6.2 ship 10.3)")
+    dla_core: int | None = Field(
+        default=None, ge=0, description="DLA core to build for (GPU fallback on); null: the GPU only"
+    )
+    workspace_mib: int = Field(default=1024, gt=0, description="builder workspace limit")
+
+
 class DeviceProfile(BaseModel):
     """Where a target runs."""
 
@@ -43,6 +55,7 @@ class DeviceProfile(BaseModel):
     precisions: list[Literal["fp32", "fp16", "int8"]] = Field(default_factory=list)
     threads: int | None = Field(default=None, gt=0)
     coreml: CoreMLSettings | None = None
+    tensorrt: TensorRTSettings | None = None
     notes: str = ""
 
 

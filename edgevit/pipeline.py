@@ -354,7 +354,11 @@ class Build:
                     if remote or simulated
                     else latency.measure(runner, x_eval[: r.check.batch], r.check.warmup, r.check.runs)
                 )
-            on_device = self._on_device(spec, artifact, threads) if device.transport == "ssh" else None
+            on_device = (
+                self._on_device(spec, artifact, threads, x_eval, labels, src_logits)
+                if device.transport == "ssh"
+                else None
+            )
         except NotCheckable as exc:  # built, but nothing here can run it: keep the artifact, skip the check
             self.log(f"{spec.name}: built, not checked ({exc})")
             return {**entry, "status": "skipped", "reason": str(exc), **built}
@@ -372,12 +376,22 @@ class Build:
             entry["where"] = on_device["where"]
             latency_ms = on_device["latency_ms"]
             findings["device_profile"] = {
-                k: on_device.get(k) for k in ("versions", "device", "peak_rss_mb", "throughput_ips", "accuracy")
+                k: on_device.get(k)
+                for k in ("runtime", "versions", "device", "peak_rss_mb", "throughput_ips", "accuracy", "session")
+                if k in on_device
             }
             entry["reason"] = (
                 f"latency measured on device {device.name} by the profiling agent; accuracy checked on this "
                 "host with the same artifact (the device's own result is under device_profile.accuracy)"
             )
+            if simulated and on_device.get("accuracy"):  # the host only simulated it: the device's numbers rule
+                findings["host_simulation"] = {"where": f"simulated:{simulated}", "accuracy": acc.to_dict()}
+                acc = accuracy.from_dict(on_device["accuracy"])
+                entry["reason"] = (
+                    f"latency and accuracy measured on device {device.name} by the profiling agent "
+                    f"({on_device.get('runtime')} there); the {simulated} simulation of the same artifact on "
+                    "this host is under host_simulation"
+                )
         elif simulated:
             entry["where"] = f"simulated:{simulated}"
             entry["reason"] = (
@@ -407,17 +421,22 @@ class Build:
             **built,
         }
 
-    def _on_device(self, spec: TargetSpec, artifact: Path, threads: int) -> dict[str, Any] | None:
+    def _on_device(
+        self, spec: TargetSpec, artifact: Path, threads: int, x_eval: np.ndarray, labels: np.ndarray,
+        src_logits: np.ndarray,
+    ) -> dict[str, Any] | None:  # fmt: skip
         """Profile ``artifact`` on the target's SSH device with the agent (None: not an agent artifact).
 
-        Returns the agent's document, or ``{"ok": False, "error": ...}`` when the device could not be
-        profiled (the build goes on: accuracy was checked on this host with the same artifact).
+        The device scores its logits against ``src_logits`` (the float model that was lowered), as the
+        host does. Returns the agent's document, or ``{"ok": False, "error": ...}`` when the device could
+        not be profiled (the build goes on: accuracy was checked on this host with the same artifact).
         """
-        from edgevit.agent import RUNTIME_OF_SUFFIX
         from edgevit.profiling import ProfileError, profile
+        from edgevit.profiling.run import agent_runtime
 
-        if RUNTIME_OF_SUFFIX.get(artifact.suffix) != spec.backend:
-            return None  # the agent does not run this backend (e.g. TensorRT's ONNX is not for ORT)
+        runtime = agent_runtime(spec.backend, artifact)
+        if runtime is None:
+            return None  # the agent does not run this backend (e.g. Core ML packages)
         c = self.recipe.check
         self.log(f"{spec.name}: profiling on device {spec.device} ({c.runs} runs)")
         try:
@@ -428,12 +447,23 @@ class Build:
                 threads=threads,
                 warmup=c.warmup,
                 batch=c.batch,
-                bundle=self.ws.root / "eval" / "bundle.npz",
+                bundle=self._device_bundle(x_eval, labels, src_logits),
+                runtime=runtime,
             )
         except ProfileError as exc:
             self.log(f"{spec.name}: device profile failed ({exc})")
             return {"ok": False, "error": exc.message}
         return result.results[0]
+
+    def _device_bundle(self, x_eval: np.ndarray, labels: np.ndarray, src_logits: np.ndarray) -> Path:
+        """The evaluation bundle the agent gets: the evaluation images with the lowered float model's logits."""
+        step = self.ws.step(
+            "eval-lowered",
+            {"inputs": sha256_bytes(x_eval.tobytes()), "logits": sha256_bytes(src_logits.tobytes())},
+            lambda d: np.savez(d / "bundle.npz", inputs=x_eval, labels=labels, reference_logits=src_logits),
+            {"producer": "pipeline (agent bundle)"},
+        )
+        return step.path("bundle.npz")
 
     def _size_record(self, model: torch.nn.Module, cfg: ModelConfig, weights: Path) -> dict[str, int]:
         return {

@@ -32,7 +32,16 @@ def compare(logits: np.ndarray, labels: np.ndarray, reference: np.ndarray) -> Ac
     """Score ``logits`` against labels and the reference logits of the same inputs."""
     from edgevit.agent import fidelity  # the agent scores device runs with the same code
 
-    f = fidelity(logits, labels, reference)
+    return from_dict(fidelity(logits, labels, reference))
+
+
+def from_dict(scores: dict[str, float | int]) -> AccuracyResult:
+    """An AccuracyResult from its dict (e.g. the profiling agent's ``accuracy`` from a device)."""
     return AccuracyResult(
-        f["top1"], f["top1_drop"], f["agreement"], f["cosine"], f["sqnr_db"], int(f["samples"])
+        float(scores["top1"]),
+        float(scores["top1_drop"]),
+        float(scores["agreement"]),
+        float(scores["cosine"]),
+        float(scores["sqnr_db"]),
+        int(scores["samples"]),
     )

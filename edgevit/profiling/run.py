@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgevit.agent import RUNTIME_OF_SUFFIX
+from edgevit.agent import PLAN_NAME, RUNTIME_OF_SUFFIX, RUNTIMES, SUFFIX_OF_RUNTIME
 from edgevit.devices import resolve_device
 from edgevit.errors import EdgeVitError
 from edgevit.fileio import confined
@@ -54,8 +54,22 @@ def transport_for(device: str) -> tuple[str, Transport, int | None]:
     )
 
 
-def _build_targets(build_dir: Path) -> tuple[list[tuple[str, Path]], Path | None]:
-    """(target name, artifact) for every built target of a build the agent can run, and its bundle."""
+def agent_runtime(backend: str, artifact: Path) -> str | None:
+    """The agent runtime that runs a target's artifact (None: the agent cannot run it)."""
+    if backend in RUNTIMES and artifact.suffix == SUFFIX_OF_RUNTIME[backend]:
+        return backend
+    return None
+
+
+def runtime_of_file(artifact: Path) -> str | None:
+    """An artifact file's runtime: TensorRT when its build plan lies beside it, else by file type."""
+    if artifact.suffix == ".onnx" and artifact.with_name(PLAN_NAME).is_file():
+        return "tensorrt"
+    return RUNTIME_OF_SUFFIX.get(artifact.suffix)
+
+
+def _build_targets(build_dir: Path) -> tuple[list[tuple[str, Path, str]], Path | None]:
+    """(target name, artifact, runtime) for every built target of a build the agent can run, and its bundle."""
     report_path = build_dir / "report.json"
     try:
         report = json.loads(report_path.read_text())
@@ -66,12 +80,13 @@ def _build_targets(build_dir: Path) -> tuple[list[tuple[str, Path]], Path | None
     targets = []
     for t in report.get("targets", []):
         artifact = t.get("artifact")
-        if artifact and Path(artifact).suffix in RUNTIME_OF_SUFFIX:
-            targets.append((t["name"], confined(build_dir, artifact)))
+        runtime = agent_runtime(t.get("backend", ""), Path(artifact)) if artifact else None
+        if artifact and runtime:
+            targets.append((t["name"], confined(build_dir, artifact), runtime))
     if not targets:
         raise EdgeVitError(
-            f"{build_dir} has no artifact the agent can run ({', '.join(sorted(RUNTIME_OF_SUFFIX))})",
-            "build an onnxruntime, openvino or tflite target first",
+            f"{build_dir} has no artifact the agent can run ({', '.join(RUNTIMES)})",
+            "build an onnxruntime, openvino, tflite or tensorrt target first",
         )
     bundle = build_dir / "eval" / "bundle.npz"
     return targets, (bundle if bundle.is_file() else None)
@@ -87,20 +102,26 @@ def profile(
     batch: int = 1,
     bundle: Path | None = None,
     timeout_s: float = 1800.0,
+    runtime: str | None = None,
 ) -> ProfileResult:
-    """Profile an artifact (or every agent-runnable artifact of a build directory) on ``device``."""
+    """Profile an artifact (or every agent-runnable artifact of a build directory) on ``device``.
+
+    ``runtime`` overrides the artifact's (a file's default: TensorRT when build_engine.json is beside
+    it, else by file type; a build's: each target's backend)."""
     name, transport, default_threads = transport_for(device)
     if target.is_dir():
         items, build_bundle = _build_targets(target)
         bundle = bundle or build_bundle
+        if runtime:
+            items = [(n, a, runtime) for n, a, _ in items]
     elif target.is_file():
-        items = [(target.name, target)]
+        items = [(target.name, target, runtime or runtime_of_file(target) or "")]
     else:
         raise EdgeVitError(f"{target} does not exist", "pass an artifact file or a build directory")
     options = ["--runs", str(runs), "--warmup", str(warmup), "--threads", str(threads or default_threads or 1)]
     options += ["--batch", str(batch)] + (["--duration", str(duration_s)] if duration_s else [])
     results = []
-    for target_name, artifact in items:
-        doc = transport.run(AgentRun(artifact, bundle, options, timeout_s))
+    for target_name, artifact, kind in items:
+        doc = transport.run(AgentRun(artifact, bundle, options, timeout_s, kind or None))
         results.append({"target": target_name, "where": f"device:{name}", **doc})
     return ProfileResult(name, transport.description, results)

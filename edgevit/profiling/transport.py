@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from edgevit.agent import PLAN_NAME
 from edgevit.errors import EdgeVitError
 
 AGENT = Path(__file__).resolve().parent.parent / "agent.py"
@@ -39,17 +40,22 @@ class AgentRun:
     bundle: Path | None
     options: list[str]
     timeout_s: float = 1800.0
+    runtime: str | None = None  # None: the agent picks by file type
 
     @property
     def files(self) -> list[Path]:
-        """Everything the device needs: the artifact, files sharing its stem (OpenVINO's .bin), the bundle."""
+        """Everything the device needs: the artifact, files sharing its stem (OpenVINO's .bin), TensorRT's
+        build plan, the bundle."""
         siblings = sorted(p for p in self.artifact.parent.glob(self.artifact.stem + ".*") if p != self.artifact)
-        return [self.artifact, *siblings, *([self.bundle] if self.bundle else [])]
+        plan = [self.artifact.with_name(PLAN_NAME)] if self.runtime == "tensorrt" else []
+        return [self.artifact, *siblings, *plan, *([self.bundle] if self.bundle else [])]
 
     def args(self, name: Any) -> list[str]:
-        """Agent arguments, each file written as ``name(path)`` (absolute locally, a bare name remotely)."""
+        """Agent arguments, each file written as ``name(path)`` (absolute locally, a bare name remotely).
+        The agent finds TensorRT's plan beside the artifact."""
         bundle = ["--bundle", name(self.bundle)] if self.bundle else []
-        return [name(self.artifact), *bundle, *self.options]
+        runtime = ["--runtime", self.runtime] if self.runtime else []
+        return [name(self.artifact), *bundle, *runtime, *self.options]
 
 
 class Transport(ABC):

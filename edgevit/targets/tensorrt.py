@@ -9,8 +9,10 @@ produces what the device consumes:
   weights and per-tensor activations around the Linear layers only (the quantize stage's scope),
   calibrated on the recipe's calibration set; LayerNorm, Softmax, GELU and residual Adds carry no
   Q/DQ;
-- ``build_engine.json``: precision flags, layers pinned to FP32, workspace, optimisation profile
-  and timing-cache name, applied on the device.
+- ``build_engine.json``: precision flags, layers pinned to FP32, workspace, optimisation profile,
+  DLA core and the TensorRT version the device profile expects, applied on the device by the
+  profiling agent (``edgevit/agent.py``: it builds the engine, caches it by ONNX, plan, TensorRT
+  version and GPU, keeps its timing cache, and runs it).
 
 The host check runs the same ONNX with ONNX Runtime on the CPU (``simulated:onnxruntime-qdq``):
 accuracy only, never latency. Before anything reaches a device the graph is linted against the
@@ -24,12 +26,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from edgevit.agent import PLAN_NAME  # the agent reads the plan by this name
+from edgevit.devices import DeviceProfile, TensorRTSettings
 from edgevit.errors import LoweringError
 from edgevit.fileio import atomic_write_json
 from edgevit.targets.base import INPUT_NAME, LowerRequest, Target
 from edgevit.targets.onnxruntime import OrtRunner, quantize_qdq
 
-PLAN_NAME = "build_engine.json"
 # ONNX operators TensorRT 10's ONNX parser (onnx-tensorrt, TensorRT 10.x) imports. Keep in step
 # with the TensorRT version of the device profiles; an op outside it fails the build here.
 _PARSER_OPS = """Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh AveragePool BatchNormalization
@@ -53,16 +56,27 @@ class TrtHostCheckRunner(OrtRunner):
     simulated = "onnxruntime-qdq"
 
 
-def lint(onnx_path: Path) -> dict[str, Any]:
-    """Ops of the graph TensorRT's ONNX parser does not support (empty when it takes them all)."""
+def settings(device: DeviceProfile | None) -> TensorRTSettings:
+    """The device profile's ``tensorrt`` settings (defaults: TensorRT 10.3, GPU only)."""
+    return (device.tensorrt if device is not None else None) or TensorRTSettings()
+
+
+def lint(onnx_path: Path, version: str = "10.3") -> dict[str, Any]:
+    """Ops of the graph TensorRT's ONNX parser does not support (empty when it takes them all).
+
+    The op list is TensorRT 10's; for another major version the lint says it could not check."""
     import onnx
 
     model = onnx.load(str(onnx_path), load_external_data=False)
     kinds = Counter(n.op_type for n in model.graph.node if n.domain in ("", "ai.onnx"))
     custom = sorted({f"{n.domain}::{n.op_type}" for n in model.graph.node if n.domain not in ("", "ai.onnx")})
+    checked = version.split(".")[0] == "10"
     return {
-        "tensorrt_version": "10",
-        "unsupported": sorted(k for k in kinds if k not in TENSORRT_10_OPS) + custom,
+        "tensorrt_version": version,
+        "checked_against": "TensorRT 10 ONNX parser ops"
+        if checked
+        else f"nothing (no op list for TensorRT {version})",
+        "unsupported": (sorted(k for k in kinds if k not in TENSORRT_10_OPS) + custom) if checked else [],
         "ops": dict(kinds.most_common()),
     }
 
@@ -91,8 +105,9 @@ def qdq_summary(onnx_path: Path) -> dict[str, Any]:
     }
 
 
-def build_plan(request: LowerRequest, lint_result: dict[str, Any]) -> dict[str, Any]:
-    """What the device's TensorRT build applies (see the module docstring)."""
+def build_plan(request: LowerRequest, trt: TensorRTSettings) -> dict[str, Any]:
+    """What the device's TensorRT build applies (see the module docstring). The profile is static at
+    batch 1 (fastest, and what DLA needs); the agent runs larger batches one engine-batch at a time."""
     c, h, w = request.model_config.input_size
     shape = [1, c, h, w]
     return {
@@ -103,11 +118,11 @@ def build_plan(request: LowerRequest, lint_result: dict[str, Any]) -> dict[str, 
         "explicit_quantization": request.precision == "int8",
         "layer_precisions": {op: "fp32" for op in FP32_LAYERS},
         "obey_precision_constraints": True,
-        "workspace_mib": 1024,
+        "workspace_mib": trt.workspace_mib,
         "optimization_profile": {INPUT_NAME: {"min": shape, "opt": shape, "max": shape}},
-        "timing_cache": "timing.cache",
-        "dla_core": None,
-        "tensorrt_version": lint_result["tensorrt_version"],
+        "timing_cache": "timing.cache",  # kept per GPU and TensorRT version in the agent's engine cache
+        "dla_core": trt.dla_core,
+        "tensorrt_version": trt.version,
     }
 
 
@@ -120,11 +135,15 @@ class TensorrtTarget(Target):
     extra = "onnxruntime"
     artifact_name = "model.onnx"
     runner_class = TrtHostCheckRunner
-    revision = 2  # 2: biases stay float
+    revision = 3  # 2: biases stay float; 3: the plan takes the device profile's tensorrt settings
+
+    def device_key(self, device: DeviceProfile) -> dict[str, Any]:
+        return {"tensorrt": settings(device).model_dump()}
 
     def lower(self, request: LowerRequest, workdir: Path) -> Path:
         self.require()
-        found = lint(request.onnx_path)
+        trt = settings(request.device)
+        found = lint(request.onnx_path, trt.version)
         if found["unsupported"]:
             raise LoweringError(
                 f"TensorRT {found['tensorrt_version']}'s ONNX parser does not support "
@@ -136,7 +155,7 @@ class TensorrtTarget(Target):
             self._fp16(request.onnx_path, out)
         else:
             quantize_qdq(request, workdir, out, symmetric_activations=True)
-        atomic_write_json(workdir / PLAN_NAME, build_plan(request, found))
+        atomic_write_json(workdir / PLAN_NAME, build_plan(request, trt))
         return out
 
     @staticmethod
@@ -151,7 +170,12 @@ class TensorrtTarget(Target):
 
     def describe(self, artifact: Path) -> dict[str, Any]:
         plan = json.loads((artifact.parent / PLAN_NAME).read_text())
-        info: dict[str, Any] = {"lint": lint(artifact), "plan": PLAN_NAME, "flags": plan["flags"]}
+        info: dict[str, Any] = {
+            "lint": lint(artifact, plan["tensorrt_version"]),
+            "plan": PLAN_NAME,
+            "flags": plan["flags"],
+            "dla_core": plan["dla_core"],
+        }
         if plan["precision"] == "int8":
             info["qdq"] = qdq_summary(artifact)
         return {"tensorrt": info}
