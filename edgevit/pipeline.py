@@ -24,6 +24,7 @@ from edgevit.models.builtin import resolve_builtin
 from edgevit.models.config import ModelConfig
 from edgevit.models.load import LoadedModel, load, save
 from edgevit.models.profile import count_macs, count_params
+from edgevit.profiling.run import LOWERED_BUNDLE
 from edgevit.recipe.loader import load_recipe
 from edgevit.recipe.schema import DistillStage, PruneStage, Recipe, TargetSpec
 from edgevit.report.document import Report, render_markdown
@@ -117,6 +118,7 @@ class Build:
         self.ws = Workspace(out_dir)
         self.log = log
         self.versions = library_versions()
+        self._agent_bundle: Path | None = None  # the evaluation bundle the profiling agent scores against
 
     def run(self) -> Report:
         """Build every target, check it, write the report files, and return the report."""
@@ -190,6 +192,9 @@ class Build:
                 f"(drop {ref_top1 - top1:+.2f}){' (reused)' if prev_step.reused else ''}"
             )
 
+        self._agent_bundle = (
+            self._lowered_bundle(x_eval, labels, src_logits) if stage_records else eval_step.path("bundle.npz")
+        )
         calibration = None
         calib_sha = None
         q = r.quantize()
@@ -354,11 +359,7 @@ class Build:
                     if remote or simulated
                     else latency.measure(runner, x_eval[: r.check.batch], r.check.warmup, r.check.runs)
                 )
-            on_device = (
-                self._on_device(spec, artifact, threads, x_eval, labels, src_logits)
-                if device.transport == "ssh"
-                else None
-            )
+            on_device = self._on_device(spec, artifact, threads) if device.transport == "ssh" else None
         except NotCheckable as exc:  # built, but nothing here can run it: keep the artifact, skip the check
             self.log(f"{spec.name}: built, not checked ({exc})")
             return {**entry, "status": "skipped", "reason": str(exc), **built}
@@ -394,9 +395,11 @@ class Build:
                 )
         elif simulated:
             entry["where"] = f"simulated:{simulated}"
+            why = f" (device {device.name} not profiled)" if remote else ""
+            if on_device is not None:
+                why = f" (device {device.name} could not be profiled: {on_device['error']})"
             entry["reason"] = (
-                f"latency not measured: no {spec.backend} runtime on this host"
-                f"{f' (device {device.name} not profiled)' if remote else ''}; accuracy is "
+                f"latency not measured: no {spec.backend} runtime on this host{why}; accuracy is "
                 f"from the {simulated} simulation of the same artifact"
             )
         elif remote:
@@ -421,15 +424,12 @@ class Build:
             **built,
         }
 
-    def _on_device(
-        self, spec: TargetSpec, artifact: Path, threads: int, x_eval: np.ndarray, labels: np.ndarray,
-        src_logits: np.ndarray,
-    ) -> dict[str, Any] | None:  # fmt: skip
+    def _on_device(self, spec: TargetSpec, artifact: Path, threads: int) -> dict[str, Any] | None:
         """Profile ``artifact`` on the target's SSH device with the agent (None: not an agent artifact).
 
-        The device scores its logits against ``src_logits`` (the float model that was lowered), as the
-        host does. Returns the agent's document, or ``{"ok": False, "error": ...}`` when the device could
-        not be profiled (the build goes on: accuracy was checked on this host with the same artifact).
+        The device scores its logits against the float model that was lowered, as the host does.
+        Returns the agent's document, or ``{"ok": False, "error": ...}`` when the device could not be
+        profiled (the build goes on: accuracy was checked on this host with the same artifact).
         """
         from edgevit.profiling import ProfileError, profile
         from edgevit.profiling.run import agent_runtime
@@ -447,7 +447,7 @@ class Build:
                 threads=threads,
                 warmup=c.warmup,
                 batch=c.batch,
-                bundle=self._device_bundle(x_eval, labels, src_logits),
+                bundle=self._agent_bundle,
                 runtime=runtime,
             )
         except ProfileError as exc:
@@ -455,10 +455,11 @@ class Build:
             return {"ok": False, "error": exc.message}
         return result.results[0]
 
-    def _device_bundle(self, x_eval: np.ndarray, labels: np.ndarray, src_logits: np.ndarray) -> Path:
-        """The evaluation bundle the agent gets: the evaluation images with the lowered float model's logits."""
+    def _lowered_bundle(self, x_eval: np.ndarray, labels: np.ndarray, src_logits: np.ndarray) -> Path:
+        """The evaluation images with the lowered float model's logits: what the profiling agent scores
+        a device's logits against when compression stages changed the model."""
         step = self.ws.step(
-            "eval-lowered",
+            LOWERED_BUNDLE.split("/")[0],
             {"inputs": sha256_bytes(x_eval.tobytes()), "logits": sha256_bytes(src_logits.tobytes())},
             lambda d: np.savez(d / "bundle.npz", inputs=x_eval, labels=labels, reference_logits=src_logits),
             {"producer": "pipeline (agent bundle)"},

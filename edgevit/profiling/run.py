@@ -14,6 +14,7 @@ from edgevit.fileio import confined
 from edgevit.profiling.transport import AgentRun, LocalTransport, ProfileError, Transport, parse_ssh_url
 
 LOCAL_NAMES = ("local", "host")
+LOWERED_BUNDLE = "eval-lowered/bundle.npz"  # a build's evaluation images with the lowered model's logits
 
 
 @dataclass
@@ -80,16 +81,20 @@ def _build_targets(build_dir: Path) -> tuple[list[tuple[str, Path, str]], Path |
     targets = []
     for t in report.get("targets", []):
         artifact = t.get("artifact")
-        runtime = agent_runtime(t.get("backend", ""), Path(artifact)) if artifact else None
-        if artifact and runtime:
-            targets.append((t["name"], confined(build_dir, artifact), runtime))
+        if not artifact:
+            continue
+        path = confined(build_dir, artifact)
+        runtime = agent_runtime(t["backend"], path) if t.get("backend") else runtime_of_file(path)
+        if runtime:
+            targets.append((t["name"], path, runtime))
     if not targets:
         raise EdgeVitError(
             f"{build_dir} has no artifact the agent can run ({', '.join(RUNTIMES)})",
             "build an onnxruntime, openvino, tflite or tensorrt target first",
         )
-    bundle = build_dir / "eval" / "bundle.npz"
-    return targets, (bundle if bundle.is_file() else None)
+    # The lowered float model's logits when compression stages changed it, else the reference's.
+    bundles = [build_dir / LOWERED_BUNDLE, build_dir / "eval" / "bundle.npz"]
+    return targets, next((b for b in bundles if b.is_file()), None)
 
 
 def profile(

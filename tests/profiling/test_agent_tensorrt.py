@@ -97,7 +97,7 @@ def test_engine_is_built_from_the_plan_cached_and_run(
     assert doc["accuracy"]["cosine"] == pytest.approx(expected["cosine"], abs=1e-6)
     # Timing and 12 images at batch 16 ran one engine-batch (1) at a time on the same two device
     # buffers, freed with the session.
-    assert cuda.CALLS == [f"malloc {3 * 32 * 32 * 4}", f"malloc {10 * 4}", "free", "free"]
+    assert [f"malloc {3 * 32 * 32 * 4}", f"malloc {10 * 4}", "free", "free"] == cuda.CALLS
 
     builds = len(trt.BUILDS)
     again = agent.profile(trt_int8, runs=3, warmup=0, runtime="tensorrt", engine_cache=cache)

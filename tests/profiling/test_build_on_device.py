@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -20,7 +21,12 @@ def lab_box(sshd, tmp_path, monkeypatch) -> str:
     profiles.mkdir()
     (profiles / "lab-box.yaml").write_text(
         yaml.safe_dump(
-            {"transport": "ssh", "address": sshd.url(sys.executable), "runtimes": ["onnxruntime"], "threads": 1}
+            {
+                "transport": "ssh",
+                "address": sshd.url(sys.executable),
+                "runtimes": ["onnxruntime"],
+                "threads": 1,
+            }
         )
     )
     monkeypatch.setattr(devices, "targets_dir", lambda: profiles)
@@ -57,3 +63,76 @@ def test_build_measures_latency_on_the_device(lab_box, sshd, tiny_checkpoint: Pa
     assert t["status"] == "ok" and t["where"] == "host" and t["latency_ms"] is None
     assert "could not be profiled" in t["reason"] and "unreachable" in t["reason"]
     assert not again.passed
+
+
+@pytest.fixture
+def stand_in_jetson(sshd, tmp_path, monkeypatch) -> str:
+    """An SSH 'Jetson' whose Python sees the tensorrt/cuda-python stand-ins (see standin_trt/README.md)."""
+    standin = Path(__file__).resolve().parent / "standin_trt"
+    python = tmp_path / "jetson-python"
+    python.write_text(
+        f"#!/bin/sh\nexport PYTHONPATH={standin} XDG_CACHE_HOME={tmp_path / 'device-cache'}\n"
+        f'exec {sys.executable} "$@"\n'
+    )
+    python.chmod(0o755)
+    profiles = tmp_path / "targets"
+    profiles.mkdir()
+    (profiles / "lab-jetson.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "transport": "ssh",
+                "address": sshd.url(str(python)),
+                "runtimes": ["tensorrt"],
+                "threads": 1,
+                "tensorrt": {"version": "10.3", "workspace_mib": 512},
+            }
+        )
+    )
+    monkeypatch.setattr(devices, "targets_dir", lambda: profiles)
+    devices.resolve_device.cache_clear()
+    yield "lab-jetson"
+    devices.resolve_device.cache_clear()
+
+
+def test_tensorrt_target_is_built_and_measured_on_the_device(
+    stand_in_jetson, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """The whole device path of a TensorRT target: ONNX + plan sent over ssh, the engine built there
+    (stand-in TensorRT), its accuracy and latency reported as the device's, the host's ONNX Runtime
+    simulation kept beside them; a second build reuses the device's cached engine."""
+    recipe = {
+        "name": "jetson",
+        "model": {"checkpoint": str(tiny_checkpoint)},
+        "data": {
+            "calibration": {"source": "digits", "split": "train", "count": 16},
+            "evaluation": {"source": "digits", "split": "test", "count": 24},
+        },
+        "stages": [{"stage": "quantize"}],
+        "targets": [
+            {"name": "trt-int8", "backend": "tensorrt", "precision": "int8", "device": stand_in_jetson}
+        ],
+        "check": {"runs": 10, "warmup": 1},
+        "gates": {"max_top1_drop": 100, "max_latency_p50_ms": 10000},
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    report = edgevit.build(path, tmp_path / "b")
+    t = report.target("trt-int8")
+    assert t["status"] == "ok" and t["where"] == "device:lab-jetson" and report.passed, t["reason"]
+    assert t["reason"].startswith("latency and accuracy measured on device lab-jetson")
+    assert t["host_simulation"]["where"] == "simulated:onnxruntime-qdq"
+    dev = t["device_profile"]
+    assert dev["runtime"] == "tensorrt" and dev["versions"]["tensorrt"] == "10.3.0"
+    assert dev["session"]["engine"] == "built" and dev["session"]["layer_precisions"]["counts"]["int8"] > 0
+    assert {k: t["accuracy"][k] for k in dev["accuracy"]} == dev["accuracy"] and t["latency_ms"]["runs"] == 10
+    # The host simulation and the (stand-in) engine ran the same ONNX: the same numbers.
+    assert t["accuracy"]["agreement"] == t["host_simulation"]["accuracy"]["agreement"]
+    assert (
+        json.loads((tmp_path / "b" / t["artifact"]).with_name("build_engine.json").read_text())[
+            "workspace_mib"
+        ]
+        == 512
+    )  # the device profile's tensorrt settings reached the plan
+
+    again = edgevit.build(path, tmp_path / "b")
+    assert again.target("trt-int8")["device_profile"]["session"]["engine"] == "cached"

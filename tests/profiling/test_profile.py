@@ -151,7 +151,7 @@ def test_agent_file_is_python38_and_self_contained() -> None:
         for alias in node.names
     }
     assert "edgevit" not in imported and imported <= set(sys.stdlib_module_names) | {
-        "numpy", "__future__", "ai_edge_litert", "tflite_runtime",
+        "numpy", "__future__", "ai_edge_litert", "tflite_runtime", "cuda",  # cuda-python, for TensorRT
     }  # fmt: skip
 
 
@@ -161,7 +161,12 @@ def test_cli_profiles_a_build_directory(tmp_path, tiny_onnx, bundle) -> None:
     (build / "eval").mkdir()
     (build / "targets" / "t" / "model.onnx").write_bytes(tiny_onnx.read_bytes())
     (build / "eval" / "bundle.npz").write_bytes(bundle.read_bytes())
-    report = {"targets": [{"name": "t", "artifact": "targets/t/model.onnx"}, {"name": "c", "artifact": None}]}
+    report = {
+        "targets": [
+            {"name": "t", "backend": "onnxruntime", "artifact": "targets/t/model.onnx"},
+            {"name": "c", "backend": "coreml", "artifact": None},
+        ]
+    }
     (build / "report.json").write_text(json.dumps(report))
     proc = subprocess.run(
         [sys.executable, "-m", "edgevit.cli", "profile", str(build), "--device", "local", "--runs", "10", "--json"],
