@@ -37,6 +37,27 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0 if report.passed else 1
 
 
+def cmd_validate(args: argparse.Namespace) -> int:
+    from edgevit.check.validate import validate
+    from edgevit.fileio import atomic_write_text
+
+    result = validate(
+        Path(args.build_dir),
+        baseline=Path(args.baseline) if args.baseline else None,
+        tolerance=args.tolerance,
+        latency_tolerance=args.latency_tolerance,
+    )
+    if args.junit:  # written whatever the outcome: CI reads it to show what failed
+        atomic_write_text(Path(args.junit), result.junit())
+    if args.markdown:
+        atomic_write_text(Path(args.markdown), result.markdown())
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    elif not args.quiet:
+        print(result.markdown())
+    return 0 if result.passed else 1
+
+
 def cmd_profile(args: argparse.Namespace) -> int:
     from edgevit.fileio import atomic_write_json
     from edgevit.profiling import profile
@@ -312,6 +333,19 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--nproc", type=int, help="distill with N processes (torchrun + DistributedDataParallel)")
     d.add_argument("-o", "--output", required=True, help="output directory (re-run to resume)")
     d.set_defaults(func=cmd_distill)
+
+    v = sub.add_parser(
+        "validate", help="re-check a build's artifacts against its float reference and gates (for CI)"
+    )
+    v.add_argument("build_dir", help="a directory `edgevit build` wrote")
+    v.add_argument("--baseline", help="a previous build's report.json: fail on a regression beyond the tolerance")
+    v.add_argument("--tolerance", type=float, default=0.5, help="top-1 points a target may lose vs the baseline")
+    v.add_argument(
+        "--latency-tolerance", type=float, help="fraction p50 may grow vs the baseline (e.g. 0.2); off by default"
+    )
+    v.add_argument("--junit", help="write JUnit XML here (one test case per target and gate)")
+    v.add_argument("--markdown", help="write a Markdown summary here (for a pull-request comment)")
+    v.set_defaults(func=cmd_validate)
 
     pr = sub.add_parser(
         "profile", help="measure latency (and accuracy) of an artifact or a build's artifacts on a device"

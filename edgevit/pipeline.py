@@ -24,7 +24,6 @@ from edgevit.models.builtin import resolve_builtin
 from edgevit.models.config import ModelConfig
 from edgevit.models.load import LoadedModel, load, save
 from edgevit.models.profile import count_macs, count_params
-from edgevit.profiling.run import LOWERED_BUNDLE
 from edgevit.recipe.loader import load_recipe
 from edgevit.recipe.schema import DistillStage, PruneStage, Recipe, TargetSpec
 from edgevit.report.document import Report, render_markdown
@@ -32,7 +31,7 @@ from edgevit.stages.distill import DistillConfig, run_distill
 from edgevit.stages.export import OPSET, export_onnx
 from edgevit.stages.prune import run_prune
 from edgevit.targets import TARGETS, LowerRequest
-from edgevit.workspace import StepResult, Workspace
+from edgevit.workspace import LOWERED_BUNDLE, StepResult, Workspace
 
 Log = Callable[[str], None]
 

@@ -19,6 +19,10 @@ from typing import Any
 from edgevit.errors import BuildDirError
 from edgevit.fileio import atomic_write_json, confined, replace_dir, sha256_bytes, sha256_file, stable_json
 
+# The evaluation images with the logits of the float model the targets were lowered from (written
+# when prune/distill stages changed it): what validate and the profiling agent score against.
+LOWERED_BUNDLE = "eval-lowered/bundle.npz"
+
 STEP_FILE = "step.json"
 
 

@@ -12,9 +12,9 @@ from edgevit.devices import resolve_device
 from edgevit.errors import EdgeVitError
 from edgevit.fileio import confined
 from edgevit.profiling.transport import AgentRun, LocalTransport, ProfileError, Transport, parse_ssh_url
+from edgevit.workspace import LOWERED_BUNDLE
 
 LOCAL_NAMES = ("local", "host")
-LOWERED_BUNDLE = "eval-lowered/bundle.npz"  # a build's evaluation images with the lowered model's logits
 
 
 @dataclass

@@ -1,8 +1,11 @@
-"""Reading exported ONNX graphs: which nodes the INT8 quantizers may touch."""
+"""Reading exported ONNX graphs: which nodes the INT8 quantizers may touch, and what they are."""
 
 from __future__ import annotations
 
+import ast
+import re
 from pathlib import Path
+from typing import Any
 
 from edgevit.recipe.schema import QuantizeStage
 
@@ -27,3 +30,57 @@ def quantizable_nodes(onnx_path: Path, q: QuantizeStage) -> list[str]:
         elif node.op_type == "Conv" and q.patch_embed:
             names.append(node.name)
     return names
+
+
+def module_name(node: Any) -> tuple[str, str]:
+    """(layer, block) of an exported ONNX node, from the name scopes torch's exporter records:
+    ``blocks.1.mlp.fc1`` for a Linear, ``blocks.0.attn/matmul_3`` for an attention matmul; the
+    node's own name when the graph carries no scopes."""
+    meta = {p.key: p.value for p in node.metadata_props}
+    try:
+        scopes = [str(s) for s in ast.literal_eval(meta.get("pkg.torch.onnx.name_scopes", "[]")) if s]
+    except (ValueError, SyntaxError):
+        scopes = []
+    name = node.name
+    if len(scopes) >= 2:
+        module, local = scopes[-2], scopes[-1]
+        name = module if re.match(r"(linear|conv\d*d?)(_\d+)?$", local) else f"{module}/{local}"
+    block = next((s for s in scopes if re.fullmatch(r"blocks\.\d+", s)), scopes[0] if scopes else "")
+    return name, block
+
+
+def scale_activations(quantized: Path, float_onnx: Path, factors: dict[str, float]) -> list[str]:
+    """Multiply the input-activation scale of the named layers (module paths) of a QDQ ONNX by a
+    factor, in place; returns the quantizer scales changed. A layer that is not quantized is an error."""
+    import onnx
+    from onnx import numpy_helper
+
+    from edgevit.errors import LoweringError
+
+    names = {
+        n.name: module_name(n)[0] for n in onnx.load(str(float_onnx), load_external_data=False).graph.node
+    }
+    model = onnx.load(str(quantized))
+    producer = {o: n for n in model.graph.node for o in n.output}
+    inits = {i.name: i for i in model.graph.initializer}
+    changed: list[str] = []
+    quantized_layers = []
+    for node in model.graph.node:
+        layer = names.get(node.name)
+        dq = producer.get(node.input[0]) if node.input else None
+        if layer is None or dq is None or dq.op_type != "DequantizeLinear":
+            continue
+        quantized_layers.append(layer)
+        if layer in factors and dq.input[1] in inits:
+            scale = inits[dq.input[1]]
+            scale.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(scale) * factors[layer], scale.name))
+            changed.append(scale.name)
+    missing = sorted(set(factors) - {names[n.name] for n in model.graph.node if n.name in names and
+                                     names[n.name] in quantized_layers})  # fmt: skip
+    if missing:
+        raise LoweringError(
+            f"options.activation_scale_factors names {', '.join(missing)}, not a quantized layer of this model",
+            f"use one of: {', '.join(quantized_layers[:8])}{' …' if len(quantized_layers) > 8 else ''}",
+        )
+    onnx.save(model, str(quantized))
+    return changed

@@ -7,14 +7,44 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from edgevit.agent import OrtSession
 from edgevit.errors import LoweringError
 from edgevit.targets.base import INPUT_NAME, LowerRequest, Runner, Target
 from edgevit.targets.calibration import calibration_batches
-from edgevit.targets.graph import quantizable_nodes
+from edgevit.targets.graph import quantizable_nodes, scale_activations
 
 QUANTIZED_OP_TYPES = ["MatMul", "Gemm", "Conv"]
+
+
+class QdqOptions(BaseModel):
+    """``targets[].options`` of the QDQ ONNX backends (onnxruntime, tensorrt)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    activation_scale_factors: dict[str, float] = Field(
+        default_factory=dict,
+        description="int8: multiply the calibrated input scale of these layers (module paths, e.g. "
+        "blocks.1.mlp.fc1) by a factor: widen a clipping range by hand, or damage a layer on purpose "
+        "to test that gates and `edgevit compare` catch it",
+    )
+
+    @field_validator("activation_scale_factors")
+    @classmethod
+    def _positive(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = [k for k, v in value.items() if not v > 0]
+        if bad:
+            raise ValueError(f"factors must be > 0 (not for {', '.join(bad)})")
+        return value
+
+
+def parse_qdq_options(target: Target, options: dict[str, Any], precision: str) -> QdqOptions:
+    """Options for a QDQ backend; scale factors only mean something for int8."""
+    parsed = QdqOptions.model_validate(options)
+    if parsed.activation_scale_factors and precision != "int8":
+        raise ValueError(f"activation_scale_factors is for int8 {target.name} targets, not {precision}")
+    return parsed
 
 
 class OrtRunner(Runner):
@@ -41,6 +71,10 @@ class OrtTarget(Target):
     extra = "onnxruntime"
     artifact_name = "model.onnx"
     runner_class = OrtRunner
+    options_schema = QdqOptions
+
+    def parse_options(self, options: dict[str, Any], precision: str) -> BaseModel | None:
+        return parse_qdq_options(self, options, precision)
 
     def lower(self, request: LowerRequest, workdir: Path) -> Path:
         self.require()
@@ -112,6 +146,9 @@ def quantize_qdq(request: LowerRequest, workdir: Path, out: Path, symmetric_acti
         raise LoweringError(f"ONNX Runtime quantization failed: {type(exc).__name__}: {exc}") from exc
     finally:
         prepared.unlink(missing_ok=True)
+    factors = QdqOptions.model_validate(request.options).activation_scale_factors
+    if factors:
+        scale_activations(out, request.onnx_path, factors)
     return out
 
 

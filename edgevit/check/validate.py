@@ -1,0 +1,306 @@
+"""``edgevit validate``: re-check a finished build against its float reference and gates, for CI.
+
+It first verifies every file of the build against ``manifest.json`` (a changed or missing artifact
+is an error, never a silent rebuild), then runs every artifact again on the build's evaluation set,
+scores it against the float model it was lowered from, applies the recipe's gates and, given a
+previous build's report, fails on a regression beyond a tolerance. Results come as JUnit XML (one
+test case per target and gate) and as Markdown for a pull-request comment.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgevit.check import accuracy, gates
+from edgevit.check.gates import GateResult
+from edgevit.devices import resolve_device
+from edgevit.errors import BuildDirError, EdgeVitError, NotCheckable
+from edgevit.fileio import confined, sha256_file
+from edgevit.models.config import ModelConfig
+from edgevit.recipe.schema import Recipe
+from edgevit.workspace import LOWERED_BUNDLE
+
+
+@dataclass
+class Validation:
+    """What ``edgevit validate`` found: re-checked targets, gate results, files verified."""
+
+    recipe: str
+    build_dir: Path
+    targets: list[dict[str, Any]]
+    gates: list[GateResult]
+    files_verified: int
+    baseline: str | None = None
+    duration_s: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        """Every gate passed and no target failed to re-check."""
+        return all(g.passed for g in self.gates) and all(t["status"] != "failed" for t in self.targets)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready."""
+        return {
+            "recipe": self.recipe,
+            "build_dir": str(self.build_dir),
+            "passed": self.passed,
+            "files_verified": self.files_verified,
+            "baseline": self.baseline,
+            "duration_s": self.duration_s,
+            "targets": self.targets,
+            "gates": [g.to_dict() for g in self.gates],
+            "notes": self.notes,
+        }
+
+    def junit(self) -> str:
+        """JUnit XML: a test suite for the build, a test case per target and gate (and per re-check)."""
+        suite = ET.Element("testsuite", name=f"edgevit validate {self.recipe}", time=f"{self.duration_s:.2f}")
+        failures = skipped = 0
+        for t in self.targets:
+            case = ET.SubElement(
+                suite, "testcase", classname=f"edgevit.{self.recipe}.{t['name']}", name="recheck"
+            )
+            if t["status"] == "failed":
+                failures += 1
+                ET.SubElement(case, "failure", message=str(t.get("reason"))).text = str(t.get("reason"))
+            elif t["status"] == "skipped":
+                skipped += 1
+                ET.SubElement(case, "skipped", message=str(t.get("reason")))
+        for g in self.gates:
+            case = ET.SubElement(
+                suite, "testcase", classname=f"edgevit.{self.recipe}.{g.target}", name=g.name
+            )
+            if not g.passed:
+                failures += 1
+                message = f"{g.target}: {g.name} {_fmt(g.value)} against limit {_fmt(g.limit)}"
+                message += f" ({g.note})" if g.note else ""
+                ET.SubElement(case, "failure", message=message).text = message
+            elif g.value is None:
+                skipped += 1
+                ET.SubElement(case, "skipped", message=g.note or "not measured")
+        suite.set("tests", str(len(self.targets) + len(self.gates)))
+        suite.set("failures", str(failures))
+        suite.set("skipped", str(skipped))
+        root = ET.Element("testsuites")
+        root.append(suite)
+        ET.indent(root)
+        return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+    def markdown(self) -> str:
+        """A summary for a pull-request comment."""
+        verdict = "passed" if self.passed else "FAILED"
+        lines = [
+            f"### edgevit validate `{self.recipe}`: {'✅' if self.passed else '❌'} {verdict}",
+            "",
+            f"{self.files_verified} files matched manifest.json; every artifact re-checked on the evaluation set"
+            + (f"; compared with baseline `{self.baseline}`" if self.baseline else "")
+            + ".",
+            "",
+            "| target | backend | precision | checked | top-1 % | drop | agreement | cosine | SQNR dB | p50 ms "
+            "| gates |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for t in self.targets:
+            a, lat = t.get("accuracy") or {}, t.get("latency_ms") or {}
+            own = [g for g in self.gates if g.target == t["name"]]
+            mark = "—" if not own else ("✅" if all(g.passed for g in own) else "❌")
+            where = t.get("where", "") if t["status"] == "ok" else f"{t['status']}: {t.get('reason')}"
+            lines.append(
+                f"| {t['name']} | {t['backend']} | {t['precision']} | {where} | {_fmt(a.get('top1'), '.2f')} | "
+                f"{_fmt(a.get('top1_drop'), '+.2f')} | {_fmt(a.get('agreement'), '.4f')} | "
+                f"{_fmt(a.get('cosine'), '.5f')} | {_fmt(a.get('sqnr_db'), '.1f')} | {_fmt(lat.get('p50'), '.3f')} | "
+                f"{mark} |"
+            )
+        failed = [g for g in self.gates if not g.passed]
+        if failed:
+            lines += ["", "**Failed gates**", ""]
+            lines += [
+                f"- `{g.target}` {g.name}: {_fmt(g.value)} against limit {_fmt(g.limit)}"
+                + (f" ({g.note})" if g.note else "")
+                for g in failed
+            ]
+        for t in self.targets:
+            worst = (t.get("layerwise") or {}).get("layers", [])[:5]
+            if worst:
+                lines += ["", f"**Where INT8 hurts `{t['name']}` most** (dB of SQNR lost at the layer)", ""]
+                lines += [
+                    f"- `{w['layer']}`: {w['db_lost']:.1f} dB lost, output SQNR {w['sqnr_out']:.1f} dB"
+                    for w in worst
+                ]
+        if self.notes:
+            lines += ["", *[f"_{n}_" for n in self.notes]]
+        return "\n".join(lines) + "\n"
+
+
+def _fmt(value: Any, spec: str = "g") -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def verify_files(build_dir: Path) -> dict[str, Any]:
+    """Check every file listed in ``manifest.json`` against its sha256; return the manifest."""
+    path = build_dir / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+        files = manifest["files"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise BuildDirError(
+            f"{path} is missing or unreadable ({exc})", "pass a directory that `edgevit build` wrote"
+        ) from None
+    for entry in files:
+        file = confined(build_dir, entry["path"])
+        if not file.exists():
+            raise BuildDirError(
+                f"{entry['path']} is listed in manifest.json but missing",
+                "re-run edgevit build to re-make it",
+            )
+        digest = sha256_file(file)
+        if digest != entry["sha256"]:
+            raise BuildDirError(
+                f"{entry['path']} was changed after the build: sha256 {digest[:12]}… does not match "
+                f"manifest.json's {entry['sha256'][:12]}…",
+                "restore the file, or re-run edgevit build to re-make it",
+            )
+    return dict(manifest)
+
+
+def _reference(build_dir: Path, report: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(inputs, labels, logits of the float model the artifacts were lowered from)."""
+    with np.load(build_dir / "eval" / "bundle.npz") as npz:
+        x, labels, ref = npz["inputs"], npz["labels"], npz["reference_logits"]
+    if report.get("stages"):
+        lowered = build_dir / LOWERED_BUNDLE
+        if lowered.is_file():
+            with np.load(lowered) as npz:
+                return x, labels, npz["reference_logits"]
+        import torch
+
+        from edgevit.models.load import load  # an older build: recompute the lowered model's logits
+
+        model = load(checkpoint=confined(build_dir, report["lowered"]["step"])).model
+        with torch.no_grad():
+            ref = np.concatenate(
+                [model(torch.from_numpy(x[i : i + 64])).numpy() for i in range(0, len(x), 64)]
+            )
+    return x, labels, ref
+
+
+def recheck(
+    build_dir: Path, t: dict[str, Any], recipe: Recipe, config: ModelConfig, data: tuple[np.ndarray, ...]
+) -> dict[str, Any]:
+    """Run one built target's artifact again on the evaluation set; its report entry, re-scored."""
+    from edgevit.targets import TARGETS
+
+    entry = {k: t.get(k) for k in ("name", "backend", "precision", "status", "where", "reason", "latency_ms")}
+    entry["recorded_accuracy"] = t.get("accuracy")
+    if t.get("status") != "ok":
+        return entry
+    spec = next((s for s in recipe.targets if s.name == t["name"]), None)
+    target = TARGETS.get(t["backend"])
+    avail = target.availability()
+    if not avail.available:
+        entry["accuracy"] = t.get("accuracy")
+        entry["note"] = f"not re-checked ({avail.reason}); the build's numbers"
+        return entry
+    device = resolve_device(spec.device if spec else None)
+    threads = (spec.threads if spec else None) or device.threads or recipe.check.threads
+    x, labels, ref = data
+    artifact = confined(build_dir, t["artifact"])
+    batch = recipe.check.eval_batch
+    try:
+        with target.runner(artifact, threads, config.input_size, device) as runner:
+            logits = np.concatenate([runner.infer(x[i : i + batch]) for i in range(0, len(x), batch)])
+            simulated = runner.simulated
+    except NotCheckable as exc:
+        return {**entry, "status": "skipped", "reason": f"not re-checked: {exc}"}
+    except EdgeVitError as exc:
+        return {**entry, "status": "failed", "reason": f"re-check failed: {exc}"}
+    entry["accuracy"] = accuracy.compare(logits, labels, ref).to_dict()
+    entry["where"] = f"simulated:{simulated}" if simulated else "host"
+    if str(t.get("where", "")).startswith("device:"):
+        entry["note"] = f"accuracy re-checked on this host; latency is the build's, measured on {t['where']}"
+    return entry
+
+
+def against_baseline(
+    targets: list[dict[str, Any]], baseline: dict[str, Any], tolerance: float, latency_tolerance: float | None
+) -> list[GateResult]:
+    """Regressions against a previous build's report: top-1 lower by more than ``tolerance`` points,
+    p50 latency higher by more than ``latency_tolerance`` (a fraction), a target gone or broken."""
+    now = {t["name"]: t for t in targets}
+    results = []
+    for b in baseline.get("targets", []):
+        if b.get("status") != "ok" or not b.get("accuracy"):
+            continue
+        name, t = b["name"], now.get(b["name"])
+        base_top1 = float(b["accuracy"]["top1"])
+        if t is None or t["status"] != "ok" or not t.get("accuracy"):
+            why = "gone from this build" if t is None else f"now {t['status']}"
+            results.append(GateResult(name, "baseline_top1", base_top1 - tolerance, None, False, why))
+            continue
+        top1 = float(t["accuracy"]["top1"])
+        note = f"baseline {base_top1:.2f}%, tolerance {tolerance:g} points"
+        passed = top1 >= base_top1 - tolerance - 1e-9
+        results.append(GateResult(name, "baseline_top1", base_top1 - tolerance, top1, passed, note))
+        base_lat, lat = (b.get("latency_ms") or {}).get("p50"), (t.get("latency_ms") or {}).get("p50")
+        if latency_tolerance is not None and base_lat:
+            limit = float(base_lat) * (1 + latency_tolerance)
+            note = f"baseline p50 {base_lat:.3f} ms, tolerance +{latency_tolerance:.0%}"
+            ok = lat is not None and lat <= limit
+            results.append(GateResult(name, "baseline_latency_p50_ms", limit, lat, ok, note))
+    return results
+
+
+def validate(
+    build_dir: Path,
+    baseline: Path | None = None,
+    tolerance: float = 0.5,
+    latency_tolerance: float | None = None,
+) -> Validation:
+    """Verify, re-check and gate a build directory (see the module docstring)."""
+    started = time.time()
+    build_dir = Path(build_dir)
+    if not build_dir.is_dir():
+        raise EdgeVitError(
+            f"{build_dir} is not a directory", "pass the build directory `edgevit build` wrote"
+        )
+    manifest = verify_files(build_dir)
+    report = json.loads((build_dir / "report.json").read_text())
+    try:
+        recipe = Recipe.model_validate(manifest["recipe"])
+    except Exception as exc:
+        raise BuildDirError(f"manifest.json holds no valid recipe ({str(exc).splitlines()[0]})") from None
+    base_doc = None
+    if baseline is not None:
+        try:
+            base_doc = json.loads(Path(baseline).read_text())
+            base_doc["targets"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise EdgeVitError(f"baseline {baseline} is not an edgevit report.json ({exc})") from None
+    config = ModelConfig.model_validate_json(
+        (confined(build_dir, report["lowered"]["step"]) / "config.json").read_text()
+    )
+    data = _reference(build_dir, report)
+    targets = [recheck(build_dir, t, recipe, config, data) for t in report["targets"]]
+    results = gates.evaluate_stages(report.get("stages", []), recipe.gates)
+    for t in targets:
+        spec = next((s for s in recipe.targets if s.name == t["name"]), None)
+        results += gates.evaluate(t, (spec.gates if spec else None) or recipe.gates)
+    if base_doc is not None:
+        results += against_baseline(targets, base_doc, tolerance, latency_tolerance)
+    return Validation(
+        recipe.name,
+        build_dir,
+        targets,
+        results,
+        len(manifest["files"]),
+        str(baseline) if baseline else None,
+        round(time.time() - started, 2),
+    )
