@@ -58,6 +58,51 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0 if result.passed else 1
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from edgevit.check.layerwise import COMPARABLE_SUFFIXES
+    from edgevit.check.validate import diagnose, verify_files
+
+    build_dir = Path(args.build_dir)
+    verify_files(build_dir)
+    report = json.loads((build_dir / "report.json").read_text())
+    chosen = [
+        t
+        for t in report["targets"]
+        if t.get("artifact") and (t["name"] in args.target if args.target else t.get("precision") == "int8")
+    ]
+    unknown = sorted(set(args.target or []) - {t["name"] for t in chosen})
+    if unknown:
+        raise EdgeVitError(
+            f"no built target {', '.join(unknown)} in {build_dir}",
+            f"use one of: {', '.join(t['name'] for t in report['targets'] if t.get('artifact'))}",
+        )
+    chosen = [t for t in chosen if Path(t["artifact"]).suffix in COMPARABLE_SUFFIXES]
+    if not chosen:
+        raise EdgeVitError(
+            f"{build_dir} has no ONNX or OpenVINO INT8 artifact to compare",
+            "build an int8 onnxruntime, openvino or tensorrt target (or name one with --target)",
+        )
+    with np.load(build_dir / "eval" / "bundle.npz") as npz:
+        x = npz["inputs"][: args.samples]
+    doc = {t["name"]: diagnose(build_dir, t, x) for t in chosen}
+    if args.json:
+        print(json.dumps(doc, indent=2))
+        return 0
+    for name, found in doc.items():
+        assert found is not None
+        layers = found["layers"][: args.top]
+        print(f"{name}: {len(found['layers'])} layers on {found['samples']} images, quantized worst first")
+        print(f"  {'layer':<28} {'op':<7} {'int8':<5} {'alone SQNR':>11} {'in-model SQNR':>14} {'cosine':>8}")
+        for e in layers:
+            print(
+                f"  {e['layer']:<28} {e['op']:<7} {'yes' if e['quantized'] else 'no':<5} "
+                f"{e['local_sqnr_db']:>8.1f} dB {e['sqnr_out']:>11.1f} dB {e['cosine_out']:>8.5f}"
+            )
+    return 0
+
+
 def cmd_profile(args: argparse.Namespace) -> int:
     from edgevit.fileio import atomic_write_json
     from edgevit.profiling import profile
@@ -346,6 +391,15 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--junit", help="write JUnit XML here (one test case per target and gate)")
     v.add_argument("--markdown", help="write a Markdown summary here (for a pull-request comment)")
     v.set_defaults(func=cmd_validate)
+
+    c = sub.add_parser(
+        "compare", help="layer-wise error of a build's INT8 ONNX/OpenVINO artifacts against its float model"
+    )
+    c.add_argument("build_dir", help="a directory `edgevit build` wrote")
+    c.add_argument("--target", action="append", help="a target to compare (repeatable; default: every int8 one)")
+    c.add_argument("--samples", type=int, default=16, help="evaluation images to run (default 16)")
+    c.add_argument("--top", type=int, default=10, help="layers to print (default 10)")
+    c.set_defaults(func=cmd_compare)
 
     pr = sub.add_parser(
         "profile", help="measure latency (and accuracy) of an artifact or a build's artifacts on a device"

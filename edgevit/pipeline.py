@@ -27,6 +27,7 @@ from edgevit.models.profile import count_macs, count_params
 from edgevit.recipe.loader import load_recipe
 from edgevit.recipe.schema import DistillStage, PruneStage, Recipe, TargetSpec
 from edgevit.report.document import Report, render_markdown
+from edgevit.report.html import render_html
 from edgevit.stages.distill import DistillConfig, run_distill
 from edgevit.stages.export import OPSET, export_onnx
 from edgevit.stages.prune import run_prune
@@ -359,6 +360,8 @@ class Build:
                     else latency.measure(runner, x_eval[: r.check.batch], r.check.warmup, r.check.runs)
                 )
             on_device = self._on_device(spec, artifact, threads) if device.transport == "ssh" else None
+            if spec.precision == "int8" and r.check.layerwise_samples:
+                findings.update(self._layerwise(spec, request.onnx_path, artifact, x_eval))
         except NotCheckable as exc:  # built, but nothing here can run it: keep the artifact, skip the check
             self.log(f"{spec.name}: built, not checked ({exc})")
             return {**entry, "status": "skipped", "reason": str(exc), **built}
@@ -454,6 +457,24 @@ class Build:
             return {"ok": False, "error": exc.message}
         return result.results[0]
 
+    def _layerwise(self, spec: TargetSpec, float_onnx: Path, artifact: Path, x: np.ndarray) -> dict[str, Any]:
+        """The layer-wise comparison of an INT8 artifact with the float ONNX ({} when not comparable)."""
+        from edgevit.check import layerwise
+
+        if artifact.suffix not in layerwise.COMPARABLE_SUFFIXES:
+            return {}
+        try:
+            found = layerwise.summary(float_onnx, artifact, x[: self.recipe.check.layerwise_samples])
+        except Exception as exc:  # a diagnosis must not fail the target it diagnoses
+            self.log(f"{spec.name}: layer-wise comparison failed ({type(exc).__name__}: {exc})")
+            return {"layerwise": {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}}
+        worst = found["layers"][0]
+        self.log(
+            f"{spec.name}: layer-wise, worst quantized layer {worst['layer']} (alone: SQNR "
+            f"{worst['local_sqnr_db']:.1f} dB)"
+        )
+        return {"layerwise": found}
+
     def _lowered_bundle(self, x_eval: np.ndarray, labels: np.ndarray, src_logits: np.ndarray) -> Path:
         """The evaluation images with the lowered float model's logits: what the profiling agent scores
         a device's logits against when compression stages changed the model."""
@@ -528,7 +549,8 @@ class Build:
         root = self.ws.root
         atomic_write_json(root / "report.json", doc)
         atomic_write_text(root / "report.md", render_markdown(doc))
-        manifest = self.ws.manifest([root / "report.json", root / "report.md"], self.versions)
+        atomic_write_text(root / "report.html", render_html(doc))
+        manifest = self.ws.manifest([root / f"report.{ext}" for ext in ("json", "md", "html")], self.versions)
         manifest["recipe"] = self.recipe.model_dump(mode="json")
         atomic_write_json(root / "manifest.json", manifest)
         return Report(doc, root)

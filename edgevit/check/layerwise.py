@@ -34,6 +34,7 @@ class LayerError:
     """One layer's departure from the float model on the compared images."""
 
     layer: str  # module path (e.g. blocks.1.mlp.fc1), or module/op for an attention matmul
+    order: int  # position in the float graph
     block: str
     op: str
     node: str
@@ -248,7 +249,7 @@ def compare(float_onnx: Path, artifact: Path, x: np.ndarray) -> list[LayerError]
             "compare an onnxruntime, tensorrt or openvino target",
         )
     results = []
-    for layer in found:
+    for order, layer in enumerate(found):
         if not all(t in reference and t in other for t in (layer.input, layer.output)):
             continue
         ref_out, out = reference[layer.output], other[layer.output]
@@ -260,7 +261,7 @@ def compare(float_onnx: Path, artifact: Path, x: np.ndarray) -> list[LayerError]
         s_local = sqnr_db(ref_out, local[layer.output]) if layer.output in local else _CAP_DB
         cos = _cosine(ref_out, out)
         results.append(
-            LayerError(layer.name, layer.block, layer.op, layer.node, quant, s_in, s_out, s_local, cos)
+            LayerError(layer.name, order, layer.block, layer.op, layer.node, quant, s_in, s_out, s_local, cos)
         )
     if not results:
         raise EdgeVitError(
@@ -268,3 +269,12 @@ def compare(float_onnx: Path, artifact: Path, x: np.ndarray) -> list[LayerError]
             "compare an artifact lowered from this build's export/model.onnx",
         )
     return sorted(results, key=lambda r: (not r.quantized, r.local_sqnr_db))
+
+
+COMPARABLE_SUFFIXES = (".onnx", ".xml")
+
+
+def summary(float_onnx: Path, artifact: Path, x: np.ndarray) -> dict[str, Any]:
+    """The report's ``layerwise`` entry for an artifact: every layer, quantized worst first."""
+    found = compare(float_onnx, artifact, x)
+    return {"samples": len(x), "layers": [e.to_dict() for e in found]}

@@ -128,11 +128,11 @@ class Validation:
                 for g in failed
             ]
         for t in self.targets:
-            worst = (t.get("layerwise") or {}).get("layers", [])[:5]
+            worst = [x for x in (t.get("layerwise") or {}).get("layers", []) if x.get("quantized")][:5]
             if worst:
-                lines += ["", f"**Where INT8 hurts `{t['name']}` most** (dB of SQNR lost at the layer)", ""]
+                lines += ["", f"**Where INT8 hurts `{t['name']}` most** (each layer run alone on float inputs)", ""]
                 lines += [
-                    f"- `{w['layer']}`: {w['db_lost']:.1f} dB lost, output SQNR {w['sqnr_out']:.1f} dB"
+                    f"- `{w['layer']}`: SQNR {w['local_sqnr_db']:.1f} dB alone, {w['sqnr_out']:.1f} dB in the model"
                     for w in worst
                 ]
         if self.notes:
@@ -229,6 +229,16 @@ def recheck(
     return entry
 
 
+def diagnose(build_dir: Path, t: dict[str, Any], x: np.ndarray) -> dict[str, Any] | None:
+    """The layer-wise comparison of a target's artifact with the build's float ONNX (None if not comparable)."""
+    from edgevit.check import layerwise
+
+    artifact = confined(build_dir, t["artifact"])
+    if artifact.suffix not in layerwise.COMPARABLE_SUFFIXES:
+        return None
+    return layerwise.summary(confined(build_dir, "export/model.onnx"), artifact, x)
+
+
 def against_baseline(
     targets: list[dict[str, Any]], baseline: dict[str, Any], tolerance: float, latency_tolerance: float | None
 ) -> list[GateResult]:
@@ -295,6 +305,10 @@ def validate(
         results += gates.evaluate(t, (spec.gates if spec else None) or recipe.gates)
     if base_doc is not None:
         results += against_baseline(targets, base_doc, tolerance, latency_tolerance)
+    failing = {g.target for g in results if not g.passed}
+    for t, recorded in zip(targets, report["targets"], strict=True):
+        if t["name"] in failing and t["status"] == "ok" and t["precision"] == "int8":
+            t["layerwise"] = diagnose(build_dir, recorded, data[0][: recipe.check.layerwise_samples or 16])
     return Validation(
         recipe.name,
         build_dir,

@@ -249,6 +249,11 @@ class CheckSpec(Strict):
     batch: int = Field(default=1, gt=0)
     threads: int = Field(default=2, gt=0)
     eval_batch: int = Field(default=64, gt=0)
+    layerwise_samples: int = Field(
+        default=16,
+        ge=0,
+        description="evaluation images for the layer-wise comparison of INT8 ONNX/OpenVINO artifacts (0: off)",
+    )
 
 
 class Recipe(Strict):

@@ -117,6 +117,15 @@ def render_markdown(doc: dict[str, Any]) -> str:
                 f"- **{t['name']}** produced inf/NaN first at {', '.join(sim['first_nonfinite_op'])} "
                 "(simulated FP16 overflow)"
             )
+    failing = {g["target"] for g in doc["gates"] if not g["passed"]}
+    compared = [t for t in doc["targets"] if (t.get("layerwise") or {}).get("layers")]
+    if compared:
+        lines += ["", "Layer-wise (each quantized layer run alone on the float model's input; lowest SQNR first):", ""]
+        for t in compared:
+            worst = [x for x in t["layerwise"]["layers"] if x.get("quantized")][: 5 if t["name"] in failing else 3]
+            listed = ", ".join(f"`{x['layer']}` {x['local_sqnr_db']:.1f} dB" for x in worst)
+            flag = " — **a gate failed: start here**" if t["name"] in failing else ""
+            lines.append(f"- **{t['name']}**: {listed or 'no quantized layer matched'}{flag}")
     lat_runs = next((t["latency_ms"] for t in doc["targets"] if t.get("latency_ms")), None)
     if lat_runs:
         host = doc.get("host", {})
@@ -135,5 +144,11 @@ def render_markdown(doc: dict[str, Any]) -> str:
             f"| {g['target']} | {g['name']} | {g['limit']:g} | {value} | {verdict}"
             f"{' (' + g['note'] + ')' if g.get('note') else ''} |"
         )
-    lines += ["", f"**Result: {'PASSED' if doc['passed'] else 'FAILED'}**", ""]
+    lines += [
+        "",
+        f"**Result: {'PASSED' if doc['passed'] else 'FAILED'}**",
+        "",
+        "Plots (accuracy vs latency, per-layer error): [report.html](report.html)",
+        "",
+    ]
     return "\n".join(lines)

@@ -1,0 +1,185 @@
+"""report.html: the build report for people, one self-contained file (plots inlined, no network).
+
+Plots are drawn with matplotlib (Agg) into PNGs embedded as data URIs: accuracy and logit SQNR
+against p50 latency for every target of the build, and the per-layer error of each INT8 artifact
+that has a layer-wise comparison.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from typing import Any
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;color:#1b1b1b}
+h1{font-size:1.6em}h2{font-size:1.25em;margin-top:1.6em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;margin:.6em 0;font-size:.9em}
+th,td{border:1px solid #ccc;padding:.3em .6em;text-align:right}th{background:#f2f2f2}
+td:first-child,th:first-child{text-align:left}.pass{color:#17702a}.fail{color:#b00020;font-weight:600}
+.note{color:#555;font-size:.9em}img{max-width:100%;border:1px solid #eee}
+"""
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def _png(fig: Any) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def accuracy_latency_plot(targets: list[dict[str, Any]]) -> str | None:
+    """Top-1 drop and logit SQNR against p50 latency, one point per measured target (None if none)."""
+    points = [t for t in targets if (t.get("latency_ms") or {}).get("p50") and t.get("accuracy")]
+    if not points:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, key, label in (
+        (axes[0], "top1_drop", "top-1 drop (points)"),
+        (axes[1], "sqnr_db", "logit SQNR (dB)"),
+    ):
+        for t in points:
+            x, y = t["latency_ms"]["p50"], t["accuracy"][key]
+            ax.scatter([x], [min(y, 150.0)], s=48, color="#b00020" if t["precision"] == "int8" else "#1f5fbf")
+            ax.annotate(t["name"], (x, min(y, 150.0)), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        ax.set_xlabel("p50 latency (ms)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_title("accuracy lost vs latency (lower-left is better)")
+    axes[1].set_title("fidelity vs latency (upper-left is better)")
+    uri = _png(fig)
+    plt.close(fig)
+    return uri
+
+
+def layerwise_plot(name: str, layers: list[dict[str, Any]]) -> str | None:
+    """Per-layer SQNR of a quantized artifact: each layer alone (bars) and inside the model (line)."""
+    quantized = [e for e in layers if e.get("quantized")]
+    if not quantized:
+        return None
+    quantized.sort(key=lambda e: e.get("order", 0))
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(11, 3.8))
+    xs = list(range(len(quantized)))
+    worst = min(e["local_sqnr_db"] for e in quantized)
+    colors = ["#b00020" if e["local_sqnr_db"] == worst else "#1f5fbf" for e in quantized]
+    ax.bar(xs, [e["local_sqnr_db"] for e in quantized], color=colors, label="layer alone (its own error)")
+    ax.plot(
+        xs,
+        [e["sqnr_out"] for e in quantized],
+        color="#333",
+        marker="o",
+        ms=3,
+        label="in the model (accumulated)",
+    )
+    ax.set_xticks(xs, [e["layer"] for e in quantized], rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("SQNR vs float (dB)")
+    ax.set_title(f"{name}: per-layer error (red: worst layer)")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    uri = _png(fig)
+    plt.close(fig)
+    return uri
+
+
+def render_html(doc: dict[str, Any]) -> str:
+    """The whole report page."""
+    e = html.escape
+    ref = doc["reference"]
+    verdict = "PASSED" if doc["passed"] else "FAILED"
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>edgevit build: {e(doc['recipe'])}</title><style>{_CSS}</style></head><body>",
+        f"<h1>edgevit build: {e(doc['recipe'])} — <span class='{'pass' if doc['passed'] else 'fail'}'>"
+        f"{verdict}</span></h1>",
+        f"<p>{e(doc.get('description') or '')}</p>",
+        f"<p>Float reference <b>{e(ref['model'])}</b>: top-1 <b>{ref['top1']:.2f}%</b> on {ref['samples']} images "
+        f"({e(ref['evaluation'])}).</p>",
+        "<h2>Targets</h2><table><tr><th>target</th><th>backend</th><th>precision</th><th>status</th><th>where</th>"
+        "<th>top-1 %</th><th>drop</th><th>agreement</th><th>cosine</th><th>SQNR dB</th><th>p50 ms</th>"
+        "<th>p90 ms</th><th>size</th></tr>",
+    ]
+    for t in doc["targets"]:
+        a, lat = t.get("accuracy") or {}, t.get("latency_ms") or {}
+        size = t.get("size_bytes")
+        parts.append(
+            f"<tr><td>{e(t['name'])}</td><td>{e(t['backend'])}</td><td>{e(t['precision'])}</td>"
+            f"<td>{e(t['status'])}</td><td>{e(str(t.get('where')))}</td><td>{_fmt(a.get('top1'), '.2f')}</td>"
+            f"<td>{_fmt(a.get('top1_drop'), '+.2f')}</td><td>{_fmt(a.get('agreement'), '.4f')}</td>"
+            f"<td>{_fmt(a.get('cosine'), '.5f')}</td><td>{_fmt(a.get('sqnr_db'), '.1f')}</td>"
+            f"<td>{_fmt(lat.get('p50'), '.3f')}</td><td>{_fmt(lat.get('p90'), '.3f')}</td>"
+            f"<td>{'—' if size is None else f'{size / 1e6:.2f} MB'}</td></tr>"
+        )
+    parts.append("</table>")
+    notes = [
+        f"<li><b>{e(t['name'])}</b>: {e(str(t['reason']))}</li>" for t in doc["targets"] if t.get("reason")
+    ]
+    if notes:
+        parts.append(f"<ul class='note'>{''.join(notes)}</ul>")
+    plot = accuracy_latency_plot(doc["targets"])
+    parts.append("<h2>Accuracy and latency</h2>")
+    if plot:
+        parts.append(f"<img alt='accuracy vs latency' src='{plot}'>")
+        unmeasured = [
+            t["name"] for t in doc["targets"] if t.get("accuracy") and not (t.get("latency_ms") or {})
+        ]
+        if unmeasured:
+            parts.append(
+                f"<p class='note'>Not plotted (latency not measured): {e(', '.join(unmeasured))}.</p>"
+            )
+    else:
+        parts.append("<p class='note'>No target has a measured latency.</p>")
+    for t in doc["targets"]:
+        lw = t.get("layerwise") or {}
+        if not lw.get("layers"):
+            continue
+        uri = layerwise_plot(t["name"], lw["layers"])
+        if uri is None:
+            continue
+        worst = [x for x in lw["layers"] if x.get("quantized")][:5]
+        parts.append(
+            f"<h2>Per-layer error: {e(t['name'])}</h2><img alt='per-layer error of {e(t['name'])}' src='{uri}'>"
+        )
+        parts.append(
+            "<table><tr><th>worst layers</th><th>op</th><th>alone SQNR dB</th><th>in-model SQNR dB</th>"
+            "<th>cosine</th></tr>"
+            + "".join(
+                f"<tr><td>{e(x['layer'])}</td><td>{e(x['op'])}</td><td>{x['local_sqnr_db']:.1f}</td>"
+                f"<td>{x['sqnr_out']:.1f}</td><td>{x['cosine_out']:.5f}</td></tr>"
+                for x in worst
+            )
+            + f"</table><p class='note'>{lw['samples']} evaluation images; each quantized layer is also run alone "
+            "on the float model's input to it, so its own error is separated from the error it receives.</p>"
+        )
+    parts.append(
+        "<h2>Gates</h2><table><tr><th>target</th><th>gate</th><th>limit</th><th>value</th><th>result</th></tr>"
+    )
+    for g in doc["gates"]:
+        value = "—" if g["value"] is None else f"{g['value']:.4g}"
+        css, word = ("pass", "pass") if g["passed"] else ("fail", "FAIL")
+        note = f" ({e(g['note'])})" if g.get("note") else ""
+        parts.append(
+            f"<tr><td>{e(g['target'])}</td><td>{e(g['name'])}</td><td>{g['limit']:g}</td><td>{value}</td>"
+            f"<td class='{css}'>{word}{note}</td></tr>"
+        )
+    host = doc.get("host", {})
+    parts.append(
+        f"</table><p class='note'>Built on {e(str(host.get('cpu', '?')))} ({host.get('cores', '?')} cores). "
+        "Numbers marked simulated in <i>where</i> come from a simulation on this host, not from a device.</p>"
+        "</body></html>"
+    )
+    return "\n".join(parts)
