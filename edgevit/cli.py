@@ -41,11 +41,18 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from edgevit.check.validate import validate
     from edgevit.fileio import atomic_write_text
 
+    replacements = {}
+    for item in args.artifact or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise EdgeVitError(f"--artifact {item!r} is not TARGET=PATH", "e.g. --artifact ort-int8=model.onnx")
+        replacements[name] = Path(path)
     result = validate(
         Path(args.build_dir),
         baseline=Path(args.baseline) if args.baseline else None,
         tolerance=args.tolerance,
         latency_tolerance=args.latency_tolerance,
+        replacements=replacements,
     )
     if args.junit:  # written whatever the outcome: CI reads it to show what failed
         atomic_write_text(Path(args.junit), result.junit())
@@ -313,7 +320,8 @@ def cmd_targets(args: argparse.Namespace) -> int:
     else:
         for r in rows:
             state = (
-                "available " + ", ".join(f"{k} {v}" for k, v in r["versions"].items())
+                "available "
+                + ", ".join(f"{k} {v}" for k, v in r["versions"].items())
                 + (f" ({r['note']})" if r["note"] else "")
                 if r["available"]
                 else f"unavailable: {r['reason']}"
@@ -383,10 +391,22 @@ def parser() -> argparse.ArgumentParser:
         "validate", help="re-check a build's artifacts against its float reference and gates (for CI)"
     )
     v.add_argument("build_dir", help="a directory `edgevit build` wrote")
-    v.add_argument("--baseline", help="a previous build's report.json: fail on a regression beyond the tolerance")
-    v.add_argument("--tolerance", type=float, default=0.5, help="top-1 points a target may lose vs the baseline")
     v.add_argument(
-        "--latency-tolerance", type=float, help="fraction p50 may grow vs the baseline (e.g. 0.2); off by default"
+        "--baseline", help="a previous build's report.json: fail on a regression beyond the tolerance"
+    )
+    v.add_argument(
+        "--tolerance", type=float, default=0.5, help="top-1 points a target may lose vs the baseline"
+    )
+    v.add_argument(
+        "--latency-tolerance",
+        type=float,
+        help="fraction p50 may grow vs the baseline (e.g. 0.2); off by default",
+    )
+    v.add_argument(
+        "--artifact",
+        action="append",
+        metavar="TARGET=PATH",
+        help="check this artifact (made elsewhere) in place of the build's for TARGET; repeatable",
     )
     v.add_argument("--junit", help="write JUnit XML here (one test case per target and gate)")
     v.add_argument("--markdown", help="write a Markdown summary here (for a pull-request comment)")
@@ -396,7 +416,9 @@ def parser() -> argparse.ArgumentParser:
         "compare", help="layer-wise error of a build's INT8 ONNX/OpenVINO artifacts against its float model"
     )
     c.add_argument("build_dir", help="a directory `edgevit build` wrote")
-    c.add_argument("--target", action="append", help="a target to compare (repeatable; default: every int8 one)")
+    c.add_argument(
+        "--target", action="append", help="a target to compare (repeatable; default: every int8 one)"
+    )
     c.add_argument("--samples", type=int, default=16, help="evaluation images to run (default 16)")
     c.add_argument("--top", type=int, default=10, help="layers to print (default 10)")
     c.set_defaults(func=cmd_compare)
@@ -411,7 +433,9 @@ def parser() -> argparse.ArgumentParser:
         help="default: a build's backends; a file's type (.onnx with build_engine.json beside it: tensorrt)",
     )
     pr.add_argument(
-        "--device", required=True, help="local, ssh://user@host[:port], or a profile in targets/ (e.g. x86-avx512)"
+        "--device",
+        required=True,
+        help="local, ssh://user@host[:port], or a profile in targets/ (e.g. x86-avx512)",
     )
     pr.add_argument("--runs", type=int, default=100, help="timed runs (default 100)")
     pr.add_argument("--duration", type=float, help="seconds of timed runs instead of --runs")

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from edgevit.check import accuracy, gates
+from edgevit.check import accuracy, gates, latency
 from edgevit.check.gates import GateResult
 from edgevit.devices import resolve_device
 from edgevit.errors import BuildDirError, EdgeVitError, NotCheckable
@@ -130,7 +130,11 @@ class Validation:
         for t in self.targets:
             worst = [x for x in (t.get("layerwise") or {}).get("layers", []) if x.get("quantized")][:5]
             if worst:
-                lines += ["", f"**Where INT8 hurts `{t['name']}` most** (each layer run alone on float inputs)", ""]
+                lines += [
+                    "",
+                    f"**Where INT8 hurts `{t['name']}` most** (each layer run alone on float inputs)",
+                    "",
+                ]
                 lines += [
                     f"- `{w['layer']}`: SQNR {w['local_sqnr_db']:.1f} dB alone, {w['sqnr_out']:.1f} dB in the model"
                     for w in worst
@@ -144,8 +148,9 @@ def _fmt(value: Any, spec: str = "g") -> str:
     return "—" if value is None else format(value, spec)
 
 
-def verify_files(build_dir: Path) -> dict[str, Any]:
-    """Check every file listed in ``manifest.json`` against its sha256; return the manifest."""
+def verify_files(build_dir: Path, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Check every file listed in ``manifest.json`` against its sha256 (but those under the ``skip``
+    directories, whose artifacts are being replaced); return the manifest."""
     path = build_dir / "manifest.json"
     try:
         manifest = json.loads(path.read_text())
@@ -155,6 +160,8 @@ def verify_files(build_dir: Path) -> dict[str, Any]:
             f"{path} is missing or unreadable ({exc})", "pass a directory that `edgevit build` wrote"
         ) from None
     for entry in files:
+        if skip and entry["path"].startswith(skip):
+            continue
         file = confined(build_dir, entry["path"])
         if not file.exists():
             raise BuildDirError(
@@ -193,9 +200,17 @@ def _reference(build_dir: Path, report: dict[str, Any]) -> tuple[np.ndarray, np.
 
 
 def recheck(
-    build_dir: Path, t: dict[str, Any], recipe: Recipe, config: ModelConfig, data: tuple[np.ndarray, ...]
+    build_dir: Path,
+    t: dict[str, Any],
+    recipe: Recipe,
+    config: ModelConfig,
+    data: tuple[np.ndarray, ...],
+    replacement: Path | None = None,
 ) -> dict[str, Any]:
-    """Run one built target's artifact again on the evaluation set; its report entry, re-scored."""
+    """Run one built target's artifact again on the evaluation set; its report entry, re-scored.
+
+    With ``replacement`` (an artifact made elsewhere for this target) that file is checked instead,
+    and its latency measured here when the target's device is this machine (else not measured)."""
     from edgevit.targets import TARGETS
 
     entry = {k: t.get(k) for k in ("name", "backend", "precision", "status", "where", "reason", "latency_ms")}
@@ -212,19 +227,28 @@ def recheck(
     device = resolve_device(spec.device if spec else None)
     threads = (spec.threads if spec else None) or device.threads or recipe.check.threads
     x, labels, ref = data
-    artifact = confined(build_dir, t["artifact"])
-    batch = recipe.check.eval_batch
+    artifact = replacement or confined(build_dir, t["artifact"])
+    batch, c = recipe.check.eval_batch, recipe.check
     try:
         with target.runner(artifact, threads, config.input_size, device) as runner:
             logits = np.concatenate([runner.infer(x[i : i + batch]) for i in range(0, len(x), batch)])
             simulated = runner.simulated
+            if replacement is not None:
+                local = device.transport == "local" and not simulated
+                lat = latency.measure(runner, x[: c.batch], c.warmup, c.runs) if local else None
+                entry["latency_ms"] = lat.to_dict() if lat else None
     except NotCheckable as exc:
         return {**entry, "status": "skipped", "reason": f"not re-checked: {exc}"}
     except EdgeVitError as exc:
         return {**entry, "status": "failed", "reason": f"re-check failed: {exc}"}
     entry["accuracy"] = accuracy.compare(logits, labels, ref).to_dict()
     entry["where"] = f"simulated:{simulated}" if simulated else "host"
-    if str(t.get("where", "")).startswith("device:"):
+    if replacement is not None:
+        entry["artifact"] = str(replacement)
+        entry["note"] = f"replaced by {replacement} (sha256 {sha256_file(replacement)[:12]}…); " + (
+            "latency measured here" if entry["latency_ms"] else "latency not measured (not a host target)"
+        )
+    elif str(t.get("where", "")).startswith("device:"):
         entry["note"] = f"accuracy re-checked on this host; latency is the build's, measured on {t['where']}"
     return entry
 
@@ -233,7 +257,8 @@ def diagnose(build_dir: Path, t: dict[str, Any], x: np.ndarray) -> dict[str, Any
     """The layer-wise comparison of a target's artifact with the build's float ONNX (None if not comparable)."""
     from edgevit.check import layerwise
 
-    artifact = confined(build_dir, t["artifact"])
+    given = Path(t["artifact"])
+    artifact = given if given.is_absolute() else confined(build_dir, t["artifact"])
     if artifact.suffix not in layerwise.COMPARABLE_SUFFIXES:
         return None
     return layerwise.summary(confined(build_dir, "export/model.onnx"), artifact, x)
@@ -273,16 +298,38 @@ def validate(
     baseline: Path | None = None,
     tolerance: float = 0.5,
     latency_tolerance: float | None = None,
+    replacements: dict[str, Path] | None = None,
 ) -> Validation:
-    """Verify, re-check and gate a build directory (see the module docstring)."""
+    """Verify, re-check and gate a build directory (see the module docstring). ``replacements``
+    maps target names to artifacts made elsewhere, checked in place of the build's own."""
     started = time.time()
     build_dir = Path(build_dir)
     if not build_dir.is_dir():
         raise EdgeVitError(
             f"{build_dir} is not a directory", "pass the build directory `edgevit build` wrote"
         )
-    manifest = verify_files(build_dir)
-    report = json.loads((build_dir / "report.json").read_text())
+    replacements = replacements or {}
+    report_path = build_dir / "report.json"
+    built = (
+        {t["name"]: t for t in json.loads(report_path.read_text())["targets"]}
+        if report_path.is_file()
+        else {}
+    )
+    for name, path in replacements.items():
+        if not (built.get(name) or {}).get("artifact"):
+            raise EdgeVitError(
+                f"--artifact {name}=…: the build has no built target {name}",
+                f"use one of: {', '.join(n for n, t in built.items() if t.get('artifact'))}",
+            )
+        suffix = Path(built[name]["artifact"]).suffix
+        if not path.is_file() or path.suffix != suffix:
+            raise EdgeVitError(
+                f"--artifact {name}={path}: not a {suffix} file",
+                "pass an artifact of the same backend and format as the build's",
+            )
+    skip = tuple(str(Path(built[n]["artifact"]).parent) + "/" for n in replacements)
+    manifest = verify_files(build_dir, skip)
+    report = json.loads(report_path.read_text())
     try:
         recipe = Recipe.model_validate(manifest["recipe"])
     except Exception as exc:
@@ -298,7 +345,9 @@ def validate(
         (confined(build_dir, report["lowered"]["step"]) / "config.json").read_text()
     )
     data = _reference(build_dir, report)
-    targets = [recheck(build_dir, t, recipe, config, data) for t in report["targets"]]
+    targets = [
+        recheck(build_dir, t, recipe, config, data, replacements.get(t["name"])) for t in report["targets"]
+    ]
     results = gates.evaluate_stages(report.get("stages", []), recipe.gates)
     for t in targets:
         spec = next((s for s in recipe.targets if s.name == t["name"]), None)
@@ -308,7 +357,8 @@ def validate(
     failing = {g.target for g in results if not g.passed}
     for t, recorded in zip(targets, report["targets"], strict=True):
         if t["name"] in failing and t["status"] == "ok" and t["precision"] == "int8":
-            t["layerwise"] = diagnose(build_dir, recorded, data[0][: recipe.check.layerwise_samples or 16])
+            checked = {**recorded, "artifact": t.get("artifact", recorded["artifact"])}
+            t["layerwise"] = diagnose(build_dir, checked, data[0][: recipe.check.layerwise_samples or 16])
     return Validation(
         recipe.name,
         build_dir,

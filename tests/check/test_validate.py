@@ -131,3 +131,18 @@ def test_baseline_regressions(build: Path, tmp_path: Path) -> None:
         got[("ort-int8", "baseline_top1")] is True and got[("ort-int8", "baseline_latency_p50_ms")] is False
     )
     assert main(["validate", str(build), "--baseline", str(tmp_path / "nope.json")]) == 2
+
+
+def test_an_artifact_made_elsewhere_is_checked_in_place(build: Path, tmp_path: Path, capsys) -> None:
+    """`--artifact TARGET=PATH`: e.g. the damaged target re-quantized outside edgevit."""
+    fixed = tmp_path / "fixed.onnx"
+    shutil.copyfile(build / "targets" / "ort-int8" / "model.onnx", fixed)
+    result = validate(build, replacements={"ort-damaged": fixed})
+    t = next(t for t in result.targets if t["name"] == "ort-damaged")
+    assert t["artifact"] == str(fixed) and t["note"].startswith(f"replaced by {fixed}")
+    assert t["accuracy"]["cosine"] > 0.99 and t["latency_ms"]["runs"] == 5
+    assert result.passed
+    assert main(["validate", str(build), "--artifact", f"ort-damaged={tmp_path / 'x.xml'}"]) == 2
+    assert "not a .onnx file" in capsys.readouterr().err
+    assert main(["validate", str(build), "--artifact", f"nope={fixed}"]) == 2
+    assert "the build has no built target nope" in capsys.readouterr().err

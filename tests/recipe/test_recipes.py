@@ -98,14 +98,22 @@ def test_shipped_default_recipes_exist() -> None:
         ),
         (
             lambda d: d["targets"][0].update(options={"mode": "static"}),
-            r"targets\[0\]\.options: backend onnxruntime takes no options",
+            r"targets\[0\]\.options: mode: unknown option \(valid: activation_scale_factors\)",
+        ),
+        (
+            lambda d: d["targets"][0].update(
+                precision="fp32", options={"activation_scale_factors": {"head": 2.0}}
+            ),
+            r"targets\[0\]\.options: .*activation_scale_factors is for int8 onnxruntime targets, not fp32",
         ),
         (
             lambda d: d["targets"][0].update(device="pixel-8"),
             r"targets\[0\]: device pixel-8 runs tflite, not onnxruntime",
         ),
         (
-            lambda d: d["targets"][0].update(backend="coreml", precision="int8", options={"mode": "int4_block"}),
+            lambda d: d["targets"][0].update(
+                backend="coreml", precision="int8", options={"mode": "int4_block"}
+            ),
             r"targets\[0\]\.options: mode int4_block is not for int8; use one of: weights, w8a8",
         ),
         (

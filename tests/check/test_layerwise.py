@@ -1,0 +1,44 @@
+"""Layer-wise comparison helpers: SQNR, module names from the exporter's name scopes."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+from edgevit.check.layerwise import layers, sqnr_db
+from edgevit.targets.graph import module_name
+
+
+def test_sqnr_db_of_known_noise() -> None:
+    x = np.ones(1000, np.float32)
+    assert sqnr_db(x, x) == 150.0  # identical: the cap
+    assert sqnr_db(x, x + 0.1) == pytest.approx(20.0)  # noise power 0.01 of signal 1
+    assert sqnr_db(x, np.zeros_like(x)) == pytest.approx(0.0)
+
+
+def _node(op: str, name: str, scopes: list[str]) -> onnx.NodeProto:
+    node = helper.make_node(op, ["a", "w"], [f"{name}_out"], name=name)
+    entry = node.metadata_props.add()
+    entry.key, entry.value = "pkg.torch.onnx.name_scopes", repr(scopes)
+    return node
+
+
+def test_module_names_from_name_scopes() -> None:
+    scopes = ["", "blocks", "blocks.1", "blocks.1.mlp", "blocks.1.mlp.fc1", "linear_6"]
+    linear = _node("MatMul", "node_MatMul_1", scopes)
+    attn = _node("MatMul", "node_matmul_3", ["", "blocks", "blocks.0", "blocks.0.attn", "matmul_3"])
+    conv = _node("Conv", "node_conv2d", ["", "patch_embed", "patch_embed.proj", "conv2d"])
+    bare = helper.make_node("Gemm", ["a", "w"], ["y"], name="gemm_0")
+    assert module_name(linear) == ("blocks.1.mlp.fc1", "blocks.1")
+    assert module_name(attn) == ("blocks.0.attn/matmul_3", "blocks.0")
+    assert module_name(conv) == ("patch_embed.proj", "patch_embed")
+    assert module_name(bare) == ("gemm_0", "")
+
+
+def test_layers_of_an_exported_model(tiny_onnx) -> None:
+    found = layers(tiny_onnx)
+    names = [f.name for f in found]
+    assert names[0] == "patch_embed.proj" and names[-1] == "head"
+    assert {"blocks.0.attn.qkv", "blocks.0.attn.proj", "blocks.0.mlp.fc1", "blocks.0.mlp.fc2"} <= set(names)
