@@ -6,6 +6,7 @@ import contextlib
 import platform
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +106,9 @@ def _artifact_sha256(outputs: dict[str, str], main: str) -> str:
     if main in outputs:
         return outputs[main]
     prefix = main + "/"
-    files = sorted((rel.removeprefix(prefix), digest) for rel, digest in outputs.items() if rel.startswith(prefix))
+    files = sorted(
+        (rel.removeprefix(prefix), digest) for rel, digest in outputs.items() if rel.startswith(prefix)
+    )
     return sha256_bytes("".join(f"{rel}\0{digest}\n" for rel, digest in files).encode())
 
 
@@ -193,7 +196,9 @@ class Build:
             )
 
         self._agent_bundle = (
-            self._lowered_bundle(x_eval, labels, src_logits) if stage_records else eval_step.path("bundle.npz")
+            self._lowered_bundle(x_eval, labels, src_logits)
+            if stage_records
+            else eval_step.path("bundle.npz")
         )
         calibration = None
         calib_sha = None
@@ -308,21 +313,43 @@ class Build:
             self.log(f"{spec.name}: skipped ({avail.reason})")
             return {**entry, "status": "skipped", "reason": avail.reason}
         entry["versions"] = avail.versions
-        key = {
-            "onnx": onnx_sha,
-            "backend": spec.backend,
-            "revision": target.revision,
-            "precision": spec.precision,
-            "options": spec.options,
-            "versions": avail.versions,
-            "quantize": request.quantize.model_dump()
-            if request.quantize and spec.precision == "int8"
-            else None,
-            "calibration": calib_sha if spec.precision == "int8" else None,
-            **target.device_key(device),
-        }
+
+        def key_for(req: LowerRequest) -> dict[str, Any]:
+            return {
+                "onnx": onnx_sha,
+                "backend": spec.backend,
+                "revision": target.revision,
+                "precision": spec.precision,
+                "options": spec.options,
+                "versions": avail.versions,
+                "quantize": req.quantize.model_dump() if req.quantize and spec.precision == "int8" else None,
+                "calibration": calib_sha if spec.precision == "int8" else None,
+                **target.device_key(device),
+            }
+
         threads = spec.threads or device.threads or r.check.threads
         built: dict[str, Any] = {}
+        q = request.quantize if spec.precision == "int8" else None
+        if q is not None and (q.float_layers or q.accuracy_budget) and not target.float_layers:
+            why = (
+                f"backend {spec.backend} cannot keep chosen layers float yet (float_layers, accuracy_budget)"
+            )
+            if q.float_layers:
+                self.log(f"{spec.name}: failed ({why})")
+                return {**entry, "status": "failed", "reason": f"{why}; remove float_layers for this recipe"}
+            entry["fallback"] = {"applied": False, "reason": why}
+        elif q is not None and q.accuracy_budget is not None:
+            try:
+                found = self._fallback(
+                    spec, target, request, key_for, device, threads, x_eval, labels, src_logits
+                )
+            except EdgeVitError as exc:
+                self.log(f"{spec.name}: failed ({exc})")
+                return {**entry, "status": "failed", "reason": str(exc)}
+            entry["fallback"] = found
+            layers = sorted(set(q.float_layers) | set(found["float_layers"]))
+            request = replace(request, quantize=q.model_copy(update={"float_layers": layers}))
+        key = key_for(request)
         try:
             step = self.ws.step(
                 f"targets/{spec.name}",
@@ -380,14 +407,24 @@ class Build:
             latency_ms = on_device["latency_ms"]
             findings["device_profile"] = {
                 k: on_device.get(k)
-                for k in ("runtime", "versions", "device", "peak_rss_mb", "throughput_ips", "accuracy", "session")
+                for k in (
+                    "runtime",
+                    "versions",
+                    "device",
+                    "peak_rss_mb",
+                    "throughput_ips",
+                    "accuracy",
+                    "session",
+                )
                 if k in on_device
             }
             entry["reason"] = (
                 f"latency measured on device {device.name} by the profiling agent; accuracy checked on this "
                 "host with the same artifact (the device's own result is under device_profile.accuracy)"
             )
-            if simulated and on_device.get("accuracy"):  # the host only simulated it: the device's numbers rule
+            if simulated and on_device.get(
+                "accuracy"
+            ):  # the host only simulated it: the device's numbers rule
                 findings["host_simulation"] = {"where": f"simulated:{simulated}", "accuracy": acc.to_dict()}
                 acc = accuracy.from_dict(on_device["accuracy"])
                 entry["reason"] = (
@@ -456,6 +493,73 @@ class Build:
             self.log(f"{spec.name}: device profile failed ({exc})")
             return {"ok": False, "error": exc.message}
         return result.results[0]
+
+    def _fallback(
+        self,
+        spec: TargetSpec,
+        target: Any,
+        request: LowerRequest,
+        key_for: Callable[[LowerRequest], dict[str, Any]],
+        device: Any,
+        threads: int,
+        x_eval: np.ndarray,
+        labels: np.ndarray,
+        src_logits: np.ndarray,
+    ) -> dict[str, Any]:
+        """Choose the fewest layers to keep float so an INT8 target meets the quantize stage's
+        accuracy budget: quantize everything in scope; if the budget is missed, rank the quantized
+        layers by their error when run alone (layer-wise comparison) and keep the worst 1, 2, …
+        float until it is met (or ``max_float_layers`` is reached: best effort, reported)."""
+        from edgevit.check import layerwise
+
+        q = request.quantize
+        assert q is not None and q.accuracy_budget is not None
+        budget, r = q.accuracy_budget, self.recipe
+        tried: list[dict[str, Any]] = []
+
+        def attempt(extra: list[str]) -> Path:
+            layers = sorted(set(q.float_layers) | set(extra))
+            req = replace(
+                request, quantize=q.model_copy(update={"float_layers": layers, "accuracy_budget": None})
+            )
+            step = self.ws.step(
+                f"search/{spec.name}/{len(extra)}",
+                key_for(req),
+                lambda d: target.lower(req, d),
+                {"producer": f"targets.{spec.backend} (fallback search)", "float_layers": layers},
+            )
+            artifact = step.path(target.artifact_name)
+            with target.runner(artifact, threads, request.model_config.input_size, device) as runner:
+                b = r.check.eval_batch
+                logits = np.concatenate([runner.infer(x_eval[i : i + b]) for i in range(0, len(x_eval), b)])
+            acc = accuracy.compare(logits, labels, src_logits)
+            met = budget.met(acc.top1_drop, acc.sqnr_db, acc.agreement)
+            tried.append({"float_layers": extra, **acc.to_dict(), "met": met})
+            self.log(
+                f"{spec.name}: fallback with {len(extra)} float layer(s): drop {acc.top1_drop:+.2f}, SQNR "
+                f"{acc.sqnr_db:.1f} dB, agreement {acc.agreement:.4f}{' (budget met)' if met else ''}"
+            )
+            return artifact
+
+        artifact = attempt([])
+        out: dict[str, Any] = {"applied": True, "budget": budget.model_dump(), "tried": tried}
+        if tried[-1]["met"]:
+            return {**out, "met": True, "float_layers": []}
+        if artifact.suffix not in layerwise.COMPARABLE_SUFFIXES:
+            raise EdgeVitError(f"{spec.name}: no layer-wise comparison for {artifact.suffix} artifacts")
+        ranked = layerwise.summary(request.onnx_path, artifact, x_eval[: r.check.layerwise_samples or 16])[
+            "layers"
+        ]
+        ranking = [x for x in ranked if x["quantized"] and x["layer"] not in q.float_layers]
+        out["sensitivity"] = [{"layer": x["layer"], "local_sqnr_db": x["local_sqnr_db"]} for x in ranking]
+        chosen: list[str] = []
+        for k in range(1, min(budget.max_float_layers, len(ranking)) + 1):
+            chosen = [x["layer"] for x in ranking[:k]]
+            attempt(chosen)
+            if tried[-1]["met"]:
+                return {**out, "met": True, "float_layers": chosen}
+        self.log(f"{spec.name}: accuracy budget not met with {len(chosen)} float layers (best effort kept)")
+        return {**out, "met": False, "float_layers": chosen}
 
     def _layerwise(self, spec: TargetSpec, float_onnx: Path, artifact: Path, x: np.ndarray) -> dict[str, Any]:
         """The layer-wise comparison of an INT8 artifact with the float ONNX ({} when not comparable)."""

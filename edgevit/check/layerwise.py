@@ -149,14 +149,33 @@ def _onnx_local(
     return out
 
 
+def _ov_layer(ops: list[Any], node: str) -> tuple[Any, Any] | None:
+    """(compute op, output port) of the layer from ONNX node ``node`` in an OpenVINO model. The
+    compute op (MatMul/Convolution) keeps the node's name, or ``node/WithoutBiases`` when a Gemm or
+    a Conv with bias became MatMul/Convolution + Add; the output is then the Add's (named after the
+    node, or after its output tensor)."""
+    compute = next(
+        (
+            op
+            for op in ops
+            if op.get_type_name() in ("MatMul", "Convolution")
+            and op.get_friendly_name() in (node, f"{node}/WithoutBiases")
+        ),
+        None,
+    )
+    if compute is None:
+        return None
+    consumers = [t.get_node() for t in compute.output(0).get_target_inputs()]
+    biased = compute.get_friendly_name().endswith("/WithoutBiases") and len(consumers) == 1
+    if biased and consumers[0].get_type_name() == "Add":
+        return compute, consumers[0].output(0)
+    return compute, compute.output(0)
+
+
 def _ov_walk(op: Any) -> tuple[Any, Any, bool]:
-    """From a layer op back through what NNCF put before it (FakeQuantize, SmoothQuant's Multiply):
-    (the float tensor it reads, the input where that chain starts, whether a FakeQuantize is on it).
-    A Gemm or a Conv with bias converts to MatMul/Convolution + Add, the Add keeping the ONNX name."""
-    for _ in range(3):
-        if op.get_type_name() in ("MatMul", "Convolution"):
-            break
-        op = op.input_value(0).get_node()
+    """From a layer's compute op back through what NNCF put before it (FakeQuantize, SmoothQuant's
+    Multiply): (the float tensor it reads, the input where that chain starts, whether a FakeQuantize
+    is on it)."""
     start, source, quantized = op.input(0), op.input_value(0), False
     while True:
         node = source.get_node()
@@ -177,15 +196,15 @@ def _openvino_tensors(
 
     core = ov.Core()
     model = core.read_model(str(path))
-    ops = {op.get_friendly_name(): op for op in model.get_ops()}
+    ops = list(model.get_ops())
     ports: dict[str, Any] = {}
     quantized = set()
     for layer in found:
-        op = ops.get(layer.node)
-        if op is None:
+        located = _ov_layer(ops, layer.node)
+        if located is None:
             continue
-        source, _, q = _ov_walk(op)
-        ports[layer.input], ports[layer.output] = source, op.output(0)
+        source, _, q = _ov_walk(located[0])
+        ports[layer.input], ports[layer.output] = source, located[1]
         if q:
             quantized.add(layer.input)
     tags: dict[str, str] = {}  # float-graph tensor name -> a tensor name of ours on that port
@@ -193,9 +212,12 @@ def _openvino_tensors(
     for key, port in ports.items():
         ident = (port.get_node().get_friendly_name(), port.get_index())
         if ident not in unique:
-            unique[ident] = f"edgevit_probe_{len(unique)}"
-            port.get_tensor().add_names({unique[ident]})
-            model.add_outputs([port])
+            if any(t.get_node().get_type_name() == "Result" for t in port.get_target_inputs()):
+                unique[ident] = port.get_any_name()  # already a model output (the logits)
+            else:
+                unique[ident] = f"edgevit_probe_{len(unique)}"
+                port.get_tensor().add_names({unique[ident]})
+                model.add_outputs([port])
         tags[key] = unique[ident]
     model.reshape({model.inputs[0].any_name: list(x.shape)})
     compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
@@ -212,15 +234,15 @@ def _openvino_local(path: Path, found: list[_Layer], inputs: dict[str, np.ndarra
     out = {}
     for layer in found:
         model = core.read_model(str(path))  # a fresh graph per layer: the cut rewires it
-        op = next((o for o in model.get_ops() if o.get_friendly_name() == layer.node), None)
-        if op is None or layer.input not in inputs:
+        located = _ov_layer(list(model.get_ops()), layer.node)
+        if located is None or layer.input not in inputs:
             continue
-        _, start, quantized = _ov_walk(op)
+        _, start, quantized = _ov_walk(located[0])
         if not quantized:
             continue
         param = ov.opset13.parameter(list(inputs[layer.input].shape), ov.Type.f32, name="edgevit_layer_input")
         start.replace_source_output(param.output(0))
-        sub = ov.Model([op.output(0)], [param], "layer")
+        sub = ov.Model([located[1]], [param], "layer")
         compiled = core.compile_model(sub, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
         out[layer.output] = np.asarray(
             compiled.create_infer_request().infer({0: inputs[layer.input]})[0], np.float32

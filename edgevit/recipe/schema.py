@@ -132,6 +132,30 @@ class DistillStage(Strict):
     nproc: int = Field(default=1, ge=1, le=64)
 
 
+class AccuracyBudget(Strict):
+    """What an INT8 target must keep against the float model it is built from; edgevit keeps the
+    most sensitive layers float (fewest first) until it does (ONNX Runtime, TensorRT, OpenVINO)."""
+
+    max_top1_drop: float | None = Field(default=None, ge=0, description="points of top-1")
+    min_sqnr_db: float | None = Field(default=None, description="logit SQNR against the float model")
+    min_agreement: float | None = Field(default=None, ge=0, le=1, description="top-1 agreement")
+    max_float_layers: int = Field(default=8, ge=1, description="give up (best effort) beyond this many")
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> AccuracyBudget:
+        if self.max_top1_drop is None and self.min_sqnr_db is None and self.min_agreement is None:
+            raise ValueError("set max_top1_drop, min_sqnr_db or min_agreement")
+        return self
+
+    def met(self, top1_drop: float, sqnr_db: float, agreement: float) -> bool:
+        """Whether scores meet every limit set."""
+        return (
+            (self.max_top1_drop is None or top1_drop <= self.max_top1_drop + 1e-9)
+            and (self.min_sqnr_db is None or sqnr_db >= self.min_sqnr_db)
+            and (self.min_agreement is None or agreement >= self.min_agreement - 1e-9)
+        )
+
+
 class QuantizeStage(Strict):
     """Post-training INT8 settings shared by every int8 target of the recipe.
 
@@ -150,6 +174,13 @@ class QuantizeStage(Strict):
     matmul_scope: Literal["weights", "all"] = "weights"
     patch_embed: bool = False
     calibration_batch: int = Field(default=16, gt=0)
+    float_layers: list[str] = Field(
+        default_factory=list,
+        description="layers (module paths, e.g. blocks.3.attn.proj) kept float in every int8 target",
+    )
+    accuracy_budget: AccuracyBudget | None = Field(
+        default=None, description="keep the most sensitive layers float until the budget is met"
+    )
 
 
 Stage = Annotated[PruneStage | DistillStage | QuantizeStage, Field(discriminator="stage")]

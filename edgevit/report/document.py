@@ -117,12 +117,35 @@ def render_markdown(doc: dict[str, Any]) -> str:
                 f"- **{t['name']}** produced inf/NaN first at {', '.join(sim['first_nonfinite_op'])} "
                 "(simulated FP16 overflow)"
             )
+    fallbacks = [t for t in doc["targets"] if t.get("fallback")]
+    if fallbacks:
+        lines += ["", "Accuracy budget (quantize stage; layers kept float to meet it):", ""]
+        for t in fallbacks:
+            f = t["fallback"]
+            if not f.get("applied"):
+                lines.append(f"- **{t['name']}**: not applied ({f['reason']})")
+                continue
+            limits = ", ".join(
+                f"{k} {v:g}" for k, v in f["budget"].items() if v is not None and k != "max_float_layers"
+            )
+            kept = ", ".join(f"`{n}`" for n in f["float_layers"]) or "none"
+            verdict = "met" if f["met"] else "**not met** (best effort)"
+            lines.append(
+                f"- **{t['name']}**: {limits}: {verdict} with {len(f['float_layers'])} float layer(s): {kept} "
+                f"({len(f['tried'])} candidate build(s))"
+            )
     failing = {g["target"] for g in doc["gates"] if not g["passed"]}
     compared = [t for t in doc["targets"] if (t.get("layerwise") or {}).get("layers")]
     if compared:
-        lines += ["", "Layer-wise (each quantized layer run alone on the float model's input; lowest SQNR first):", ""]
+        lines += [
+            "",
+            "Layer-wise (each quantized layer run alone on the float model's input; lowest SQNR first):",
+            "",
+        ]
         for t in compared:
-            worst = [x for x in t["layerwise"]["layers"] if x.get("quantized")][: 5 if t["name"] in failing else 3]
+            worst = [x for x in t["layerwise"]["layers"] if x.get("quantized")][
+                : 5 if t["name"] in failing else 3
+            ]
             listed = ", ".join(f"`{x['layer']}` {x['local_sqnr_db']:.1f} dB" for x in worst)
             flag = " — **a gate failed: start here**" if t["name"] in failing else ""
             lines.append(f"- **{t['name']}**: {listed or 'no quantized layer matched'}{flag}")

@@ -116,6 +116,8 @@ class Target(ABC):
     artifact_name: ClassVar[str]  # the main file lower() writes into its workdir
     options_schema: ClassVar[type[BaseModel] | None] = None  # what `targets[].options` may hold
     calibration_methods: ClassVar[tuple[str, ...]] = ("minmax", "percentile", "entropy")
+    # Whether lower() honours the quantize stage's float_layers (and so the automatic fallback).
+    float_layers: ClassVar[bool] = False
 
     def parse_options(self, options: dict[str, Any], precision: str) -> BaseModel | None:
         """Validate a target's ``options`` for ``precision`` (raises ValidationError or ValueError)."""

@@ -10,8 +10,28 @@ from typing import Any
 from edgevit.recipe.schema import QuantizeStage
 
 
-def quantizable_nodes(onnx_path: Path, q: QuantizeStage) -> list[str]:
-    """Names of the nodes to quantize under ``q``'s scope.
+def nodes_of_layers(onnx_path: Path, layers: list[str]) -> set[str]:
+    """ONNX node names of the MatMul/Gemm/Conv layers named by module path (``float_layers``)."""
+    import onnx
+
+    from edgevit.errors import LoweringError
+
+    if not layers:
+        return set()
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    named = {n.name: module_name(n)[0] for n in model.graph.node if n.op_type in ("MatMul", "Gemm", "Conv")}
+    unknown = sorted(set(layers) - set(named.values()))
+    if unknown:
+        known = list(dict.fromkeys(named.values()))
+        raise LoweringError(
+            f"float_layers names {', '.join(unknown)}, not a layer of this model",
+            f"use module paths such as {', '.join(known[:6])}{' …' if len(known) > 6 else ''}",
+        )
+    return {node for node, layer in named.items() if layer in layers}
+
+
+def quantizable_nodes(onnx_path: Path, q: QuantizeStage, exclude: set[str] | frozenset[str] = frozenset()) -> list[str]:
+    """Names of the nodes to quantize under ``q``'s scope, but ``exclude`` (nodes kept float).
 
     MatMul/Gemm with a constant (weight) input are the Linear layers; with ``matmul_scope: all``
     the activation x activation attention MatMuls (q@k, attn@v) are added. The Conv is the patch
@@ -24,6 +44,8 @@ def quantizable_nodes(onnx_path: Path, q: QuantizeStage) -> list[str]:
     consts |= {out for node in model.graph.node if node.op_type == "Constant" for out in node.output}
     names = []
     for node in model.graph.node:
+        if node.name in exclude:
+            continue
         if node.op_type in ("MatMul", "Gemm"):
             if q.matmul_scope == "all" or any(i in consts for i in node.input):
                 names.append(node.name)

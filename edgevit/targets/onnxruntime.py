@@ -13,7 +13,7 @@ from edgevit.agent import OrtSession
 from edgevit.errors import LoweringError
 from edgevit.targets.base import INPUT_NAME, LowerRequest, Runner, Target
 from edgevit.targets.calibration import calibration_batches
-from edgevit.targets.graph import quantizable_nodes, scale_activations
+from edgevit.targets.graph import nodes_of_layers, quantizable_nodes, scale_activations
 
 QUANTIZED_OP_TYPES = ["MatMul", "Gemm", "Conv"]
 
@@ -71,6 +71,7 @@ class OrtTarget(Target):
     extra = "onnxruntime"
     artifact_name = "model.onnx"
     runner_class = OrtRunner
+    float_layers = True
     options_schema = QdqOptions
 
     def parse_options(self, options: dict[str, Any], precision: str) -> BaseModel | None:
@@ -105,7 +106,7 @@ def quantize_qdq(request: LowerRequest, workdir: Path, out: Path, symmetric_acti
     q = request.quantize
     prepared = workdir / "prepared.onnx"
     quant_pre_process(str(request.onnx_path), str(prepared))
-    nodes = quantizable_nodes(prepared, q)
+    nodes = quantizable_nodes(prepared, q, nodes_of_layers(request.onnx_path, q.float_layers))
     if not nodes:
         prepared.unlink(missing_ok=True)
         raise LoweringError("the quantize scope selects no node", "set stages[].matmul_scope: all")

@@ -15,6 +15,7 @@ from edgevit.errors import LoweringError
 from edgevit.recipe.schema import QuantizeStage
 from edgevit.targets.base import Availability, LowerRequest, Runner, Target
 from edgevit.targets.calibration import calibration_batches
+from edgevit.targets.graph import nodes_of_layers
 
 
 class OvRunner(Runner):
@@ -68,6 +69,7 @@ class OvTarget(Target):
     extra = "openvino"
     artifact_name = "model.xml"
     runner_class = OvRunner
+    float_layers = True
     revision = 2
 
     def availability(self) -> Availability:
@@ -100,6 +102,13 @@ class OvTarget(Target):
         assert request.quantize is not None
         batches = list(calibration_batches(request, batch=1))  # NNCF collects statistics per sample
         names = float_ops(model, request.quantize)
+        kept = nodes_of_layers(request.onnx_path, request.quantize.float_layers)  # ONNX names = friendly names
+        names += [
+            op.get_friendly_name()
+            for op in model.get_ops()
+            if op.get_type_name() in ("MatMul", "Convolution")
+            and any(op.get_friendly_name() == n or op.get_friendly_name().startswith(n + "/") for n in kept)
+        ]
         ignored = nncf.IgnoredScope(names=names) if names else None
         # NNCF logs every ignored op at INFO on stdout, which is for the report (--json): keep it quiet.
         logging.getLogger("nncf").setLevel(logging.WARNING)

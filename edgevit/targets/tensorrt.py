@@ -137,6 +137,7 @@ class TensorrtTarget(Target):
     extra = "onnxruntime"
     artifact_name = "model.onnx"
     runner_class = TrtHostCheckRunner
+    float_layers = True
     options_schema = QdqOptions
 
     def parse_options(self, options: dict[str, Any], precision: str) -> BaseModel | None:

@@ -1,0 +1,73 @@
+"""Accuracy budget: the fewest most-sensitive layers kept float until an INT8 target meets it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+import edgevit
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("openvino")
+
+
+def build(tiny_checkpoint: Path, root: Path, quantize: dict[str, Any], targets: list[dict[str, Any]]) -> Any:
+    recipe = {
+        "name": "fallback",
+        "model": {"checkpoint": str(tiny_checkpoint)},
+        "data": {
+            "calibration": {"source": "digits", "split": "train", "count": 16},
+            "evaluation": {"source": "digits", "split": "test", "count": 32},
+        },
+        "stages": [{"stage": "quantize", **quantize}],
+        "targets": targets,
+        "check": {"runs": 3, "warmup": 1},
+        "gates": {"max_top1_drop": 100},
+    }
+    (root / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    return edgevit.build(root / "recipe.yaml", root / "b")
+
+
+ORT = {"name": "ort-int8", "backend": "onnxruntime", "precision": "int8"}
+OV = {"name": "ov-int8", "backend": "openvino", "precision": "int8"}
+
+
+def test_budget_keeps_the_fewest_most_sensitive_layers_float(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    # An impossible budget: best effort with at most 2 float layers, the 2 worst by local SQNR.
+    report = build(
+        tiny_checkpoint, tmp_path, {"accuracy_budget": {"min_sqnr_db": 500, "max_float_layers": 2}}, [ORT]
+    )
+    f = report.target("ort-int8")["fallback"]
+    assert f["applied"] and not f["met"] and len(f["tried"]) == 3
+    assert f["float_layers"] == [s["layer"] for s in f["sensitivity"][:2]]
+    sqnr = [t["sqnr_db"] for t in f["tried"]]
+    assert sqnr[2] > sqnr[0]  # keeping the worst layers float helps
+    # The kept layers are float in the final artifact: no quantizer on their inputs.
+    layers = {x["layer"]: x for x in report.target("ort-int8")["layerwise"]["layers"]}
+    assert all(not layers[name]["quantized"] for name in f["float_layers"])
+
+    # A budget one float layer meets: exactly that layer is chosen, and the build's numbers meet it.
+    reachable = f["tried"][1]["sqnr_db"] - 0.01
+    report = build(tiny_checkpoint, tmp_path, {"accuracy_budget": {"min_sqnr_db": reachable}}, [ORT, OV])
+    f = report.target("ort-int8")["fallback"]
+    assert f["met"] and f["float_layers"] == [f["sensitivity"][0]["layer"]]
+    assert report.target("ort-int8")["accuracy"]["sqnr_db"] >= reachable
+    ov = report.target("ov-int8")["fallback"]
+    assert ov["applied"] and (ov["met"] or len(ov["float_layers"]) == 8)
+    assert "Accuracy budget" in (report.directory / "report.md").read_text()
+
+
+def test_explicit_float_layers(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    report = build(tiny_checkpoint, tmp_path, {"float_layers": ["blocks.0.mlp.fc2", "head"]}, [ORT, OV])
+    for name in ("ort-int8", "ov-int8"):
+        layers = {x["layer"]: x["quantized"] for x in report.target(name)["layerwise"]["layers"]}
+        assert layers["blocks.0.mlp.fc1"] and not layers["blocks.0.mlp.fc2"], name
+    report = build(tiny_checkpoint, tmp_path, {"float_layers": ["blocks.9.mlp"]}, [ORT])
+    t = report.target("ort-int8")
+    assert (
+        t["status"] == "failed"
+        and "float_layers names blocks.9.mlp, not a layer of this model" in t["reason"]
+    )
