@@ -547,7 +547,9 @@ class Build:
             return {**out, "met": True, "float_layers": []}
         if artifact.suffix not in layerwise.COMPARABLE_SUFFIXES:
             raise EdgeVitError(f"{spec.name}: no layer-wise comparison for {artifact.suffix} artifacts")
-        ranked = layerwise.summary(request.onnx_path, artifact, x_eval[: r.check.layerwise_samples or 16])[
+        # Rank on calibration images (not the evaluation set the budget and gates are checked on).
+        images = request.calibration if request.calibration is not None else x_eval
+        ranked = layerwise.summary(request.onnx_path, artifact, images[: r.check.layerwise_samples or 16])[
             "layers"
         ]
         ranking = [x for x in ranked if x["quantized"] and x["layer"] not in q.float_layers]
