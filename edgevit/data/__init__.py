@@ -18,6 +18,10 @@ def load_data(
         from edgevit.data.digits import load_digits_split
 
         data = load_digits_split(spec.split, spec.count, spec.seed)
+    elif spec.source == "shapes":
+        from edgevit.data.shapes import load_shapes_split
+
+        data = load_shapes_split(spec.split, spec.count, spec.seed)
     else:
         from edgevit.data.folder import load_folder_split
 

@@ -22,7 +22,9 @@ class DataSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    source: str = Field(description="'digits' (embedded) or a directory with one sub-directory per class")
+    source: str = Field(
+        description="'digits' or 'shapes' (embedded) or a directory with one sub-directory per class"
+    )
     split: Split = "test"
     count: int | None = Field(default=None, gt=0, description="take this many (seeded sample); all if unset")
     seed: int = 0
