@@ -20,7 +20,7 @@ SHAPES = ("circle", "square", "triangle", "cross", "ring")
 TEXTURES = ("solid", "striped")
 CLASS_NAMES = [f"{s}-{t}" for s in SHAPES for t in TEXTURES]
 SIZE = 32
-COUNT = 3000
+COUNT = 6000
 _SEED = 20261123
 
 
@@ -53,8 +53,8 @@ def render(index: int) -> tuple[np.ndarray, int]:
     cy, cx = rng.uniform(9, SIZE - 9, 2)
     yy, xx = grid[0] - cy, grid[1] - cx
     mask = _mask(shape, xx, yy, rng.uniform(7.0, 12.0), rng.uniform(0, math.pi))
-    background = rng.uniform(0, 255, 3)
-    contrast = rng.uniform(50, 160) * rng.choice([-1.0, 1.0])
+    background = rng.uniform(40, 215, 3)
+    contrast = rng.uniform(90, 170) * rng.choice([-1.0, 1.0])
     foreground = np.clip(background + contrast * rng.uniform(0.6, 1.0, 3), 0, 255)
     image = np.broadcast_to(background, (SIZE, SIZE, 3)).copy()
     if texture == "striped":
@@ -70,7 +70,7 @@ def render(index: int) -> tuple[np.ndarray, int]:
         px = np.clip((x0 + (x1 - x0) * t).astype(int), 0, SIZE - 1)
         py = np.clip((y0 + (y1 - y0) * t).astype(int), 0, SIZE - 1)
         image[py, px] = rng.uniform(0, 255, 3)
-    image += rng.normal(0, rng.uniform(3, 18), image.shape)
+    image += rng.normal(0, rng.uniform(2, 10), image.shape)
     return np.clip(np.rint(image), 0, 255).astype(np.uint8), label
 
 
