@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -73,3 +74,37 @@ def run_cli(
         cwd=cwd or REPO,
         timeout=1800,
     )
+
+
+def tiny_recipe(
+    checkpoint: Path,
+    targets: list[dict[str, Any]],
+    *,
+    name: str = "tiny",
+    calibration: int = 16,
+    evaluation: int = 24,
+    quantize: dict[str, Any] | None = None,
+    check: dict[str, Any] | None = None,
+    gates: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A recipe for a quick build of ``checkpoint`` on a few digits images (one quantize stage)."""
+    return {
+        "name": name,
+        "model": {"checkpoint": str(checkpoint)},
+        "data": {
+            "calibration": {"source": "digits", "split": "train", "count": calibration},
+            "evaluation": {"source": "digits", "split": "test", "count": evaluation},
+        },
+        "stages": [{"stage": "quantize", **(quantize or {})}],
+        "targets": targets,
+        "check": check or {"runs": 5, "warmup": 1},
+        "gates": gates or {"max_top1_drop": 100},
+    }
+
+
+def write_recipe(path: Path, recipe: dict[str, Any]) -> Path:
+    """Write ``recipe`` as YAML to ``path``; returns the path."""
+    import yaml
+
+    path.write_text(yaml.safe_dump(recipe))
+    return path

@@ -6,29 +6,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 import edgevit
+from tests.conftest import tiny_recipe, write_recipe
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("openvino")
 
 
 def build(tiny_checkpoint: Path, root: Path, quantize: dict[str, Any], targets: list[dict[str, Any]]) -> Any:
-    recipe = {
-        "name": "fallback",
-        "model": {"checkpoint": str(tiny_checkpoint)},
-        "data": {
-            "calibration": {"source": "digits", "split": "train", "count": 16},
-            "evaluation": {"source": "digits", "split": "test", "count": 32},
-        },
-        "stages": [{"stage": "quantize", **quantize}],
-        "targets": targets,
-        "check": {"runs": 3, "warmup": 1},
-        "gates": {"max_top1_drop": 100},
-    }
-    (root / "recipe.yaml").write_text(yaml.safe_dump(recipe))
-    return edgevit.build(root / "recipe.yaml", root / "b")
+    recipe = tiny_recipe(
+        tiny_checkpoint,
+        targets,
+        name="fallback",
+        evaluation=32,
+        quantize=quantize,
+        check={"runs": 3, "warmup": 1},
+    )
+    return edgevit.build(write_recipe(root / "recipe.yaml", recipe), root / "b")
 
 
 ORT = {"name": "ort-int8", "backend": "onnxruntime", "precision": "int8"}

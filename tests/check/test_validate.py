@@ -8,11 +8,11 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-import yaml
 
 import edgevit
 from edgevit.check.validate import validate
 from edgevit.cli import main
+from tests.conftest import tiny_recipe, write_recipe
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("openvino")
@@ -23,29 +23,19 @@ DAMAGED = "blocks.0.mlp.fc1"
 def build(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny build with a healthy and a deliberately damaged INT8 ONNX (one layer's input scale x64)."""
     root = tmp_path_factory.mktemp("validate")
-    recipe = {
-        "name": "val",
-        "model": {"checkpoint": str(tiny_checkpoint)},
-        "data": {
-            "calibration": {"source": "digits", "split": "train", "count": 32},
-            "evaluation": {"source": "digits", "split": "test", "count": 48},
+    targets = [
+        {"name": "ort-int8", "backend": "onnxruntime", "precision": "int8"},
+        {
+            "name": "ort-damaged",
+            "backend": "onnxruntime",
+            "precision": "int8",
+            "options": {"activation_scale_factors": {DAMAGED: 64.0}},
         },
-        "stages": [{"stage": "quantize"}],
-        "targets": [
-            {"name": "ort-int8", "backend": "onnxruntime", "precision": "int8"},
-            {
-                "name": "ort-damaged",
-                "backend": "onnxruntime",
-                "precision": "int8",
-                "options": {"activation_scale_factors": {DAMAGED: 64.0}},
-            },
-            {"name": "ov-int8", "backend": "openvino", "precision": "int8"},
-        ],
-        "check": {"runs": 5, "warmup": 1},
-        "gates": {"max_top1_drop": 100, "min_cosine": 0.99},
-    }
-    (root / "recipe.yaml").write_text(yaml.safe_dump(recipe))
-    report = edgevit.build(root / "recipe.yaml", root / "b")
+        {"name": "ov-int8", "backend": "openvino", "precision": "int8"},
+    ]
+    gates = {"max_top1_drop": 100, "min_cosine": 0.99}
+    recipe = tiny_recipe(tiny_checkpoint, targets, name="val", calibration=32, evaluation=48, gates=gates)
+    report = edgevit.build(write_recipe(root / "recipe.yaml", recipe), root / "b")
     assert not report.passed  # the damaged target fails its cosine gate already in the build
     return root / "b"
 

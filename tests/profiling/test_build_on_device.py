@@ -11,6 +11,7 @@ import yaml
 
 import edgevit
 from edgevit import devices
+from tests.conftest import tiny_recipe, write_recipe
 
 pytest.importorskip("onnxruntime")
 
@@ -36,20 +37,12 @@ def lab_box(sshd, tmp_path, monkeypatch) -> str:
 
 
 def test_build_measures_latency_on_the_device(lab_box, sshd, tiny_checkpoint: Path, tmp_path: Path) -> None:
-    recipe = {
-        "name": "on-device",
-        "model": {"checkpoint": str(tiny_checkpoint)},
-        "data": {
-            "calibration": {"source": "digits", "split": "train", "count": 16},
-            "evaluation": {"source": "digits", "split": "test", "count": 24},
-        },
-        "stages": [{"stage": "quantize"}],
-        "targets": [{"name": "ort-int8", "backend": "onnxruntime", "precision": "int8", "device": lab_box}],
-        "check": {"runs": 20, "warmup": 2},
-        "gates": {"max_top1_drop": 100, "max_latency_p50_ms": 10000},
-    }
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe))
+    target = {"name": "ort-int8", "backend": "onnxruntime", "precision": "int8", "device": lab_box}
+    gates = {"max_top1_drop": 100, "max_latency_p50_ms": 10000}
+    recipe = tiny_recipe(
+        tiny_checkpoint, [target], name="on-device", check={"runs": 20, "warmup": 2}, gates=gates
+    )
+    path = write_recipe(tmp_path / "recipe.yaml", recipe)
     report = edgevit.build(path, tmp_path / "b")
     t = report.target("ort-int8")
     assert t["where"] == "device:lab-box" and report.passed
@@ -100,22 +93,12 @@ def test_tensorrt_target_is_built_and_measured_on_the_device(
     """The whole device path of a TensorRT target: ONNX + plan sent over ssh, the engine built there
     (stand-in TensorRT), its accuracy and latency reported as the device's, the host's ONNX Runtime
     simulation kept beside them; a second build reuses the device's cached engine."""
-    recipe = {
-        "name": "jetson",
-        "model": {"checkpoint": str(tiny_checkpoint)},
-        "data": {
-            "calibration": {"source": "digits", "split": "train", "count": 16},
-            "evaluation": {"source": "digits", "split": "test", "count": 24},
-        },
-        "stages": [{"stage": "quantize"}],
-        "targets": [
-            {"name": "trt-int8", "backend": "tensorrt", "precision": "int8", "device": stand_in_jetson}
-        ],
-        "check": {"runs": 10, "warmup": 1},
-        "gates": {"max_top1_drop": 100, "max_latency_p50_ms": 10000},
-    }
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe))
+    target = {"name": "trt-int8", "backend": "tensorrt", "precision": "int8", "device": stand_in_jetson}
+    gates = {"max_top1_drop": 100, "max_latency_p50_ms": 10000}
+    recipe = tiny_recipe(
+        tiny_checkpoint, [target], name="jetson", check={"runs": 10, "warmup": 1}, gates=gates
+    )
+    path = write_recipe(tmp_path / "recipe.yaml", recipe)
     report = edgevit.build(path, tmp_path / "b")
     t = report.target("trt-int8")
     assert t["status"] == "ok" and t["where"] == "device:lab-jetson" and report.passed, t["reason"]

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 
 import edgevit
+from tests.conftest import tiny_recipe, write_recipe
 
 pytest.importorskip("onnxruntime")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
@@ -21,23 +21,13 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shuti
 @pytest.fixture(scope="module")
 def build(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("html")
-    recipe = {
-        "name": "html",
-        "model": {"checkpoint": str(tiny_checkpoint)},
-        "data": {
-            "calibration": {"source": "digits", "split": "train", "count": 16},
-            "evaluation": {"source": "digits", "split": "test", "count": 24},
-        },
-        "stages": [{"stage": "quantize"}],
-        "targets": [
-            {"name": "ort-fp32", "backend": "onnxruntime", "precision": "fp32"},
-            {"name": "ort-int8", "backend": "onnxruntime", "precision": "int8"},
-        ],
-        "check": {"runs": 5, "warmup": 1},
-        "gates": {"max_top1_drop": 100},
-    }
-    (root / "recipe.yaml").write_text(yaml.safe_dump(recipe))
-    edgevit.build(root / "recipe.yaml", root / "b")
+    targets = [
+        {"name": "ort-fp32", "backend": "onnxruntime", "precision": "fp32"},
+        {"name": "ort-int8", "backend": "onnxruntime", "precision": "int8"},
+    ]
+    edgevit.build(
+        write_recipe(root / "recipe.yaml", tiny_recipe(tiny_checkpoint, targets, name="html")), root / "b"
+    )
     return root / "b"
 
 
