@@ -23,7 +23,7 @@ from edgevit.fileio import atomic_write_json, atomic_write_text, sha256_bytes
 from edgevit.hostinfo import host_facts
 from edgevit.models.builtin import resolve_builtin
 from edgevit.models.config import ModelConfig
-from edgevit.models.load import LoadedModel, load, save
+from edgevit.models.load import LoadedModel, load, logits_of, save
 from edgevit.models.profile import count_macs, count_params
 from edgevit.recipe.loader import load_recipe
 from edgevit.recipe.schema import DistillStage, PruneStage, Recipe, TargetSpec
@@ -90,17 +90,6 @@ def _stage_details(step: StepResult) -> dict[str, Any]:
     return {}
 
 
-def _logits(model: torch.nn.Module, x: np.ndarray, batch: int) -> np.ndarray:
-    with torch.no_grad():
-        return (
-            np.concatenate(
-                [model(torch.from_numpy(x[i : i + batch])).numpy() for i in range(0, len(x), batch)]
-            )
-            if len(x)
-            else np.zeros((0, 0), np.float32)
-        )
-
-
 def _artifact_sha256(outputs: dict[str, str], main: str) -> str:
     """sha256 of an artifact file, or of a directory artifact (an .mlpackage) from its files' hashes."""
     if main in outputs:
@@ -149,7 +138,7 @@ class Build:
                 d / "bundle.npz",
                 inputs=x,
                 labels=eval_raw.labels,
-                reference_logits=_logits(ref.model, x, r.check.eval_batch),
+                reference_logits=logits_of(ref.model, x, r.check.eval_batch),
             )
 
         eval_step = self.ws.step(
@@ -176,7 +165,7 @@ class Build:
             prev_step = self._compress_step(index, stage, ref_step, prev_step, model, cfg)
             loaded = load(checkpoint=prev_step.directory)
             model, cfg, weights_sha = loaded.model, loaded.config, prev_step.outputs["model.safetensors"]
-            src_logits = _logits(model, x_eval, r.check.eval_batch)
+            src_logits = logits_of(model, x_eval, r.check.eval_batch)
             top1 = accuracy.top1(src_logits, labels)
             size = self._size_record(model, cfg, prev_step.path("model.safetensors"))
             record = {
@@ -373,12 +362,7 @@ class Build:
                 "device": device.name,
             }
             with target.runner(artifact, threads, request.model_config.input_size, device) as runner:
-                logits = np.concatenate(
-                    [
-                        runner.infer(x_eval[i : i + r.check.eval_batch])
-                        for i in range(0, len(x_eval), r.check.eval_batch)
-                    ]
-                )
+                logits = runner.infer_all(x_eval, r.check.eval_batch)
                 simulated = runner.simulated
                 findings = runner.findings()
                 lat = (
@@ -422,9 +406,7 @@ class Build:
                 f"latency measured on device {device.name} by the profiling agent; accuracy checked on this "
                 "host with the same artifact (the device's own result is under device_profile.accuracy)"
             )
-            if simulated and on_device.get(
-                "accuracy"
-            ):  # the host only simulated it: the device's numbers rule
+            if simulated and on_device.get("accuracy"):  # the host only simulated it: the device's rule
                 findings["host_simulation"] = {"where": f"simulated:{simulated}", "accuracy": acc.to_dict()}
                 acc = accuracy.from_dict(on_device["accuracy"])
                 entry["reason"] = (
@@ -530,8 +512,7 @@ class Build:
             )
             artifact = step.path(target.artifact_name)
             with target.runner(artifact, threads, request.model_config.input_size, device) as runner:
-                b = r.check.eval_batch
-                logits = np.concatenate([runner.infer(x_eval[i : i + b]) for i in range(0, len(x_eval), b)])
+                logits = runner.infer_all(x_eval, r.check.eval_batch)
             acc = accuracy.compare(logits, labels, src_logits)
             met = budget.met(acc.top1_drop, acc.sqnr_db, acc.agreement)
             tried.append({"float_layers": extra, **acc.to_dict(), "met": met})

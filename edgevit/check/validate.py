@@ -187,15 +187,9 @@ def _reference(build_dir: Path, report: dict[str, Any]) -> tuple[np.ndarray, np.
         if lowered.is_file():
             with np.load(lowered) as npz:
                 return x, labels, npz["reference_logits"]
-        import torch
+        from edgevit.models.load import load, logits_of  # an older build: recompute the lowered model's
 
-        from edgevit.models.load import load  # an older build: recompute the lowered model's logits
-
-        model = load(checkpoint=confined(build_dir, report["lowered"]["step"])).model
-        with torch.no_grad():
-            ref = np.concatenate(
-                [model(torch.from_numpy(x[i : i + 64])).numpy() for i in range(0, len(x), 64)]
-            )
+        ref = logits_of(load(checkpoint=confined(build_dir, report["lowered"]["step"])).model, x, 64)
     return x, labels, ref
 
 
@@ -231,7 +225,7 @@ def recheck(
     batch, c = recipe.check.eval_batch, recipe.check
     try:
         with target.runner(artifact, threads, config.input_size, device) as runner:
-            logits = np.concatenate([runner.infer(x[i : i + batch]) for i in range(0, len(x), batch)])
+            logits = runner.infer_all(x, batch)
             simulated = runner.simulated
             if replacement is not None:
                 local = device.transport == "local" and not simulated

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -235,3 +236,11 @@ def load(
         config = config_for(name, model, model_kwargs=model_kwargs)
     _apply_state(model, state, weights, config.architecture)
     return LoadedModel(model.eval(), config, weights, sha256_file(weights))
+
+
+def logits_of(model: nn.Module, x: np.ndarray, batch: int) -> np.ndarray:
+    """The float model's logits for preprocessed images ``x`` (N x C x H x W float32), ``batch`` at a time."""
+    if not len(x):
+        return np.zeros((0, 0), np.float32)
+    with torch.no_grad():
+        return np.concatenate([model(torch.from_numpy(x[i : i + batch])).numpy() for i in range(0, len(x), batch)])

@@ -91,6 +91,10 @@ class Runner(ABC):
             raise LoweringError(f"{self.artifact} returned shape {out.shape} for batch {batch.shape}")
         return out
 
+    def infer_all(self, x: np.ndarray, batch: int) -> np.ndarray:
+        """Logits for every image of ``x``, run ``batch`` at a time."""
+        return np.concatenate([self.infer(x[i : i + batch]) for i in range(0, len(x), batch)])
+
     def findings(self) -> dict[str, Any]:
         """What running the artifact revealed, for the report (e.g. a simulation's overflow checks)."""
         return {}
