@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import platform
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -88,6 +89,13 @@ def _stage_details(step: StepResult) -> dict[str, Any]:
             doc.pop("history", None)
             return dict(doc)
     return {}
+
+
+def _copy_outputs(step: StepResult, directory: Path) -> None:
+    """Copy a finished step's outputs into ``directory`` (another step's staging directory)."""
+    for rel in step.outputs:
+        (directory / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(step.path(rel), directory / rel)
 
 
 def _artifact_sha256(outputs: dict[str, str], main: str) -> str:
@@ -327,9 +335,10 @@ class Build:
                 self.log(f"{spec.name}: failed ({why})")
                 return {**entry, "status": "failed", "reason": f"{why}; remove float_layers for this recipe"}
             entry["fallback"] = {"applied": False, "reason": why}
-        elif q is not None and q.accuracy_budget is not None:
+        candidate: StepResult | None = None  # the search's chosen build: the target's artifact is a copy
+        if q is not None and q.accuracy_budget is not None and target.float_layers:
             try:
-                found = self._fallback(
+                found, candidate = self._fallback(
                     spec, target, request, key_for, device, threads, x_eval, labels, src_logits
                 )
             except EdgeVitError as exc:
@@ -343,7 +352,7 @@ class Build:
             step = self.ws.step(
                 f"targets/{spec.name}",
                 key,
-                lambda d: target.lower(request, d),
+                (lambda d: _copy_outputs(candidate, d)) if candidate else (lambda d: target.lower(request, d)),
                 {
                     "producer": f"targets.{spec.backend}",
                     "precision": spec.precision,
@@ -487,11 +496,12 @@ class Build:
         x_eval: np.ndarray,
         labels: np.ndarray,
         src_logits: np.ndarray,
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], StepResult]:
         """Choose the fewest layers to keep float so an INT8 target meets the quantize stage's
         accuracy budget: quantize everything in scope; if the budget is missed, rank the quantized
         layers by their error when run alone (layer-wise comparison) and keep the worst 1, 2, …
-        float until it is met (or ``max_float_layers`` is reached: best effort, reported)."""
+        float until it is met (or ``max_float_layers`` is reached: best effort, reported). Returns the
+        report's ``fallback`` entry and the chosen candidate's step."""
         from edgevit.check import layerwise
 
         q = request.quantize
@@ -499,7 +509,7 @@ class Build:
         budget, r = q.accuracy_budget, self.recipe
         tried: list[dict[str, Any]] = []
 
-        def attempt(extra: list[str]) -> Path:
+        def attempt(extra: list[str]) -> StepResult:
             layers = sorted(set(q.float_layers) | set(extra))
             req = replace(
                 request, quantize=q.model_copy(update={"float_layers": layers, "accuracy_budget": None})
@@ -520,12 +530,13 @@ class Build:
                 f"{spec.name}: fallback with {len(extra)} float layer(s): drop {acc.top1_drop:+.2f}, SQNR "
                 f"{acc.sqnr_db:.1f} dB, agreement {acc.agreement:.4f}{' (budget met)' if met else ''}"
             )
-            return artifact
+            return step
 
-        artifact = attempt([])
+        chosen_step = attempt([])
+        artifact = chosen_step.path(target.artifact_name)
         out: dict[str, Any] = {"applied": True, "budget": budget.model_dump(), "tried": tried}
         if tried[-1]["met"]:
-            return {**out, "met": True, "float_layers": []}
+            return {**out, "met": True, "float_layers": []}, chosen_step
         if artifact.suffix not in layerwise.COMPARABLE_SUFFIXES:
             raise EdgeVitError(f"{spec.name}: no layer-wise comparison for {artifact.suffix} artifacts")
         # Rank on calibration images (not the evaluation set the budget and gates are checked on).
@@ -538,11 +549,11 @@ class Build:
         chosen: list[str] = []
         for k in range(1, min(budget.max_float_layers, len(ranking)) + 1):
             chosen = [x["layer"] for x in ranking[:k]]
-            attempt(chosen)
+            chosen_step = attempt(chosen)
             if tried[-1]["met"]:
-                return {**out, "met": True, "float_layers": chosen}
+                return {**out, "met": True, "float_layers": chosen}, chosen_step
         self.log(f"{spec.name}: accuracy budget not met with {len(chosen)} float layers (best effort kept)")
-        return {**out, "met": False, "float_layers": chosen}
+        return {**out, "met": False, "float_layers": chosen}, chosen_step
 
     def _layerwise(self, spec: TargetSpec, float_onnx: Path, artifact: Path, x: np.ndarray) -> dict[str, Any]:
         """The layer-wise comparison of an INT8 artifact with the float ONNX ({} when not comparable)."""
