@@ -39,14 +39,6 @@ class QdqOptions(BaseModel):
         return value
 
 
-def parse_qdq_options(target: Target, options: dict[str, Any], precision: str) -> QdqOptions:
-    """Options for a QDQ backend; scale factors only mean something for int8."""
-    parsed = QdqOptions.model_validate(options)
-    if parsed.activation_scale_factors and precision != "int8":
-        raise ValueError(f"activation_scale_factors is for int8 {target.name} targets, not {precision}")
-    return parsed
-
-
 class OrtRunner(Runner):
     """Runs an .onnx file on ONNX Runtime's CPU execution provider."""
 
@@ -62,20 +54,29 @@ class OrtRunner(Runner):
         self._session = None
 
 
-class OrtTarget(Target):
-    """ONNX Runtime on the host CPU."""
+class QdqTarget(Target):
+    """A backend whose INT8 artifact is a QDQ ONNX made by ``quantize_qdq`` (onnxruntime, tensorrt):
+    ONNX Runtime's quantizer on the host, QdqOptions, layers kept float on request."""
 
-    name = "onnxruntime"
-    precisions = ("fp32", "int8")
     modules = ("onnxruntime",)
     extra = "onnxruntime"
     artifact_name = "model.onnx"
-    runner_class = OrtRunner
     float_layers = True
     options_schema = QdqOptions
 
     def parse_options(self, options: dict[str, Any], precision: str) -> BaseModel | None:
-        return parse_qdq_options(self, options, precision)
+        parsed = QdqOptions.model_validate(options)
+        if parsed.activation_scale_factors and precision != "int8":
+            raise ValueError(f"activation_scale_factors is for int8 {self.name} targets, not {precision}")
+        return parsed
+
+
+class OrtTarget(QdqTarget):
+    """ONNX Runtime on the host CPU."""
+
+    name = "onnxruntime"
+    precisions = ("fp32", "int8")
+    runner_class = OrtRunner
 
     def lower(self, request: LowerRequest, workdir: Path) -> Path:
         self.require()

@@ -26,14 +26,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
-
 from edgevit.agent import PLAN_NAME  # the agent reads the plan by this name
 from edgevit.devices import DeviceProfile, TensorRTSettings
 from edgevit.errors import LoweringError
 from edgevit.fileio import atomic_write_json
-from edgevit.targets.base import INPUT_NAME, LowerRequest, Target
-from edgevit.targets.onnxruntime import OrtRunner, QdqOptions, parse_qdq_options, quantize_qdq
+from edgevit.targets.base import INPUT_NAME, LowerRequest
+from edgevit.targets.onnxruntime import OrtRunner, QdqTarget, quantize_qdq
 
 # ONNX operators TensorRT 10's ONNX parser (onnx-tensorrt, TensorRT 10.x) imports. Keep in step
 # with the TensorRT version of the device profiles; an op outside it fails the build here.
@@ -128,21 +126,13 @@ def build_plan(request: LowerRequest, trt: TensorRTSettings) -> dict[str, Any]:
     }
 
 
-class TensorrtTarget(Target):
-    """TensorRT (device); on the host a TensorRT-ready ONNX + build plan, checked by ONNX Runtime."""
+class TensorrtTarget(QdqTarget):
+    """TensorRT (device); on the host a TensorRT-ready ONNX + build plan, checked by ONNX Runtime
+    (onnxruntime is what the host side needs; TensorRT runs on the device)."""
 
     name = "tensorrt"
     precisions = ("fp16", "int8")
-    modules = ("onnxruntime",)  # the host side (quantization, check); TensorRT runs on the device
-    extra = "onnxruntime"
-    artifact_name = "model.onnx"
     runner_class = TrtHostCheckRunner
-    float_layers = True
-    options_schema = QdqOptions
-
-    def parse_options(self, options: dict[str, Any], precision: str) -> BaseModel | None:
-        return parse_qdq_options(self, options, precision)
-
     revision = 3  # 2: biases stay float; 3: the plan takes the device profile's tensorrt settings
 
     def device_key(self, device: DeviceProfile) -> dict[str, Any]:
