@@ -28,6 +28,36 @@ def _fmt(value: Any, spec: str) -> str:
     return "—" if value is None else format(value, spec)
 
 
+TARGET_COLUMNS = (
+    "target", "backend", "precision", "status", "where", "top-1 %", "drop (pts)", "agreement", "cosine",
+    "SQNR dB", "p50 ms", "p90 ms", "p99 ms", "size",
+)  # fmt: skip
+GATE_COLUMNS = ("target", "gate", "limit", "value", "result")
+
+
+def target_cells(t: dict[str, Any]) -> list[str]:
+    """One target's row of the targets table (report.md and report.html), as text."""
+    acc, lat = t.get("accuracy") or {}, t.get("latency_ms") or {}
+    size = t.get("size_bytes")
+    return [
+        t["name"], t["backend"], t["precision"], t["status"], str(t.get("where")),
+        _fmt(acc.get("top1"), ".2f"), _fmt(acc.get("top1_drop"), "+.2f"), _fmt(acc.get("agreement"), ".4f"),
+        _fmt(acc.get("cosine"), ".5f"), _fmt(acc.get("sqnr_db"), ".1f"), _fmt(lat.get("p50"), ".3f"),
+        _fmt(lat.get("p90"), ".3f"), _fmt(lat.get("p99"), ".3f"), "—" if size is None else f"{size / 1e6:.2f} MB",
+    ]  # fmt: skip
+
+
+def gate_cells(g: dict[str, Any]) -> list[str]:
+    """One gate's row of the gates table; the result cell starts with ``pass`` or ``FAIL``."""
+    value = "—" if g["value"] is None else f"{g['value']:.4g}"
+    note = f" ({g['note']})" if g.get("note") else ""
+    return [g["target"], g["name"], f"{g['limit']:g}", value, ("pass" if g["passed"] else "FAIL") + note]
+
+
+def _md_row(cells: list[str] | tuple[str, ...]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
 def _stage_lines(doc: dict[str, Any]) -> list[str]:
     """The compression table: size and float accuracy of the reference and after each stage."""
     stages = doc.get("stages") or []
@@ -68,20 +98,10 @@ def render_markdown(doc: dict[str, Any]) -> str:
         f"({ref['evaluation']}), measured on the host with PyTorch.",
         *_stage_lines(doc),
         "",
-        "| target | backend | precision | status | where | top-1 % | drop (pts) | agreement | cosine "
-        "| SQNR dB | p50 ms | p90 ms | p99 ms | size |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        _md_row(TARGET_COLUMNS),
+        _md_row(["---"] * len(TARGET_COLUMNS)),
+        *[_md_row(target_cells(t)) for t in doc["targets"]],
     ]
-    for t in doc["targets"]:
-        acc, lat = t.get("accuracy") or {}, t.get("latency_ms") or {}
-        size = t.get("size_bytes")
-        lines.append(
-            f"| {t['name']} | {t['backend']} | {t['precision']} | {t['status']} | {t['where']} "
-            f"| {_fmt(acc.get('top1'), '.2f')} | {_fmt(acc.get('top1_drop'), '+.2f')} "
-            f"| {_fmt(acc.get('agreement'), '.4f')} | {_fmt(acc.get('cosine'), '.5f')} "
-            f"| {_fmt(acc.get('sqnr_db'), '.1f')} | {_fmt(lat.get('p50'), '.3f')} | {_fmt(lat.get('p90'), '.3f')} "
-            f"| {_fmt(lat.get('p99'), '.3f')} | {'—' if size is None else f'{size / 1e6:.2f} MB'} |"
-        )
     notes = [f"- **{t['name']}** {t['status']}: {t['reason']}" for t in doc["targets"] if t.get("reason")]
     if notes:
         lines += ["", *notes]
@@ -159,14 +179,12 @@ def render_markdown(doc: dict[str, Any]) -> str:
             f"{host.get('cpu', '?')} ({host.get('cores', '?')} cores; "
             f"{', '.join(host.get('cpu_flags') or ['no AVX2/AVX-512 flags'])}).",
         ]
-    lines += ["", "## Gates", "", "| target | gate | limit | value | result |", "|---|---|---|---|---|"]
+    lines += ["", "## Gates", "", _md_row(GATE_COLUMNS), _md_row(["---"] * len(GATE_COLUMNS))]
     for g in doc["gates"]:
-        value = "—" if g["value"] is None else f"{g['value']:.4g}"
-        verdict = "pass" if g["passed"] else "**FAIL**"
-        lines.append(
-            f"| {g['target']} | {g['name']} | {g['limit']:g} | {value} | {verdict}"
-            f"{' (' + g['note'] + ')' if g.get('note') else ''} |"
-        )
+        cells = gate_cells(g)
+        if not g["passed"]:
+            cells[-1] = "**FAIL**" + cells[-1][4:]
+        lines.append(_md_row(cells))
     lines += [
         "",
         f"**Result: {'PASSED' if doc['passed'] else 'FAILED'}**",

@@ -12,6 +12,8 @@ import html
 import io
 from typing import Any
 
+from edgevit.report.document import GATE_COLUMNS, TARGET_COLUMNS, gate_cells, target_cells
+
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;color:#1b1b1b}
 h1{font-size:1.6em}h2{font-size:1.25em;margin-top:1.6em;border-bottom:1px solid #ddd}
@@ -22,8 +24,8 @@ td:first-child,th:first-child{text-align:left}.pass{color:#17702a}.fail{color:#b
 """
 
 
-def _fmt(value: Any, spec: str) -> str:
-    return "—" if value is None else format(value, spec)
+def _row(cells: list[str] | tuple[str, ...], tag: str = "td") -> str:
+    return "<tr>" + "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in cells) + "</tr>"
 
 
 def _png(fig: Any) -> str:
@@ -109,21 +111,9 @@ def render_html(doc: dict[str, Any]) -> str:
         f"<p>{e(doc.get('description') or '')}</p>",
         f"<p>Float reference <b>{e(ref['model'])}</b>: top-1 <b>{ref['top1']:.2f}%</b> on {ref['samples']} images "
         f"({e(ref['evaluation'])}).</p>",
-        "<h2>Targets</h2><table><tr><th>target</th><th>backend</th><th>precision</th><th>status</th><th>where</th>"
-        "<th>top-1 %</th><th>drop</th><th>agreement</th><th>cosine</th><th>SQNR dB</th><th>p50 ms</th>"
-        "<th>p90 ms</th><th>size</th></tr>",
+        "<h2>Targets</h2><table>" + _row(TARGET_COLUMNS, "th"),
+        *[_row(target_cells(t)) for t in doc["targets"]],
     ]
-    for t in doc["targets"]:
-        a, lat = t.get("accuracy") or {}, t.get("latency_ms") or {}
-        size = t.get("size_bytes")
-        parts.append(
-            f"<tr><td>{e(t['name'])}</td><td>{e(t['backend'])}</td><td>{e(t['precision'])}</td>"
-            f"<td>{e(t['status'])}</td><td>{e(str(t.get('where')))}</td><td>{_fmt(a.get('top1'), '.2f')}</td>"
-            f"<td>{_fmt(a.get('top1_drop'), '+.2f')}</td><td>{_fmt(a.get('agreement'), '.4f')}</td>"
-            f"<td>{_fmt(a.get('cosine'), '.5f')}</td><td>{_fmt(a.get('sqnr_db'), '.1f')}</td>"
-            f"<td>{_fmt(lat.get('p50'), '.3f')}</td><td>{_fmt(lat.get('p90'), '.3f')}</td>"
-            f"<td>{'—' if size is None else f'{size / 1e6:.2f} MB'}</td></tr>"
-        )
     parts.append("</table>")
     notes = [
         f"<li><b>{e(t['name'])}</b>: {e(str(t['reason']))}</li>" for t in doc["targets"] if t.get("reason")
@@ -165,16 +155,12 @@ def render_html(doc: dict[str, Any]) -> str:
             + f"</table><p class='note'>{lw['samples']} evaluation images; each quantized layer is also run alone "
             "on the float model's input to it, so its own error is separated from the error it receives.</p>"
         )
-    parts.append(
-        "<h2>Gates</h2><table><tr><th>target</th><th>gate</th><th>limit</th><th>value</th><th>result</th></tr>"
-    )
+    parts.append("<h2>Gates</h2><table>" + _row(GATE_COLUMNS, "th"))
     for g in doc["gates"]:
-        value = "—" if g["value"] is None else f"{g['value']:.4g}"
-        css, word = ("pass", "pass") if g["passed"] else ("fail", "FAIL")
-        note = f" ({e(g['note'])})" if g.get("note") else ""
+        cells = [e(c) for c in gate_cells(g)]
+        css = "pass" if g["passed"] else "fail"
         parts.append(
-            f"<tr><td>{e(g['target'])}</td><td>{e(g['name'])}</td><td>{g['limit']:g}</td><td>{value}</td>"
-            f"<td class='{css}'>{word}{note}</td></tr>"
+            "<tr>" + "".join(f"<td>{c}</td>" for c in cells[:-1]) + f"<td class='{css}'>{cells[-1]}</td></tr>"
         )
     host = doc.get("host", {})
     parts.append(
