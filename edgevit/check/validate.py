@@ -25,6 +25,7 @@ from edgevit.errors import BuildDirError, EdgeVitError, NotCheckable
 from edgevit.fileio import confined, sha256_file
 from edgevit.models.config import ModelConfig
 from edgevit.recipe.schema import Recipe
+from edgevit.report.document import fmt
 from edgevit.workspace import LOWERED_BUNDLE
 
 
@@ -71,16 +72,17 @@ class Validation:
             if t["status"] == "failed":
                 failures += 1
                 ET.SubElement(case, "failure", message=str(t.get("reason"))).text = str(t.get("reason"))
-            elif t["status"] == "skipped":
+            elif not t.get("rechecked"):
                 skipped += 1
-                ET.SubElement(case, "skipped", message=str(t.get("reason")))
+                why = t.get("note") if t["status"] == "ok" else t.get("reason")
+                ET.SubElement(case, "skipped", message=str(why))
         for g in self.gates:
             case = ET.SubElement(
                 suite, "testcase", classname=f"edgevit.{self.recipe}.{g.target}", name=g.name
             )
             if not g.passed:
                 failures += 1
-                message = f"{g.target}: {g.name} {_fmt(g.value)} against limit {_fmt(g.limit)}"
+                message = f"{g.target}: {g.name} {fmt(g.value)} against limit {fmt(g.limit)}"
                 message += f" ({g.note})" if g.note else ""
                 ET.SubElement(case, "failure", message=message).text = message
             elif g.value is None:
@@ -100,7 +102,8 @@ class Validation:
         lines = [
             f"### edgevit validate `{self.recipe}`: {'✅' if self.passed else '❌'} {verdict}",
             "",
-            f"{self.files_verified} files matched manifest.json; every artifact re-checked on the evaluation set"
+            f"{self.files_verified} files matched manifest.json; {sum(bool(t.get('rechecked')) for t in self.targets)} "
+            f"of {len(self.targets)} artifacts re-checked on the evaluation set"
             + (f"; compared with baseline `{self.baseline}`" if self.baseline else "")
             + ".",
             "",
@@ -114,16 +117,16 @@ class Validation:
             mark = "—" if not own else ("✅" if all(g.passed for g in own) else "❌")
             where = t.get("where", "") if t["status"] == "ok" else f"{t['status']}: {t.get('reason')}"
             lines.append(
-                f"| {t['name']} | {t['backend']} | {t['precision']} | {where} | {_fmt(a.get('top1'), '.2f')} | "
-                f"{_fmt(a.get('top1_drop'), '+.2f')} | {_fmt(a.get('agreement'), '.4f')} | "
-                f"{_fmt(a.get('cosine'), '.5f')} | {_fmt(a.get('sqnr_db'), '.1f')} | {_fmt(lat.get('p50'), '.3f')} | "
+                f"| {t['name']} | {t['backend']} | {t['precision']} | {where} | {fmt(a.get('top1'), '.2f')} | "
+                f"{fmt(a.get('top1_drop'), '+.2f')} | {fmt(a.get('agreement'), '.4f')} | "
+                f"{fmt(a.get('cosine'), '.5f')} | {fmt(a.get('sqnr_db'), '.1f')} | {fmt(lat.get('p50'), '.3f')} | "
                 f"{mark} |"
             )
         failed = [g for g in self.gates if not g.passed]
         if failed:
             lines += ["", "**Failed gates**", ""]
             lines += [
-                f"- `{g.target}` {g.name}: {_fmt(g.value)} against limit {_fmt(g.limit)}"
+                f"- `{g.target}` {g.name}: {fmt(g.value)} against limit {fmt(g.limit)}"
                 + (f" ({g.note})" if g.note else "")
                 for g in failed
             ]
@@ -142,10 +145,6 @@ class Validation:
         if self.notes:
             lines += ["", *[f"_{n}_" for n in self.notes]]
         return "\n".join(lines) + "\n"
-
-
-def _fmt(value: Any, spec: str = "g") -> str:
-    return "—" if value is None else format(value, spec)
 
 
 def verify_files(build_dir: Path, skip: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -209,6 +208,7 @@ def recheck(
 
     entry = {k: t.get(k) for k in ("name", "backend", "precision", "status", "where", "reason", "latency_ms")}
     entry["recorded_accuracy"] = t.get("accuracy")
+    entry["rechecked"] = False
     if t.get("status") != "ok":
         return entry
     spec = next((s for s in recipe.targets if s.name == t["name"]), None)
@@ -236,6 +236,7 @@ def recheck(
     except EdgeVitError as exc:
         return {**entry, "status": "failed", "reason": f"re-check failed: {exc}"}
     entry["accuracy"] = accuracy.compare(logits, labels, ref).to_dict()
+    entry["rechecked"] = True
     entry["where"] = f"simulated:{simulated}" if simulated else "host"
     if replacement is not None:
         entry["artifact"] = str(replacement)

@@ -24,7 +24,8 @@ class Report:
         return next(t for t in self.data["targets"] if t["name"] == name)
 
 
-def _fmt(value: Any, spec: str) -> str:
+def fmt(value: Any, spec: str = "g") -> str:
+    """``value`` formatted with ``spec``; a dash when it was not measured."""
     return "—" if value is None else format(value, spec)
 
 
@@ -41,9 +42,9 @@ def target_cells(t: dict[str, Any]) -> list[str]:
     size = t.get("size_bytes")
     return [
         t["name"], t["backend"], t["precision"], t["status"], str(t.get("where")),
-        _fmt(acc.get("top1"), ".2f"), _fmt(acc.get("top1_drop"), "+.2f"), _fmt(acc.get("agreement"), ".4f"),
-        _fmt(acc.get("cosine"), ".5f"), _fmt(acc.get("sqnr_db"), ".1f"), _fmt(lat.get("p50"), ".3f"),
-        _fmt(lat.get("p90"), ".3f"), _fmt(lat.get("p99"), ".3f"), "—" if size is None else f"{size / 1e6:.2f} MB",
+        fmt(acc.get("top1"), ".2f"), fmt(acc.get("top1_drop"), "+.2f"), fmt(acc.get("agreement"), ".4f"),
+        fmt(acc.get("cosine"), ".5f"), fmt(acc.get("sqnr_db"), ".1f"), fmt(lat.get("p50"), ".3f"),
+        fmt(lat.get("p90"), ".3f"), fmt(lat.get("p99"), ".3f"), "—" if size is None else f"{size / 1e6:.2f} MB",
     ]  # fmt: skip
 
 

@@ -83,6 +83,7 @@ def test_rechecked_numbers_match_the_build(build: Path) -> None:
             recorded["accuracy"]["cosine"]
         )
     assert result.files_verified >= 10 and not result.passed
+    assert all(t["rechecked"] for t in result.targets) and "3 of 3 artifacts re-checked" in result.markdown()
 
 
 def test_tampered_or_missing_artifact_is_an_error(build: Path, tmp_path: Path, capsys) -> None:
