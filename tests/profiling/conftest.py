@@ -82,9 +82,7 @@ def start_sshd(root: Path) -> Sshd:
     else:
         proc.kill()
         pytest.fail(f"sshd did not start: {(root / 'sshd.log').read_text()[-500:]}")
-    options = (
-        f"-i {root / 'user_key'} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
-    )
+    options = f"-i {root / 'user_key'} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
     import getpass
 
     return Sshd(port, getpass.getuser(), options, proc)
@@ -97,3 +95,38 @@ def sshd(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPat
     yield server
     if server.process.poll() is None:
         server.kill_all()
+
+
+@pytest.fixture
+def bundle(tiny_checkpoint: Path, tmp_path: Path) -> Path:
+    """An evaluation bundle for the tiny model: 12 random images, their float logits, labels = argmax."""
+    import numpy as np
+
+    from edgevit.models.load import load, logits_of
+
+    x = np.random.default_rng(0).uniform(-1, 1, (12, 3, 32, 32)).astype(np.float32)
+    ref = logits_of(load(checkpoint=tiny_checkpoint).model, x, 12)
+    path = tmp_path / "bundle.npz"
+    np.savez(path, inputs=x, labels=ref.argmax(1), reference_logits=ref)
+    return path
+
+
+@pytest.fixture
+def device_profiles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """``add(name, profile)`` writes a device profile into a private targets/ directory edgevit reads."""
+    import yaml
+
+    from edgevit import devices
+
+    profiles = tmp_path / "targets"
+    profiles.mkdir()
+    monkeypatch.setattr(devices, "targets_dir", lambda: profiles)
+    devices.resolve_device.cache_clear()
+
+    def add(name: str, profile: dict) -> str:
+        (profiles / f"{name}.yaml").write_text(yaml.safe_dump(profile))
+        devices.resolve_device.cache_clear()
+        return name
+
+    yield add
+    devices.resolve_device.cache_clear()

@@ -56,18 +56,6 @@ def trt_int8(tiny_checkpoint: Path, tiny_onnx: Path, tmp_path_factory: pytest.Te
     return lower(tiny_checkpoint, tiny_onnx, tmp_path_factory.mktemp("trt-int8"), "int8")
 
 
-@pytest.fixture
-def bundle(tiny_checkpoint: Path, tmp_path: Path) -> Path:
-    import torch
-
-    x = np.random.default_rng(0).uniform(-1, 1, (12, 3, 32, 32)).astype(np.float32)
-    with torch.no_grad():
-        ref = load(checkpoint=tiny_checkpoint).model(torch.from_numpy(x)).numpy()
-    path = tmp_path / "bundle.npz"
-    np.savez(path, inputs=x, labels=ref.argmax(1), reference_logits=ref)
-    return path
-
-
 def test_engine_is_built_from_the_plan_cached_and_run(
     standin, trt_int8: Path, bundle: Path, tmp_path: Path
 ) -> None:

@@ -7,33 +7,22 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 import edgevit
-from edgevit import devices
 from tests.conftest import tiny_recipe, write_recipe
 
 pytest.importorskip("onnxruntime")
 
 
 @pytest.fixture
-def lab_box(sshd, tmp_path, monkeypatch) -> str:
-    profiles = tmp_path / "targets"
-    profiles.mkdir()
-    (profiles / "lab-box.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "transport": "ssh",
-                "address": sshd.url(sys.executable),
-                "runtimes": ["onnxruntime"],
-                "threads": 1,
-            }
-        )
-    )
-    monkeypatch.setattr(devices, "targets_dir", lambda: profiles)
-    devices.resolve_device.cache_clear()
-    yield "lab-box"
-    devices.resolve_device.cache_clear()
+def lab_box(sshd, device_profiles) -> str:
+    profile = {
+        "transport": "ssh",
+        "address": sshd.url(sys.executable),
+        "runtimes": ["onnxruntime"],
+        "threads": 1,
+    }
+    return device_profiles("lab-box", profile)
 
 
 def test_build_measures_latency_on_the_device(lab_box, sshd, tiny_checkpoint: Path, tmp_path: Path) -> None:
@@ -59,7 +48,7 @@ def test_build_measures_latency_on_the_device(lab_box, sshd, tiny_checkpoint: Pa
 
 
 @pytest.fixture
-def stand_in_jetson(sshd, tmp_path, monkeypatch) -> str:
+def stand_in_jetson(sshd, device_profiles, tmp_path) -> str:
     """An SSH 'Jetson' whose Python sees the tensorrt/cuda-python stand-ins (see standin_trt/README.md)."""
     standin = Path(__file__).resolve().parent / "standin_trt"
     python = tmp_path / "jetson-python"
@@ -68,23 +57,14 @@ def stand_in_jetson(sshd, tmp_path, monkeypatch) -> str:
         f'exec {sys.executable} "$@"\n'
     )
     python.chmod(0o755)
-    profiles = tmp_path / "targets"
-    profiles.mkdir()
-    (profiles / "lab-jetson.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "transport": "ssh",
-                "address": sshd.url(str(python)),
-                "runtimes": ["tensorrt"],
-                "threads": 1,
-                "tensorrt": {"version": "10.3", "workspace_mib": 512},
-            }
-        )
-    )
-    monkeypatch.setattr(devices, "targets_dir", lambda: profiles)
-    devices.resolve_device.cache_clear()
-    yield "lab-jetson"
-    devices.resolve_device.cache_clear()
+    profile = {
+        "transport": "ssh",
+        "address": sshd.url(str(python)),
+        "runtimes": ["tensorrt"],
+        "threads": 1,
+        "tensorrt": {"version": "10.3", "workspace_mib": 512},
+    }
+    return device_profiles("lab-jetson", profile)
 
 
 def test_tensorrt_target_is_built_and_measured_on_the_device(

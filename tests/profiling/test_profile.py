@@ -10,7 +10,6 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from edgevit import agent
@@ -27,20 +26,6 @@ def shape(doc):
     if isinstance(doc, list):
         return [shape(v) for v in doc[:1]]
     return type(doc).__name__ if not isinstance(doc, (int, float)) else "number"
-
-
-@pytest.fixture
-def bundle(tiny_checkpoint, tmp_path) -> Path:
-    import torch
-
-    from edgevit.models.load import load
-
-    x = np.random.default_rng(0).uniform(-1, 1, (12, 3, 32, 32)).astype(np.float32)
-    with torch.no_grad():
-        ref = load(checkpoint=tiny_checkpoint).model(torch.from_numpy(x)).numpy()
-    path = tmp_path / "bundle.npz"
-    np.savez(path, inputs=x, labels=ref.argmax(1), reference_logits=ref)
-    return path
 
 
 def test_local_and_ssh_profiles_agree(sshd, tiny_onnx, bundle) -> None:
@@ -66,7 +51,17 @@ def minimal_python(tmp_path_factory) -> str:
         if line.split("==")[0].lower() in ("numpy", "onnxruntime")
     ]
     subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--disable-pip-version-check", *pins],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(python),
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            *pins,
+        ],
         check=True,
         capture_output=True,
     )
@@ -89,7 +84,9 @@ def test_agent_needs_only_numpy_and_the_runtime(sshd, minimal_python, tiny_onnx,
 def test_wrong_artifact_type_is_a_clear_error(sshd, tmp_path) -> None:
     wrong = tmp_path / "model.pt"
     wrong.write_bytes(b"not a model")
-    with pytest.raises(ProfileError, match=r"unknown artifact type \.pt; the agent runs \.onnx, \.tflite, \.xml"):
+    with pytest.raises(
+        ProfileError, match=r"unknown artifact type \.pt; the agent runs \.onnx, \.tflite, \.xml"
+    ):
         profile(wrong, sshd.url(sys.executable), runs=5)
 
 
@@ -169,7 +166,18 @@ def test_cli_profiles_a_build_directory(tmp_path, tiny_onnx, bundle) -> None:
     }
     (build / "report.json").write_text(json.dumps(report))
     proc = subprocess.run(
-        [sys.executable, "-m", "edgevit.cli", "profile", str(build), "--device", "local", "--runs", "10", "--json"],
+        [
+            sys.executable,
+            "-m",
+            "edgevit.cli",
+            "profile",
+            str(build),
+            "--device",
+            "local",
+            "--runs",
+            "10",
+            "--json",
+        ],
         capture_output=True,
         text=True,
     )
