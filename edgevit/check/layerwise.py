@@ -74,13 +74,10 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(np.sum(a * b, axis=1) / np.maximum(denom, 1e-12)))
 
 
-def layers(float_onnx: Path) -> list[_Layer]:
-    """The float graph's MatMul/Gemm/Conv nodes, named by the torch module they came from."""
-    import onnx
-
+def layers(model: Any) -> list[_Layer]:
+    """A loaded float graph's MatMul/Gemm/Conv nodes, named by the torch module they came from."""
     from edgevit.targets.graph import module_name
 
-    model = onnx.load(str(float_onnx), load_external_data=False)
     found = []
     for node in model.graph.node:
         if node.op_type in LAYER_OPS:
@@ -89,14 +86,18 @@ def layers(float_onnx: Path) -> list[_Layer]:
     return found
 
 
-def _onnx_tensors(path: Path, wanted: list[str], x: np.ndarray) -> tuple[dict[str, np.ndarray], set[str]]:
-    """Run an ONNX with ONNX Runtime on ``x`` with ``wanted`` tensors (those that exist, or their
-    Q/DQ-renamed twins) as extra outputs: ({float-graph name: value}, names of the tensors that
-    reach their consumers through Q/DQ)."""
+def _actual(name: str, produced: set[str]) -> str | None:
+    """The name a float-graph tensor has in a QDQ graph: its own, or its Q/DQ-renamed twin."""
+    return name if name in produced else next((name + s for s in _SUFFIXES if name + s in produced), None)
+
+
+def _onnx_tensors(model: Any, wanted: list[str], x: np.ndarray) -> tuple[dict[str, np.ndarray], set[str]]:
+    """Run a loaded ONNX with ONNX Runtime on ``x`` with ``wanted`` tensors (those that exist, or
+    their Q/DQ-renamed twins) added to its outputs: ({float-graph name: value}, names of the
+    tensors that reach their consumers through Q/DQ)."""
     import onnx
     import onnxruntime as ort
 
-    model = onnx.load(str(path))
     produced = {o for n in model.graph.node for o in n.output} | {i.name for i in model.graph.input}
     quantized = {n for n in wanted if n + "_DequantizeLinear_Output" in produced}
     types = {v.name: v.type.tensor_type.elem_type for v in [*model.graph.value_info, *model.graph.output]}
@@ -104,9 +105,7 @@ def _onnx_tensors(path: Path, wanted: list[str], x: np.ndarray) -> tuple[dict[st
     types.update({v.name: v.type.tensor_type.elem_type for v in inferred.graph.value_info})
     alias: dict[str, str] = {}
     for name in wanted:
-        actual = (
-            name if name in produced else next((name + s for s in _SUFFIXES if name + s in produced), None)
-        )
+        actual = _actual(name, produced)
         if actual is not None:
             alias[actual] = name
     existing = {o.name for o in model.graph.output}
@@ -126,21 +125,20 @@ def _onnx_tensors(path: Path, wanted: list[str], x: np.ndarray) -> tuple[dict[st
 
 
 def _onnx_local(
-    path: Path, pairs: list[tuple[str, str]], inputs: dict[str, np.ndarray]
+    model: Any, pairs: list[tuple[str, str]], inputs: dict[str, np.ndarray]
 ) -> dict[str, np.ndarray]:
-    """Run each (input, output) span of an ONNX alone (onnx.utils.Extractor) on the float model's
-    value of its input; {output name: value}."""
+    """Run each (input, output) span of a loaded ONNX alone (onnx.utils.Extractor) on the float
+    model's value of its input; {output name: value}."""
     import onnx
     import onnxruntime as ort
 
-    model = onnx.load(str(path))
     produced = {o for n in model.graph.node for o in n.output}
     extractor = onnx.utils.Extractor(model)
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     out = {}
     for src, dst in pairs:
-        actual = dst if dst in produced else next((dst + s for s in _SUFFIXES if dst + s in produced), None)
+        actual = _actual(dst, produced)
         if actual is None:
             continue
         sub = extractor.extract_model([src], [actual])
@@ -252,16 +250,20 @@ def _openvino_local(path: Path, found: list[_Layer], inputs: dict[str, np.ndarra
 
 def compare(float_onnx: Path, artifact: Path, x: np.ndarray) -> list[LayerError]:
     """Per-layer error of ``artifact`` (.onnx or OpenVINO .xml) against ``float_onnx`` on images
-    ``x``: quantized layers first, the one adding the most noise first. Layers whose tensors the
+    ``x``: quantized layers first, lowest SQNR when run alone first. Layers whose tensors the
     artifact does not expose are left out."""
-    found = layers(float_onnx)
+    import onnx
+
+    float_model = onnx.load(str(float_onnx))
+    found = layers(float_model)
     wanted = sorted({t for layer in found for t in (layer.input, layer.output)})
     x = np.ascontiguousarray(x, np.float32)
-    reference, _ = _onnx_tensors(float_onnx, wanted, x)
+    reference, _ = _onnx_tensors(float_model, wanted, x)
     if artifact.suffix == ".onnx":
-        other, quantized = _onnx_tensors(artifact, wanted, x)
+        model = onnx.load(str(artifact))
+        other, quantized = _onnx_tensors(model, wanted, x)  # adds the probed tensors to its outputs
         spans = [(la.input, la.output) for la in found if la.input in quantized and la.input in reference]
-        local = _onnx_local(artifact, spans, reference)
+        local = _onnx_local(model, spans, reference)
     elif artifact.suffix == ".xml":
         other, quantized = _openvino_tensors(artifact, found, x)
         local = _openvino_local(artifact, [la for la in found if la.input in quantized], reference)

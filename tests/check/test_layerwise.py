@@ -38,7 +38,7 @@ def test_module_names_from_name_scopes() -> None:
 
 
 def test_layers_of_an_exported_model(tiny_onnx) -> None:
-    found = layers(tiny_onnx)
+    found = layers(onnx.load(str(tiny_onnx)))
     names = [f.name for f in found]
     assert names[0] == "patch_embed.proj" and names[-1] == "head"
     assert {"blocks.0.attn.qkv", "blocks.0.attn.proj", "blocks.0.mlp.fc1", "blocks.0.mlp.fc2"} <= set(names)
