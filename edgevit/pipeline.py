@@ -499,8 +499,8 @@ class Build:
     ) -> tuple[dict[str, Any], StepResult]:
         """Choose the fewest layers to keep float so an INT8 target meets the quantize stage's
         accuracy budget: quantize everything in scope; if the budget is missed, rank the quantized
-        layers by their error when run alone (layer-wise comparison) and keep the worst 1, 2, …
-        float until it is met (or ``max_float_layers`` is reached: best effort, reported). Returns the
+        layers (see ``_sensitivity``) and keep the first 1, 2, … float until it is met on the
+        evaluation set (or ``max_float_layers`` is reached: best effort, reported). Returns the
         report's ``fallback`` entry and the chosen candidate's step."""
         from edgevit.check import layerwise
 
@@ -509,21 +509,26 @@ class Build:
         budget, r = q.accuracy_budget, self.recipe
         tried: list[dict[str, Any]] = []
 
-        def attempt(extra: list[str]) -> StepResult:
+        def candidate(name: str, extra: list[str]) -> tuple[StepResult, Path]:
             layers = sorted(set(q.float_layers) | set(extra))
             req = replace(
                 request, quantize=q.model_copy(update={"float_layers": layers, "accuracy_budget": None})
             )
             step = self.ws.step(
-                f"search/{spec.name}/{len(extra)}",
+                f"search/{spec.name}/{name}",
                 key_for(req),
                 lambda d: target.lower(req, d),
                 {"producer": f"targets.{spec.backend} (fallback search)", "float_layers": layers},
             )
-            artifact = step.path(target.artifact_name)
+            return step, step.path(target.artifact_name)
+
+        def infer(artifact: Path, x: np.ndarray) -> np.ndarray:
             with target.runner(artifact, threads, request.model_config.input_size, device) as runner:
-                logits = runner.infer_all(x_eval, r.check.eval_batch)
-            acc = accuracy.compare(logits, labels, src_logits)
+                return runner.infer_all(x, r.check.eval_batch)
+
+        def attempt(extra: list[str]) -> StepResult:
+            step, artifact = candidate(str(len(extra)), extra)
+            acc = accuracy.compare(infer(artifact, x_eval), labels, src_logits)
             met = budget.met(acc.top1_drop, acc.sqnr_db, acc.agreement)
             tried.append({"float_layers": extra, **acc.to_dict(), "met": met})
             self.log(
@@ -541,19 +546,63 @@ class Build:
             raise EdgeVitError(f"{spec.name}: no layer-wise comparison for {artifact.suffix} artifacts")
         # Rank on calibration images (not the evaluation set the budget and gates are checked on).
         images = request.calibration if request.calibration is not None else x_eval
-        ranked = layerwise.summary(request.onnx_path, artifact, images[: r.check.layerwise_samples or 16])[
-            "layers"
-        ]
-        ranking = [x for x in ranked if x["quantized"] and x["layer"] not in q.float_layers]
-        out["sensitivity"] = [{"layer": x["layer"], "local_sqnr_db": x["local_sqnr_db"]} for x in ranking]
+        images = images[: budget.ranking_samples]
+        ranked = layerwise.summary(request.onnx_path, artifact, images[: r.check.layerwise_samples or 16])
+        alone = {x["layer"]: x["local_sqnr_db"] for x in ranked["layers"] if x["quantized"]}
+        for name in q.float_layers:
+            alone.pop(name, None)
+        if budget.ranking == "measured":
+            sensitivity = self._sensitivity(spec, request, artifact, images, alone, candidate, infer)
+        else:
+            by_alone = sorted(alone.items(), key=lambda kv: kv[1])
+            sensitivity = [{"layer": k, "local_sqnr_db": v} for k, v in by_alone]
+        out["ranking"] = budget.ranking
+        out["sensitivity"] = sensitivity
         chosen: list[str] = []
-        for k in range(1, min(budget.max_float_layers, len(ranking)) + 1):
-            chosen = [x["layer"] for x in ranking[:k]]
+        for k in range(1, min(budget.max_float_layers, len(sensitivity)) + 1):
+            chosen = [x["layer"] for x in sensitivity[:k]]
             chosen_step = attempt(chosen)
             if tried[-1]["met"]:
                 return {**out, "met": True, "float_layers": chosen}, chosen_step
         self.log(f"{spec.name}: accuracy budget not met with {len(chosen)} float layers (best effort kept)")
         return {**out, "met": False, "float_layers": chosen}, chosen_step
+
+    def _sensitivity(
+        self,
+        spec: TargetSpec,
+        request: LowerRequest,
+        artifact: Path,
+        images: np.ndarray,
+        alone: dict[str, float],
+        candidate: Callable[[str, list[str]], tuple[StepResult, Path]],
+        infer: Callable[[Path, np.ndarray], np.ndarray],
+    ) -> list[dict[str, Any]]:
+        """Measured sensitivity: build the target once per quantized layer with only that layer
+        float, and rank layers by the logit SQNR (against the float ONNX) that this gains on
+        calibration images, most first. Unlike the layer run alone, this sees how a layer's error
+        grows through the rest of the network."""
+        from edgevit.check.layerwise import sqnr_db
+        from edgevit.targets import TARGETS
+
+        onnx_runtime = TARGETS.get("onnxruntime")
+        with onnx_runtime.runner(request.onnx_path, 1, request.model_config.input_size) as runner:
+            reference = runner.infer_all(images, self.recipe.check.eval_batch)
+        base = sqnr_db(reference, infer(artifact, images))
+        self.log(
+            f"{spec.name}: measuring the sensitivity of {len(alone)} layers on {len(images)} calibration "
+            f"images (one build each; all quantized: {base:.1f} dB)"
+        )
+        found: list[dict[str, Any]] = []
+        for i, (name, local) in enumerate(sorted(alone.items(), key=lambda kv: kv[1])):
+            _, single = candidate(f"sensitivity/{i}", [name])
+            gained = sqnr_db(reference, infer(single, images)) - base
+            found.append({"layer": name, "gain_db": round(gained, 3), "local_sqnr_db": local})
+        found.sort(key=lambda x: -float(x["gain_db"]))
+        self.log(
+            f"{spec.name}: most sensitive: "
+            + ", ".join(f"{x['layer']} (+{x['gain_db']:.1f} dB)" for x in found[:4])
+        )
+        return found
 
     def _layerwise(self, spec: TargetSpec, float_onnx: Path, artifact: Path, x: np.ndarray) -> dict[str, Any]:
         """The layer-wise comparison of an INT8 artifact with the float ONNX ({} when not comparable)."""

@@ -66,3 +66,29 @@ def test_explicit_float_layers(tiny_checkpoint: Path, tmp_path: Path) -> None:
         t["status"] == "failed"
         and "float_layers names blocks.9.mlp, not a layer of this model" in t["reason"]
     )
+
+
+def test_measured_sensitivity_ranks_layers_by_the_logit_sqnr_they_cost(
+    tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    # One layer damaged on purpose (its input scale x64): keeping it float gains the most.
+    damaged = {**ORT, "options": {"activation_scale_factors": {"blocks.0.mlp.fc1": 64}}}
+    budget = {"min_sqnr_db": 500, "max_float_layers": 1}
+    report = build(tiny_checkpoint, tmp_path, {"accuracy_budget": budget}, [damaged])
+    f = report.target("ort-int8")["fallback"]
+    gains = [x["gain_db"] for x in f["sensitivity"]]
+    assert f["ranking"] == "measured" and len(gains) == 5  # qkv, proj, fc1, fc2, head
+    assert gains == sorted(gains, reverse=True)
+    assert f["sensitivity"][0]["layer"] == "blocks.0.mlp.fc1" and gains[0] > 10 > gains[1]
+    assert f["float_layers"] == ["blocks.0.mlp.fc1"]
+    assert f["tried"][1]["sqnr_db"] > f["tried"][0]["sqnr_db"] + 10  # on the evaluation set too
+    singles = report.directory / "search" / "ort-int8" / "sensitivity"
+    assert sorted(p.name for p in singles.iterdir()) == ["0", "1", "2", "3", "4"]
+    assert "most sensitive" in (report.directory / "report.md").read_text()
+
+    budget["ranking"] = "alone"  # no extra builds: the layer-wise comparison's order
+    (tmp_path / "alone").mkdir()
+    report = build(tiny_checkpoint, tmp_path / "alone", {"accuracy_budget": budget}, [damaged])
+    f = report.target("ort-int8")["fallback"]
+    assert f["ranking"] == "alone" and "gain_db" not in f["sensitivity"][0]
+    assert not (report.directory / "search" / "ort-int8" / "sensitivity").exists()

@@ -140,6 +140,16 @@ class AccuracyBudget(Strict):
     min_sqnr_db: float | None = Field(default=None, description="logit SQNR against the float model")
     min_agreement: float | None = Field(default=None, ge=0, le=1, description="top-1 agreement")
     max_float_layers: int = Field(default=8, ge=1, description="give up (best effort) beyond this many")
+    ranking: Literal["measured", "alone"] = Field(
+        default="measured",
+        description=(
+            "how layers are ranked: 'measured' builds the target once per quantized layer with only "
+            "that layer float and ranks by the logit SQNR gained on calibration images (one build per "
+            "layer); 'alone' ranks by the layer-wise comparison's SQNR of each layer run alone (no "
+            "extra builds; blind to how errors propagate)"
+        ),
+    )
+    ranking_samples: int = Field(default=64, gt=0, description="calibration images the ranking runs on")
 
     @model_validator(mode="after")
     def _some_limit(self) -> AccuracyBudget:

@@ -147,7 +147,9 @@ def render_markdown(doc: dict[str, Any]) -> str:
                 lines.append(f"- **{t['name']}**: not applied ({f['reason']})")
                 continue
             limits = ", ".join(
-                f"{k} {v:g}" for k, v in f["budget"].items() if v is not None and k != "max_float_layers"
+                f"{k} {f['budget'][k]:g}"
+                for k in ("max_top1_drop", "min_sqnr_db", "min_agreement")
+                if f["budget"].get(k) is not None
             )
             kept = ", ".join(f"`{n}`" for n in f["float_layers"]) or "none"
             verdict = "met" if f["met"] else "**not met** (best effort)"
@@ -155,6 +157,12 @@ def render_markdown(doc: dict[str, Any]) -> str:
                 f"- **{t['name']}**: {limits}: {verdict} with {len(f['float_layers'])} float layer(s): {kept} "
                 f"({len(f['tried'])} candidate build(s))"
             )
+            sens = f.get("sensitivity") or []
+            if sens and "gain_db" in sens[0]:
+                lines.append(
+                    "  - most sensitive (logit SQNR gained on calibration images with only that layer "
+                    "float): " + ", ".join(f"`{x['layer']}` {x['gain_db']:+.1f} dB" for x in sens[:5])
+                )
     failing = {g["target"] for g in doc["gates"] if not g["passed"]}
     compared = [t for t in doc["targets"] if (t.get("layerwise") or {}).get("layers")]
     if compared:

@@ -92,13 +92,13 @@ def scale_activations(quantized: Path, float_onnx: Path, factors: dict[str, floa
         dq = producer.get(node.input[0]) if node.input else None
         if layer is None or dq is None or dq.op_type != "DequantizeLinear":
             continue
-        quantized_layers.append(layer)
+        if layer not in quantized_layers:
+            quantized_layers.append(layer)
         if layer in factors and dq.input[1] in inits:
             scale = inits[dq.input[1]]
             scale.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(scale) * factors[layer], scale.name))
             changed.append(scale.name)
-    missing = sorted(set(factors) - {names[n.name] for n in model.graph.node if n.name in names and
-                                     names[n.name] in quantized_layers})  # fmt: skip
+    missing = sorted(set(factors) - set(quantized_layers))
     if missing:
         raise LoweringError(
             f"options.activation_scale_factors names {', '.join(missing)}, not a quantized layer of this model",

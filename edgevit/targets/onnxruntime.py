@@ -149,6 +149,8 @@ def quantize_qdq(request: LowerRequest, workdir: Path, out: Path, symmetric_acti
     finally:
         prepared.unlink(missing_ok=True)
     factors = QdqOptions.model_validate(request.options).activation_scale_factors
+    kept_float = set(request.quantize.float_layers) if request.quantize else set()
+    factors = {layer: f for layer, f in factors.items() if layer not in kept_float}  # nothing to scale
     if factors:
         scale_activations(out, request.onnx_path, factors)
     return out
