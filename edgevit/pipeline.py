@@ -542,19 +542,27 @@ class Build:
         out: dict[str, Any] = {"applied": True, "budget": budget.model_dump(), "tried": tried}
         if tried[-1]["met"]:
             return {**out, "met": True, "float_layers": []}, chosen_step
-        if artifact.suffix not in layerwise.COMPARABLE_SUFFIXES:
-            raise EdgeVitError(f"{spec.name}: no layer-wise comparison for {artifact.suffix} artifacts")
         # Rank on calibration images (not the evaluation set the budget and gates are checked on).
         images = request.calibration if request.calibration is not None else x_eval
         images = images[: budget.ranking_samples]
-        ranked = layerwise.summary(request.onnx_path, artifact, images[: r.check.layerwise_samples or 16])
-        alone = {x["layer"]: x["local_sqnr_db"] for x in ranked["layers"] if x["quantized"]}
+        alone: dict[str, float | None]
+        if artifact.suffix in layerwise.COMPARABLE_SUFFIXES:
+            ranked = layerwise.summary(request.onnx_path, artifact, images[: r.check.layerwise_samples or 16])
+            alone = {x["layer"]: x["local_sqnr_db"] for x in ranked["layers"] if x["quantized"]}
+        else:
+            listed = target.quantized_layers(artifact, request.onnx_path)
+            if listed is None or budget.ranking == "alone":
+                raise EdgeVitError(
+                    f"{spec.name}: no layer-wise comparison for {artifact.suffix} artifacts",
+                    "use accuracy_budget.ranking: measured",
+                )
+            alone = dict.fromkeys(listed)
         for name in q.float_layers:
             alone.pop(name, None)
         if budget.ranking == "measured":
             sensitivity = self._sensitivity(spec, request, artifact, images, alone, candidate, infer)
         else:
-            by_alone = sorted(alone.items(), key=lambda kv: kv[1])
+            by_alone = sorted(alone.items(), key=lambda kv: kv[1] or 0.0)
             sensitivity = [{"layer": k, "local_sqnr_db": v} for k, v in by_alone]
         out["ranking"] = budget.ranking
         out["sensitivity"] = sensitivity
@@ -573,7 +581,7 @@ class Build:
         request: LowerRequest,
         artifact: Path,
         images: np.ndarray,
-        alone: dict[str, float],
+        alone: dict[str, float | None],
         candidate: Callable[[str, list[str]], tuple[StepResult, Path]],
         infer: Callable[[Path, np.ndarray], np.ndarray],
     ) -> list[dict[str, Any]]:
@@ -593,7 +601,7 @@ class Build:
             f"images (one build each; all quantized: {base:.1f} dB)"
         )
         found: list[dict[str, Any]] = []
-        for i, (name, local) in enumerate(sorted(alone.items(), key=lambda kv: kv[1])):
+        for i, (name, local) in enumerate(sorted(alone.items(), key=lambda kv: kv[1] or 0.0)):
             _, single = candidate(f"sensitivity/{i}", [name])
             gained = sqnr_db(reference, infer(single, images)) - base
             found.append({"layer": name, "gain_db": round(gained, 3), "local_sqnr_db": local})

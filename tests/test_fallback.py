@@ -92,3 +92,27 @@ def test_measured_sensitivity_ranks_layers_by_the_logit_sqnr_they_cost(
     f = report.target("ort-int8")["fallback"]
     assert f["ranking"] == "alone" and "gain_db" not in f["sensitivity"][0]
     assert not (report.directory / "search" / "ort-int8" / "sensitivity").exists()
+
+
+def test_tflite_budget_uses_the_measured_ranking(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    pytest.importorskip("litert_torch")
+    from edgevit.targets import TARGETS
+
+    tfl = {"name": "tfl-int8", "backend": "tflite", "precision": "int8"}
+    budget = {"min_sqnr_db": 500, "max_float_layers": 1}
+    report = build(tiny_checkpoint, tmp_path, {"accuracy_budget": budget}, [tfl])
+    t = report.target("tfl-int8")
+    f = t["fallback"]
+    assert t["status"] == "ok" and f["ranking"] == "measured" and len(f["float_layers"]) == 1
+    assert {x["layer"] for x in f["sensitivity"]} == {
+        "blocks.0.attn.qkv", "blocks.0.attn.proj", "blocks.0.mlp.fc1", "blocks.0.mlp.fc2", "head"
+    }  # fmt: skip
+    assert f["float_layers"] == [f["sensitivity"][0]["layer"]]
+    artifact = report.directory / t["artifact"]
+    quantized = TARGETS.get("tflite").quantized_layers(artifact, report.directory / "export" / "model.onnx")
+    assert f["float_layers"][0] not in quantized and len(quantized) == 4
+
+    budget["ranking"] = "alone"  # needs the layer-wise comparison, which .tflite files do not have
+    (tmp_path / "alone").mkdir()
+    t = build(tiny_checkpoint, tmp_path / "alone", {"accuracy_budget": budget}, [tfl]).target("tfl-int8")
+    assert t["status"] == "failed" and "ranking: measured" in t["reason"]

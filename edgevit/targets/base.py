@@ -139,6 +139,11 @@ class Target(ABC):
         """Facts about a built artifact for the report (e.g. op counts by precision)."""
         return {}
 
+    def quantized_layers(self, artifact: Path, onnx_path: Path) -> list[str] | None:
+        """The layers (module paths, as in ``onnx_path``) an INT8 artifact quantizes, for the
+        fallback search; None leaves it to the layer-wise comparison (ONNX and OpenVINO)."""
+        return None
+
     def availability(self) -> Availability:
         """Import the backend's modules; report versions or the reason it cannot run."""
         versions = {}

@@ -40,8 +40,7 @@ def quantizable_nodes(onnx_path: Path, q: QuantizeStage, exclude: set[str] | fro
     import onnx
 
     model = onnx.load(str(onnx_path), load_external_data=False)
-    consts = {init.name for init in model.graph.initializer}
-    consts |= {out for node in model.graph.node if node.op_type == "Constant" for out in node.output}
+    consts = _constants(model)
     names = []
     for node in model.graph.node:
         if node.name in exclude:
@@ -52,6 +51,26 @@ def quantizable_nodes(onnx_path: Path, q: QuantizeStage, exclude: set[str] | fro
         elif node.op_type == "Conv" and q.patch_embed:
             names.append(node.name)
     return names
+
+
+def _constants(model: Any) -> set[str]:
+    consts = {init.name for init in model.graph.initializer}
+    return consts | {out for node in model.graph.node if node.op_type == "Constant" for out in node.output}
+
+
+def weighted_layers(onnx_path: Path) -> list[str]:
+    """Module paths of the layers with a weight (Linear: MatMul/Gemm with a constant input; Conv),
+    in graph order."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    consts = _constants(model)
+    return [
+        module_name(node)[0]
+        for node in model.graph.node
+        if (node.op_type in ("MatMul", "Gemm") and any(i in consts for i in node.input))
+        or node.op_type == "Conv"
+    ]
 
 
 def module_name(node: Any) -> tuple[str, str]:

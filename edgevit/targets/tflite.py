@@ -36,7 +36,8 @@ from edgevit import agent
 from edgevit.errors import LoweringError, TargetUnavailableError
 from edgevit.targets.base import Availability, LowerRequest, Runner, Target
 from edgevit.targets.calibration import calibration_batches
-from edgevit.targets.tflite_graph import OpInfo, op_counts, read_ops, scope_regex
+from edgevit.targets.graph import weighted_layers as onnx_layers
+from edgevit.targets.tflite_graph import OpInfo, op_counts, read_ops, scope_regex, weighted_layers
 
 _DISTRIBUTIONS = {"litert_torch": "litert-torch", "ai_edge_quantizer": "ai-edge-quantizer"}
 
@@ -153,12 +154,28 @@ def _float_tflite(checkpoint: str, stamp: tuple[int, int], input_shape: tuple[in
         return convert(model, input_shape, Path(tmp) / "float.tflite").read_bytes()
 
 
+def _layers(ops: list[OpInfo], request: LowerRequest) -> dict[int, str]:
+    """{op index: module path} of the Linear/Conv ops, named after the ONNX export's layers."""
+    return weighted_layers(ops, onnx_layers(request.onnx_path))
+
+
 def _selected(ops: list[OpInfo], request: LowerRequest, mode: str) -> dict[str, list[OpInfo]]:
-    """The ops a non-``full`` mode quantizes under the quantize stage's scope, by op kind."""
+    """The ops a non-``full`` mode quantizes under the quantize stage's scope, by op kind; the
+    Linear/Conv layers named in ``float_layers`` stay float."""
     q = request.quantize
     assert q is not None
+    layer_of = _layers(ops, request) if q.float_layers else {}
+    unknown = sorted(set(q.float_layers) - set(layer_of.values()))
+    if unknown:
+        known = list(layer_of.values())
+        raise LoweringError(
+            f"float_layers names {', '.join(unknown)}, not a layer of this model",
+            f"use module paths such as {', '.join(known[:6])}{' …' if len(known) > 6 else ''}",
+        )
     chosen: dict[str, list[OpInfo]] = {}
-    for op in ops:
+    for i, op in enumerate(ops):
+        if layer_of.get(i) in q.float_layers:
+            continue
         weighted = op.has_constant_weight
         take = (
             (op.kind == "FULLY_CONNECTED" and weighted)
@@ -184,6 +201,7 @@ class TfliteTarget(Target):
     artifact_name = "model.tflite"
     runner_class = TfliteRunner
     revision = 2  # 2: global min/max calibration
+    float_layers = True
     options_schema = TfliteOptions
     calibration_methods = ("minmax",)  # ai-edge-quantizer's static INT8 takes min/max ranges
 
@@ -239,6 +257,12 @@ class TfliteTarget(Target):
                 ".*", ops_enum.ALL_SUPPORTED, 16, algorithm_key=recipe.AlgorithmName.FLOAT_CASTING
             )
         elif mode == "full":
+            assert request.quantize is not None
+            if request.quantize.float_layers:
+                raise LoweringError(
+                    "options.mode full quantizes every op, so float_layers cannot keep layers float",
+                    "use mode static (the default) with float_layers or an accuracy budget",
+                )
             q.load_quantization_recipe(recipe.static_wi8_ai8())
         else:
             assert request.quantize is not None
@@ -297,6 +321,11 @@ class TfliteTarget(Target):
                         qsv_utils.min_max_update(merged[tensor], qsv) if tensor in merged else qsv
                     )
         return merged
+
+    def quantized_layers(self, artifact: Path, onnx_path: Path) -> list[str]:
+        ops = read_ops(artifact)
+        layer_of = weighted_layers(ops, onnx_layers(onnx_path))
+        return [name for i, name in layer_of.items() if ops[i].precision not in ("fp32", "fp16", "bf16")]
 
     def describe(self, artifact: Path) -> dict[str, Any]:
         ops = read_ops(artifact)

@@ -108,3 +108,44 @@ def op_counts(ops: list[OpInfo]) -> dict[str, dict[str, int]]:
 def scope_regex(ops: list[OpInfo]) -> str:
     """A regex matching exactly the scopes of ``ops`` (for ai-edge-quantizer's per-scope recipes)."""
     return "^(?:" + "|".join(re.escape(op.scope) for op in ops) + ")$"
+
+
+def module_path(op: OpInfo) -> str | None:
+    """The torch module path litert-torch recorded in an op's scope, e.g. ``…/Sequential_blocks/
+    ….Block_0/…Attention_attn/torch.nn.modules.linear.Linear_qkv;1;`` → ``blocks.0.attn.qkv``
+    (each segment is ``<qualified class>_<attribute>``). None when the scope holds no module
+    path, as for the last op, which is named after the model output."""
+    for part in reversed(op.scope.split(";")):
+        segments = part.split("/")
+        if len(segments) < 2:
+            continue
+        attrs = [seg.rpartition(".")[2].partition("_")[2] for seg in segments[1:]]  # [0]: the root
+        return ".".join(attrs) if all(attrs) else None
+    return None
+
+
+def weighted_layers(ops: list[OpInfo], layers: list[str]) -> dict[int, str]:
+    """{index in ``ops``: module path} of each op with a constant weight (FULLY_CONNECTED / CONV_2D), given the
+    model's Linear/Conv layers in execution order (from the exported ONNX). ViT layers run one
+    after another, so the k-th weighted op is the k-th layer; a scope that names a different
+    module means the two graphs do not line up, which is an error."""
+    from edgevit.errors import LoweringError
+
+    weighted = [
+        i
+        for i, op in enumerate(ops)
+        if op.kind in ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D") and op.has_constant_weight
+    ]
+    if len(weighted) != len(layers):
+        raise LoweringError(
+            f"the .tflite has {len(weighted)} Linear/Conv ops but the ONNX export {len(layers)} layers",
+            "report this as a bug: layers cannot be named in this model",
+        )
+    for i, layer in zip(weighted, layers, strict=True):
+        named = module_path(ops[i])
+        if named is not None and named != layer:
+            raise LoweringError(
+                f"the .tflite's op for layer {layer} is scoped {named}",
+                "report this as a bug: layers cannot be named in this model",
+            )
+    return dict(zip(weighted, layers, strict=True))

@@ -99,6 +99,48 @@ def test_weight_modes(
     assert result.cosine > 0.999 if precision == "fp16" else result.cosine > 0.99
 
 
+def test_float_layers_stay_float_and_are_named_like_the_onnx_layers(
+    tiny_checkpoint, tiny_onnx, inputs, tmp_path
+) -> None:
+    from edgevit.errors import LoweringError
+    from edgevit.targets.graph import weighted_layers as onnx_layers
+    from edgevit.targets.tflite_graph import module_path
+
+    layers = onnx_layers(tiny_onnx)
+    assert layers == [
+        "patch_embed.proj",
+        "blocks.0.attn.qkv",
+        "blocks.0.attn.proj",
+        "blocks.0.mlp.fc1",
+        "blocks.0.mlp.fc2",
+        "head",
+    ]
+    all_int8 = build(tiny_checkpoint, tiny_onnx, tmp_path / "a", "int8", inputs)
+    # litert-torch's scopes name the modules (the last op is named after the model output).
+    named = [
+        module_path(op)
+        for op in read_ops(all_int8)
+        if op.kind == "FULLY_CONNECTED" and op.has_constant_weight
+    ]
+    assert named == [*layers[1:-1], None]
+    assert TARGET.quantized_layers(all_int8, tiny_onnx) == layers[1:]  # the patch Conv is float by default
+
+    kept = build(
+        tiny_checkpoint, tiny_onnx, tmp_path / "k", "int8", inputs, float_layers=["blocks.0.mlp.fc1", "head"]
+    )
+    assert TARGET.quantized_layers(kept, tiny_onnx) == [
+        "blocks.0.attn.qkv",
+        "blocks.0.attn.proj",
+        "blocks.0.mlp.fc2",
+    ]
+    assert kinds(kept)["FULLY_CONNECTED"]["int8"] == kinds(all_int8)["FULLY_CONNECTED"]["int8"] - 2
+
+    with pytest.raises(LoweringError, match=r"float_layers names blocks\.7\.mlp\.fc1, not a layer"):
+        build(tiny_checkpoint, tiny_onnx, tmp_path / "u", "int8", inputs, float_layers=["blocks.7.mlp.fc1"])
+    with pytest.raises(LoweringError, match="mode full quantizes every op"):
+        build(tiny_checkpoint, tiny_onnx, tmp_path / "f", "int8", inputs, "full", float_layers=["head"])
+
+
 def test_full_int8_quantizes_every_op_and_its_io(
     tiny_checkpoint, tiny_onnx, inputs, reference, tmp_path
 ) -> None:
