@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -110,10 +110,11 @@ class OvTarget(Target):
             and any(op.get_friendly_name() == n or op.get_friendly_name().startswith(n + "/") for n in kept)
         ]
         ignored = nncf.IgnoredScope(names=names) if names else None
-        # NNCF logs every ignored op at INFO on stdout, which is for the report (--json): keep it quiet.
+        # NNCF logs every ignored op at INFO and draws progress bars on stdout, which is for the
+        # report (--json): keep it quiet (an accuracy-budget search runs it once per candidate).
         logging.getLogger("nncf").setLevel(logging.WARNING)
         try:
-            with contextlib.redirect_stdout(sys.stderr):
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
                 return nncf.quantize(
                     model,
                     nncf.Dataset(batches),
