@@ -179,6 +179,41 @@ def _calibrated_with(stats: dict[str, dict[str, float]]) -> Iterator[None]:
         ptq._get_activation_calibration_stats = original
 
 
+def _layer_ops(prog: Any, onnx_path: Path) -> dict[Any, str]:
+    """{MIL op: module path} of the linear/conv ops with a weight (constant, or compressed by a
+    constexpr op), named after the ONNX export's layers: both graphs run them in the same order
+    (coremltools names them by count, ``linear_5``, so the order is all there is to go by)."""
+    from edgevit.targets.graph import weighted_layers
+
+    weighted = [
+        op
+        for op in prog.functions["main"].operations
+        if op.op_type in ("linear", "conv")
+        and op.inputs.get("weight") is not None
+        and op.inputs["weight"].op is not None
+        and (op.inputs["weight"].op.op_type == "const" or op.inputs["weight"].op.op_type.startswith("constexpr_"))
+    ]
+    layers = weighted_layers(onnx_path)
+    if len(weighted) != len(layers):
+        raise LoweringError(
+            f"the Core ML program has {len(weighted)} linear/conv ops but the ONNX export {len(layers)} layers",
+            "report this as a bug: layers cannot be named in this model",
+        )
+    return dict(zip(weighted, layers, strict=True))
+
+
+def _float_op_names(prog: Any, request: LowerRequest) -> dict[str, None]:
+    """``op_name_configs`` that keep the quantize stage's ``float_layers`` float."""
+    q = request.quantize
+    if q is None or not q.float_layers:
+        return {}
+    from edgevit.targets.graph import check_float_layers
+
+    by_layer = {layer: op.name for op, layer in _layer_ops(prog, request.onnx_path).items()}
+    check_float_layers(q.float_layers, list(by_layer))
+    return dict.fromkeys((by_layer[layer] for layer in q.float_layers), None)
+
+
 class CoremlTarget(Target):
     """Core ML ML Program; Core ML runs it on macOS/iOS, other hosts check it by simulation."""
 
@@ -189,6 +224,7 @@ class CoremlTarget(Target):
     artifact_name = "model.mlpackage"
     options_schema = CoremlOptions
     calibration_methods = ("minmax",)
+    float_layers = True  # int8 modes: the named layers keep float weights (and inputs, for w8a8)
 
     def availability(self) -> Availability:
         try:
@@ -312,12 +348,16 @@ class CoremlTarget(Target):
         weights = cto.OpLinearQuantizerConfig(
             mode="linear_symmetric", dtype="int8", granularity="per_channel" if q.per_channel else "per_tensor"
         )
+        kept = _float_op_names(model._mil_program, request)
         if mode == "w8a8":
-            model = self._quantize_activations(model, request, ops, workdir)
-        return cto.linear_quantize_weights(model, cto.OptimizationConfig(op_type_configs=dict.fromkeys(ops, weights)))
+            model = self._quantize_activations(model, request, ops, workdir, kept)
+        config = cto.OptimizationConfig(op_type_configs=dict.fromkeys(ops, weights), op_name_configs=kept)
+        return cto.linear_quantize_weights(model, config)
 
     @staticmethod
-    def _quantize_activations(model: Any, request: LowerRequest, ops: list[str], workdir: Path) -> Any:
+    def _quantize_activations(
+        model: Any, request: LowerRequest, ops: list[str], workdir: Path, kept: dict[str, None]
+    ) -> Any:
         import coremltools.optimize.coreml as cto
 
         float_package = workdir / "float.mlpackage"
@@ -336,7 +376,9 @@ class CoremlTarget(Target):
         assert request.calibration is not None
         with _calibrated_with(stats):
             return cto.linear_quantize_activations(
-                model, cto.OptimizationConfig(op_type_configs=configs), [{INPUT_NAME: request.calibration[:1]}]
+                model,
+                cto.OptimizationConfig(op_type_configs=configs, op_name_configs=kept),
+                [{INPUT_NAME: request.calibration[:1]}],
             )
 
     @staticmethod
@@ -359,6 +401,14 @@ class CoremlTarget(Target):
         meta["edgevit.mode"] = mode
         meta["edgevit.deployment_target"] = target
         meta["edgevit.coremltools"] = version
+
+    def quantized_layers(self, artifact: Path, onnx_path: Path) -> list[str]:
+        prog, _ = load_program(artifact)
+        return [
+            layer
+            for op, layer in _layer_ops(prog, onnx_path).items()
+            if op.inputs["weight"].op.op_type.startswith("constexpr_")  # compressed int8 weights
+        ]
 
     def describe(self, artifact: Path) -> dict[str, Any]:
         prog, spec = load_program(artifact)

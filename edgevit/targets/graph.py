@@ -14,20 +14,25 @@ def nodes_of_layers(onnx_path: Path, layers: list[str]) -> set[str]:
     """ONNX node names of the MatMul/Gemm/Conv layers named by module path (``float_layers``)."""
     import onnx
 
-    from edgevit.errors import LoweringError
 
     if not layers:
         return set()
     model = onnx.load(str(onnx_path), load_external_data=False)
     named = {n.name: module_name(n)[0] for n in model.graph.node if n.op_type in ("MatMul", "Gemm", "Conv")}
-    unknown = sorted(set(layers) - set(named.values()))
+    check_float_layers(layers, list(dict.fromkeys(named.values())))
+    return {node for node, layer in named.items() if layer in layers}
+
+
+def check_float_layers(wanted: list[str], known: list[str]) -> None:
+    """Raise LoweringError naming the ``float_layers`` entries that are not layers of the model."""
+    from edgevit.errors import LoweringError
+
+    unknown = sorted(set(wanted) - set(known))
     if unknown:
-        known = list(dict.fromkeys(named.values()))
         raise LoweringError(
             f"float_layers names {', '.join(unknown)}, not a layer of this model",
             f"use module paths such as {', '.join(known[:6])}{' …' if len(known) > 6 else ''}",
         )
-    return {node for node, layer in named.items() if layer in layers}
 
 
 def quantizable_nodes(onnx_path: Path, q: QuantizeStage, exclude: set[str] | frozenset[str] = frozenset()) -> list[str]:

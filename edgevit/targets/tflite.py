@@ -39,6 +39,7 @@ from edgevit import agent
 from edgevit.errors import LoweringError, TargetUnavailableError
 from edgevit.targets.base import Availability, LowerRequest, Runner, Target
 from edgevit.targets.calibration import calibration_batches
+from edgevit.targets.graph import check_float_layers
 from edgevit.targets.graph import weighted_layers as onnx_layers
 from edgevit.targets.tflite_graph import OpInfo, op_counts, read_ops, scope_regex, weighted_layers
 
@@ -168,13 +169,7 @@ def _selected(ops: list[OpInfo], request: LowerRequest, mode: str) -> dict[str, 
     q = request.quantize
     assert q is not None
     layer_of = _layers(ops, request) if q.float_layers else {}
-    unknown = sorted(set(q.float_layers) - set(layer_of.values()))
-    if unknown:
-        known = list(layer_of.values())
-        raise LoweringError(
-            f"float_layers names {', '.join(unknown)}, not a layer of this model",
-            f"use module paths such as {', '.join(known[:6])}{' …' if len(known) > 6 else ''}",
-        )
+    check_float_layers(q.float_layers, list(layer_of.values()))
     chosen: dict[str, list[OpInfo]] = {}
     for i, op in enumerate(ops):
         if layer_of.get(i) in q.float_layers:

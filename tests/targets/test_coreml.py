@@ -22,12 +22,24 @@ IPHONE = DeviceProfile(name="phone", transport="none", coreml=CoreMLSettings(com
 
 
 def build(
-    ckpt: Path, onnx: Path, out: Path, precision: str, calib: np.ndarray, options: dict | None = None
+    ckpt: Path,
+    onnx: Path,
+    out: Path,
+    precision: str,
+    calib: np.ndarray,
+    options: dict | None = None,
+    float_layers: list[str] | None = None,
 ) -> Path:
     cfg = load(checkpoint=ckpt).config
-    stage = QuantizeStage(stage="quantize", calibration_batch=8) if precision == "int8" else None
+    stage = (
+        QuantizeStage(stage="quantize", calibration_batch=8, float_layers=float_layers or [])
+        if precision == "int8"
+        else None
+    )
     out.mkdir(parents=True, exist_ok=True)
-    request = LowerRequest(onnx, precision, cfg, options or {}, stage, calib[:8], checkpoint=ckpt, device=IPHONE)
+    request = LowerRequest(
+        onnx, precision, cfg, options or {}, stage, calib[:8], checkpoint=ckpt, device=IPHONE
+    )
     return TARGET.lower(request, out)
 
 
@@ -101,6 +113,29 @@ def test_w8a8_quantizes_linear_inputs_not_norms_softmax_or_adds(packages, inputs
     assert not (packages["w8a8"].parent / "float.mlpackage").exists()  # the intermediate is removed
     acc = compare(run(packages["w8a8"], inputs), np.zeros(len(inputs), np.int64), reference)
     assert acc.cosine > 0.99
+
+
+def test_float_layers_keep_float_weights_and_inputs(
+    packages, tiny_checkpoint, tiny_onnx, inputs, tmp_path
+) -> None:
+    from edgevit.errors import LoweringError
+
+    # head (192x10 weights) is under coremltools' 2048-element threshold: never compressed.
+    every = ["blocks.0.attn.qkv", "blocks.0.attn.proj", "blocks.0.mlp.fc1", "blocks.0.mlp.fc2"]
+    assert TARGET.quantized_layers(packages["weights"], tiny_onnx) == every
+    assert TARGET.quantized_layers(packages["w8a8"], tiny_onnx) == every
+    assert TARGET.quantized_layers(packages["fp16"], tiny_onnx) == []
+    kept = ["blocks.0.mlp.fc1", "blocks.0.attn.qkv"]
+    for mode in ("weights", "w8a8"):
+        artifact = build(tiny_checkpoint, tiny_onnx, tmp_path / mode, "int8", inputs, {"mode": mode}, kept)
+        assert TARGET.quantized_layers(artifact, tiny_onnx) == [x for x in every if x not in kept], mode
+        linear = TARGET.describe(artifact)["ops"]["linear"]
+        # The two kept layers compute fp16 with float weights and inputs, as does head in weights
+        # mode (in w8a8 its input is int8); the other two have int8 weights.
+        assert linear.get("fp16") == {"weights": 3, "w8a8": 2}[mode], (mode, linear)
+        assert sum(n for k, n in linear.items() if "int8 weights" in k) == 2, (mode, linear)
+    with pytest.raises(LoweringError, match=r"float_layers names blocks\.5\.mlp, not a layer"):
+        build(tiny_checkpoint, tiny_onnx, tmp_path / "u", "int8", inputs, None, ["blocks.5.mlp"])
 
 
 def test_a_mode_that_needs_a_newer_os_raises_the_deployment_target(packages) -> None:
