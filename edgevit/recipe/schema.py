@@ -184,6 +184,15 @@ class QuantizeStage(Strict):
     matmul_scope: Literal["weights", "all"] = "weights"
     patch_embed: bool = False
     calibration_batch: int = Field(default=16, gt=0)
+    smooth_quant_alpha: float | None = Field(
+        default=None,
+        ge=-1,
+        le=1,
+        description=(
+            "SmoothQuant migration strength for the Linear layers (OpenVINO/NNCF; the other backends "
+            "have no SmoothQuant and ignore it): null keeps NNCF's transformer default 0.95, -1 turns it off"
+        ),
+    )
     float_layers: list[str] = Field(
         default_factory=list,
         description="layers (module paths, e.g. blocks.3.attn.proj) kept float in every int8 target",

@@ -60,6 +60,31 @@ def float_ops(model: Any, q: QuantizeStage) -> list[str]:
     return names
 
 
+def _advanced_parameters(q: QuantizeStage) -> Any:
+    """NNCF settings from the quantize stage: the activation range estimator of ``method`` and
+    SmoothQuant's alpha for MatMuls.
+
+    ``minmax`` is the global min/max over the calibration set, as for the other backends; NNCF's
+    own default averages per-sample ranges, which clips the tails (on the shapes model: logit
+    SQNR 16.2 dB with NNCF's default, 21.3 dB with the global min/max). ``percentile`` is NNCF's
+    mean-of-quantiles estimator.
+    """
+    from nncf.quantization.advanced_parameters import (
+        AdvancedQuantizationParameters,
+        AdvancedSmoothQuantParameters,
+    )
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+    ranges = {
+        "minmax": RangeEstimatorParametersSet.MINMAX,
+        "percentile": RangeEstimatorParametersSet.MEAN_QUANTILE,
+    }[q.method]
+    smooth = AdvancedSmoothQuantParameters()
+    if q.smooth_quant_alpha is not None:
+        smooth = AdvancedSmoothQuantParameters(matmul=q.smooth_quant_alpha)
+    return AdvancedQuantizationParameters(activations_range_estimator_params=ranges, smooth_quant_alphas=smooth)
+
+
 class OvTarget(Target):
     """OpenVINO on the host CPU."""
 
@@ -70,7 +95,8 @@ class OvTarget(Target):
     artifact_name = "model.xml"
     runner_class = OvRunner
     float_layers = True
-    revision = 2
+    revision = 3  # 3: activation ranges from the quantize stage's method (global min/max by default)
+    calibration_methods = ("minmax", "percentile")
 
     def availability(self) -> Availability:
         avail = super().availability()
@@ -110,6 +136,7 @@ class OvTarget(Target):
             and any(op.get_friendly_name() == n or op.get_friendly_name().startswith(n + "/") for n in kept)
         ]
         ignored = nncf.IgnoredScope(names=names) if names else None
+        advanced = _advanced_parameters(request.quantize)
         # NNCF logs every ignored op at INFO and draws progress bars on stdout, which is for the
         # report (--json): keep it quiet (an accuracy-budget search runs it once per candidate).
         logging.getLogger("nncf").setLevel(logging.WARNING)
@@ -121,6 +148,7 @@ class OvTarget(Target):
                     model_type=nncf.ModelType.TRANSFORMER,
                     subset_size=len(batches),
                     ignored_scope=ignored,
+                    advanced_parameters=advanced,
                 )
         except Exception as exc:
             raise LoweringError(f"NNCF quantization failed: {type(exc).__name__}: {exc}") from exc

@@ -124,6 +124,14 @@ def test_shipped_default_recipes_exist() -> None:
             lambda d: (d["targets"][0].update(backend="tflite"), d["stages"][0].update(method="entropy")),
             r"backend tflite calibrates with minmax, not entropy",
         ),
+        (
+            lambda d: (d["targets"][0].update(backend="openvino"), d["stages"][0].update(method="entropy")),
+            r"backend openvino calibrates with minmax, percentile, not entropy",
+        ),
+        (
+            lambda d: d["stages"][0].update(smooth_quant_alpha=1.5),
+            r"smooth_quant_alpha",
+        ),
     ],
 )
 def test_bad_recipes_name_the_field(tmp_path: Path, change, message: str) -> None:

@@ -1,0 +1,110 @@
+"""INT8 with the defaults a user of each backend's own tool would get, for side-by-side benchmarks.
+
+Each peer takes the float artifact edgevit lowers from (the exported ONNX, or the float .tflite)
+and the calibration images, and writes an artifact that edgevit's runner for that backend runs:
+
+- ``ort-dynamic``: ``onnxruntime.quantization.quantize_dynamic`` with its defaults.
+- ``ort-static``: ``quantize_static`` with its defaults (QDQ, every op type it supports, per-tensor
+  weights, MinMax), after ``quant_pre_process`` as its documentation asks.
+- ``nncf-default``: ``nncf.quantize`` with its defaults (no model type).
+- ``nncf-transformer``: ``nncf.quantize(model_type=TRANSFORMER)``, otherwise defaults.
+- ``aieq-static``: ai-edge-quantizer's default static recipe, ``static_wi8_ai8`` (every op it
+  supports), calibrated with its own ``calibrate``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from edgevit.targets.base import INPUT_NAME
+
+PeerFn = Callable[[Path, np.ndarray, Path], Path]
+
+
+def _samples(calibration: np.ndarray) -> list[np.ndarray]:
+    return [calibration[i : i + 1] for i in range(len(calibration))]
+
+
+def ort_dynamic(onnx_path: Path, calibration: np.ndarray, out: Path) -> Path:
+    from onnxruntime.quantization import quantize_dynamic
+
+    target = out / "model.onnx"
+    quantize_dynamic(str(onnx_path), str(target))
+    return target
+
+
+def ort_static(onnx_path: Path, calibration: np.ndarray, out: Path) -> Path:
+    from onnxruntime.quantization import CalibrationDataReader, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self._it = iter(_samples(calibration))
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            x = next(self._it, None)
+            return None if x is None else {INPUT_NAME: x}
+
+    prepared, target = out / "prepared.onnx", out / "model.onnx"
+    quant_pre_process(str(onnx_path), str(prepared))
+    quantize_static(str(prepared), str(target), Reader())
+    prepared.unlink()
+    return target
+
+
+def _nncf(onnx_path: Path, calibration: np.ndarray, out: Path, transformer: bool) -> Path:
+    import nncf
+    import openvino as ov
+
+    model = ov.convert_model(str(onnx_path))
+    samples = _samples(calibration)
+    logging.getLogger("nncf").setLevel(logging.ERROR)
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        quantized = nncf.quantize(
+            model,
+            nncf.Dataset(samples),
+            subset_size=len(samples),
+            **({"model_type": nncf.ModelType.TRANSFORMER} if transformer else {}),
+        )
+    target = out / "model.xml"
+    ov.save_model(quantized, str(target), compress_to_fp16=False)
+    return target
+
+
+def nncf_default(onnx_path: Path, calibration: np.ndarray, out: Path) -> Path:
+    return _nncf(onnx_path, calibration, out, transformer=False)
+
+
+def nncf_transformer(onnx_path: Path, calibration: np.ndarray, out: Path) -> Path:
+    return _nncf(onnx_path, calibration, out, transformer=True)
+
+
+def aieq_static(float_tflite: Path, calibration: np.ndarray, out: Path) -> Path:
+    from ai_edge_quantizer import quantizer, recipe
+
+    from edgevit.targets.tflite import interpreter_class
+
+    q = quantizer.Quantizer(str(float_tflite))
+    q.load_quantization_recipe(recipe.static_wi8_ai8())
+    signatures = interpreter_class()(model_path=str(float_tflite)).get_signature_list()
+    key = next(iter(signatures))
+    name = signatures[key]["inputs"][0]
+    target = out / "model.tflite"
+    with contextlib.redirect_stderr(io.StringIO()):
+        ranges = q.calibrate({key: [{name: x} for x in _samples(calibration)]})
+        q.quantize(ranges, enable_progress_report=False).export_model(str(target), overwrite=True)
+    return target
+
+
+# backend -> {peer name: (quantizer, what it starts from: "onnx" or "tflite")}
+PEERS: dict[str, dict[str, tuple[PeerFn, str]]] = {
+    "onnxruntime": {"ort-dynamic": (ort_dynamic, "onnx"), "ort-static": (ort_static, "onnx")},
+    "openvino": {"nncf-default": (nncf_default, "onnx"), "nncf-transformer": (nncf_transformer, "onnx")},
+    "tflite": {"aieq-static": (aieq_static, "tflite")},
+}

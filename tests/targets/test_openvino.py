@@ -1,0 +1,47 @@
+"""The OpenVINO target's NNCF settings: activation ranges by method, SmoothQuant alpha."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgevit.models.load import load
+from edgevit.recipe.schema import QuantizeStage
+from edgevit.targets import TARGETS, LowerRequest
+
+pytest.importorskip("openvino")
+pytest.importorskip("nncf")
+
+TARGET = TARGETS.get("openvino")
+
+
+def quantize(ckpt: Path, onnx: Path, out: Path, calib: np.ndarray, **q: object) -> tuple[list[float], int]:
+    """Build INT8; return the widths of its per-tensor (activation) FakeQuantize ranges, in graph
+    order, and its number of Multiply ops."""
+    import openvino as ov
+
+    out.mkdir(parents=True, exist_ok=True)
+    stage = QuantizeStage.model_validate({"stage": "quantize", **q})
+    artifact = TARGET.lower(LowerRequest(onnx, "int8", load(checkpoint=ckpt).config, {}, stage, calib), out)
+    ops = ov.Core().read_model(str(artifact)).get_ordered_ops()
+    widths = []
+    for op in ops:
+        if op.get_type_name() == "FakeQuantize":
+            low, high = (op.input_value(i).get_node() for i in (1, 2))
+            if low.get_type_name() == "Constant" and low.get_data().size == 1:
+                widths.append(float(high.get_data().ravel()[0] - low.get_data().ravel()[0]))
+    return widths, sum(op.get_type_name() == "Multiply" for op in ops)
+
+
+def test_method_and_smooth_quant_alpha_reach_nncf(tiny_checkpoint, tiny_onnx, inputs, tmp_path) -> None:
+    minmax, multiplies = quantize(tiny_checkpoint, tiny_onnx, tmp_path / "m", inputs)
+    percentile, _ = quantize(tiny_checkpoint, tiny_onnx, tmp_path / "p", inputs, method="percentile")
+    _, multiplies_off = quantize(tiny_checkpoint, tiny_onnx, tmp_path / "o", inputs, smooth_quant_alpha=-1)
+    assert len(minmax) == len(percentile) == 5  # qkv, proj, fc1, fc2, head inputs
+    # Global min/max spans at least what the mean of per-sample quantiles does, and wider somewhere.
+    assert all(p <= m + 1e-6 for p, m in zip(percentile, minmax, strict=True))
+    assert any(p < 0.99 * m for p, m in zip(percentile, minmax, strict=True))
+    # SmoothQuant scales the Linear layers' inputs by extra Multiply ops; alpha -1 turns it off.
+    assert multiplies_off < multiplies

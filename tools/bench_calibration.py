@@ -1,0 +1,124 @@
+"""INT8 calibration settings side by side, on the digits default and the harder shapes model.
+
+For each model, one scratch build (the recipe's float export, calibration set and evaluation
+set) and then, with the real targets, INT8 artifacts that differ in one setting only:
+
+  onnxruntime  method minmax | percentile | entropy
+  openvino     method minmax | percentile, NNCF's own default range estimator (mean of per-sample
+               min/max), and SmoothQuant alpha off / 0.5 / 0.95 (NNCF's transformer default)
+  tflite       minmax (its only method), for reference
+
+Each is scored on the evaluation set against the float model: top-1 drop, top-1 agreement and
+logit SQNR. These are the measurements behind the quantize stage's defaults (README, Quantization
+defaults). Prints a table, then one JSON line.
+
+    .venv/bin/python tools/bench_calibration.py [--models digits,shapes] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgevit.bench import float_build, peers, score
+from edgevit.models.load import load
+from edgevit.paths import recipes_dir
+from edgevit.recipe.schema import QuantizeStage
+from edgevit.targets import TARGETS
+from edgevit.targets.base import LowerRequest
+
+RECIPES = {"digits": "digits-ort-int8.yaml", "shapes": "shapes-int8-budget.yaml"}
+# (backend, label, quantize-stage settings); "nncf-default" is NNCF's own range estimator.
+VARIANTS: list[tuple[str, str, dict[str, Any]]] = [
+    ("onnxruntime", "minmax (default)", {"method": "minmax"}),
+    ("onnxruntime", "percentile", {"method": "percentile"}),
+    ("onnxruntime", "entropy", {"method": "entropy"}),
+    ("openvino", "minmax (default), SmoothQuant 0.95", {"method": "minmax"}),
+    ("openvino", "percentile", {"method": "percentile"}),
+    ("openvino", "NNCF transformer mode as is (its own ranges)", {"nncf_default": True}),
+    ("openvino", "minmax, SmoothQuant off", {"method": "minmax", "smooth_quant_alpha": -1}),
+    ("openvino", "minmax, SmoothQuant 0.5", {"method": "minmax", "smooth_quant_alpha": 0.5}),
+    ("tflite", "minmax (default)", {"method": "minmax"}),
+]
+
+
+def run(models: list[str], work: Path) -> list[dict[str, Any]]:
+    rows = []
+    for model in models:
+        directory = float_build(recipes_dir() / RECIPES[model], work, model)
+        calibration = np.load(directory / "stages" / "quantize" / "calibration.npy")
+        checkpoint = directory / "reference"
+        config = load(checkpoint=checkpoint).config
+        for i, (backend, label, settings) in enumerate(VARIANTS):
+            target = TARGETS.get(backend)
+            if not target.availability().available:
+                continue
+            stage = QuantizeStage(
+                stage="quantize", **{k: v for k, v in settings.items() if k != "nncf_default"}
+            )
+            out = work / model / "variants" / str(i)
+            out.mkdir(parents=True, exist_ok=True)
+            request = LowerRequest(
+                directory / "export" / "model.onnx",
+                "int8",
+                config,
+                {},
+                stage,
+                calibration,
+                checkpoint=checkpoint,
+            )
+            t0 = time.perf_counter()
+            if settings.get("nncf_default"):  # NNCF's own ranges: its transformer mode, as a user calls it
+                artifact = peers.nncf_transformer(request.onnx_path, calibration, out)
+            else:
+                artifact = target.lower(request, out)
+            seconds = time.perf_counter() - t0
+            acc = score(backend, artifact, directory)
+            rows.append(
+                {
+                    "model": model,
+                    "backend": backend,
+                    "setting": label,
+                    "top1_drop": round(acc.top1_drop, 2),
+                    "agreement": round(acc.agreement, 4),
+                    "sqnr_db": round(acc.sqnr_db, 1),
+                    "quantize_s": round(seconds, 1),
+                }
+            )
+            print(
+                f"{model:7s} {backend:12s} {label:36s} drop {acc.top1_drop:+5.2f}  agreement "
+                f"{acc.agreement:.4f}  SQNR {acc.sqnr_db:5.1f} dB  ({seconds:.0f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", default="digits,shapes")
+    parser.add_argument("--out", type=Path, default=None, help="scratch directory (default: a temporary one)")
+    args = parser.parse_args()
+    models = [m for m in args.models.split(",") if m]
+    with tempfile.TemporaryDirectory(prefix="edgevit-bench-calib-") as tmp:
+        work = args.out or Path(tmp)
+        rows = run(models, work)
+    print("| model | backend | setting | top-1 drop | agreement | logit SQNR dB |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['model']} | {r['backend']} | {r['setting']} | {r['top1_drop']:+.2f} | "
+            f"{r['agreement']:.4f} | {r['sqnr_db']:.1f} |"
+        )
+    print(json.dumps({"bench": "calibration", "rows": rows}))
+
+
+if __name__ == "__main__":
+    main()
