@@ -60,9 +60,15 @@ def _float_tflite(onnx_path: Path, checkpoint: Path, out: Path) -> Path:
 
 
 def _variants(
-    backend: str, onnx_path: Path, checkpoint: Path, calibration: np.ndarray, out: Path
+    backend: str,
+    onnx_path: Path,
+    checkpoint: Path,
+    calibration: np.ndarray,
+    out: Path,
+    failed: dict[str, str],
 ) -> dict[str, Path]:
-    """edgevit's INT8 and each peer's for one backend, from one float model."""
+    """edgevit's INT8 and each peer's for one backend, from one float model; a peer that fails
+    is recorded in ``failed`` (it then has no figures, and cannot dominate)."""
     config = load(checkpoint=checkpoint).config
     target = TARGETS.get(backend)
     made: dict[str, Path] = {}
@@ -75,14 +81,22 @@ def _variants(
         (out / name).mkdir(parents=True, exist_ok=True)
         source = onnx_path if start == "onnx" else _float_tflite(onnx_path, checkpoint, out / "float")
         t0 = time.perf_counter()
-        made[name] = fn(source, calibration, out / name)
+        try:
+            made[name] = fn(source, calibration, out / name)
+        except Exception as exc:  # a peer tool failing on a model is a finding, not a crash
+            first = next((x.strip() for x in str(exc).splitlines() if x.strip()), type(exc).__name__)
+            failed[f"{out.parent.name}/{backend}/{name}"] = f"{type(exc).__name__}: {first[:200]}"
+            print(f"  {backend} {name}: failed ({first[:200]})", file=sys.stderr, flush=True)
+            continue
         print(
             f"  {backend} {name}: quantized in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True
         )
     return made
 
 
-def accuracy(backends: list[str], work: Path) -> dict[tuple[str, str, str], dict[str, float]]:
+def accuracy(
+    backends: list[str], work: Path, failed: dict[str, str]
+) -> dict[tuple[str, str, str], dict[str, float]]:
     """{(model, backend, variant): top1_drop, sqnr_db, agreement} on the digits and shapes models."""
     found: dict[tuple[str, str, str], dict[str, float]] = {}
     for model, recipe in MODELS.items():
@@ -95,6 +109,7 @@ def accuracy(backends: list[str], work: Path) -> dict[tuple[str, str, str], dict
                 directory / "reference",
                 calibration,
                 work / "accuracy" / model / backend,
+                failed,
             )
             for variant, artifact in made.items():
                 acc = score(backend, artifact, directory)
@@ -157,7 +172,13 @@ def _interleaved_p50(
 
 
 def latency(
-    backends: list[str], work: Path, model_name: str, rounds: int, runs: int, threads: int
+    backends: list[str],
+    work: Path,
+    model_name: str,
+    rounds: int,
+    runs: int,
+    threads: int,
+    failed: dict[str, str],
 ) -> dict[tuple[str, str], float]:
     """{(backend, variant): p50 ms} of ViT-Plus-base at 224, FP32 included."""
     torch.manual_seed(0)
@@ -184,7 +205,8 @@ def latency(
             LowerRequest(onnx_path, "fp32", config, {}, None, None, checkpoint=checkpoint),
             root / backend / "fp32",
         )
-        artifacts = {"fp32": fp32, **_variants(backend, onnx_path, checkpoint, calibration, root / backend)}
+        made = _variants(backend, onnx_path, checkpoint, calibration, root / backend, failed)
+        artifacts = {"fp32": fp32, **made}
         pruned_onnx, pruned_ckpt = exported["pruned"]
         (root / backend / PRUNED).mkdir(parents=True, exist_ok=True)
         pruned_cfg = load(checkpoint=pruned_ckpt).config
@@ -273,8 +295,9 @@ def main() -> int:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="edgevit-bench-pareto-") as tmp:
         work = args.out or Path(tmp)
-        acc = accuracy(backends, work)
-        p50 = latency(backends, work, args.latency_model, args.rounds, args.runs, args.threads)
+        failed: dict[str, str] = {}
+        acc = accuracy(backends, work, failed)
+        p50 = latency(backends, work, args.latency_model, args.rounds, args.runs, args.threads, failed)
     rows: dict[str, dict[str, dict[str, float]]] = {}
     for (model, backend, variant), figures in acc.items():
         row = rows.setdefault(backend, {}).setdefault(variant, {})
@@ -321,6 +344,7 @@ def main() -> int:
                 "fp32_p50_ms": {b: round(p50[b, "fp32"], 2) for b in backends if (b, "fp32") in p50},
                 "rows": rows,
                 "dominance": verdicts,
+                "failed": failed,
                 "dominated": any(v["dominated"] for per in verdicts.values() for v in per.values()),
             }
         )
