@@ -186,12 +186,11 @@ class QuantizeStage(Strict):
     calibration_batch: int = Field(default=16, gt=0)
     smooth_quant_alpha: float | None = Field(
         default=None,
-        ge=0,
+        ge=-1,
         le=1,
         description=(
-            "SmoothQuant for the Linear layers with this migration strength (OpenVINO/NNCF, whose "
-            "transformer mode uses 0.95; the other backends have none and ignore it); null: off, which "
-            "measured better with global min/max ranges (tools/bench_calibration.py)"
+            "SmoothQuant migration strength for the Linear layers (OpenVINO/NNCF; the other backends "
+            "have none and ignore it): null keeps NNCF's transformer default 0.95, -1 turns it off"
         ),
     )
     float_layers: list[str] = Field(
