@@ -22,8 +22,6 @@ from pathlib import Path
 
 import numpy as np
 
-from edgevit.targets.base import INPUT_NAME
-
 PeerFn = Callable[[Path, np.ndarray, Path], Path]
 
 
@@ -40,20 +38,14 @@ def ort_dynamic(onnx_path: Path, calibration: np.ndarray, out: Path) -> Path:
 
 
 def ort_static(onnx_path: Path, calibration: np.ndarray, out: Path) -> Path:
-    from onnxruntime.quantization import CalibrationDataReader, quantize_static
+    from onnxruntime.quantization import quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    class Reader(CalibrationDataReader):  # type: ignore[misc]
-        def __init__(self) -> None:
-            self._it = iter(_samples(calibration))
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            x = next(self._it, None)
-            return None if x is None else {INPUT_NAME: x}
+    from edgevit.targets.onnxruntime import calibration_reader
 
     prepared, target = out / "prepared.onnx", out / "model.onnx"
     quant_pre_process(str(onnx_path), str(prepared))
-    quantize_static(str(prepared), str(target), Reader())
+    quantize_static(str(prepared), str(target), calibration_reader(_samples(calibration)))
     prepared.unlink()
     return target
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +96,6 @@ def quantize_qdq(request: LowerRequest, workdir: Path, out: Path, symmetric_acti
     UINT8 asymmetric (ONNX Runtime's fastest on x86) or INT8 symmetric (TensorRT's explicit
     quantization)."""
     from onnxruntime.quantization import (
-        CalibrationDataReader,
         CalibrationMethod,
         QuantFormat,
         QuantType,
@@ -112,14 +112,6 @@ def quantize_qdq(request: LowerRequest, workdir: Path, out: Path, symmetric_acti
         prepared.unlink(missing_ok=True)
         raise LoweringError("the quantize scope selects no node", "set stages[].matmul_scope: all")
 
-    class Reader(CalibrationDataReader):  # type: ignore[misc]
-        def __init__(self) -> None:
-            self._it = iter(calibration_batches(request))
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            batch = next(self._it, None)
-            return None if batch is None else {INPUT_NAME: batch}
-
     method = {
         "minmax": CalibrationMethod.MinMax,
         "percentile": CalibrationMethod.Percentile,
@@ -129,7 +121,7 @@ def quantize_qdq(request: LowerRequest, workdir: Path, out: Path, symmetric_acti
         quantize_static(
             str(prepared),
             str(out),
-            Reader(),
+            calibration_reader(calibration_batches(request)),
             quant_format=QuantFormat.QDQ,
             op_types_to_quantize=QUANTIZED_OP_TYPES,
             nodes_to_quantize=nodes,
@@ -154,6 +146,21 @@ def quantize_qdq(request: LowerRequest, workdir: Path, out: Path, symmetric_acti
     if factors:
         scale_activations(out, request.onnx_path, factors)
     return out
+
+
+def calibration_reader(batches: Iterable[np.ndarray]) -> Any:
+    """An ONNX Runtime CalibrationDataReader feeding ``batches`` to the model input."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self._it = iter(batches)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            batch = next(self._it, None)
+            return None if batch is None else {INPUT_NAME: batch}
+
+    return Reader()
 
 
 from edgevit.targets import TARGETS  # noqa: E402
