@@ -63,17 +63,24 @@ class Session:
 
 
 class OrtSession(Session):
-    """ONNX Runtime, CPU execution provider."""
+    """ONNX Runtime, CPU execution provider.
+
+    ``fake_quant`` runs a Q/DQ graph as written (quantize, dequantize, float op) instead of fusing
+    it into ONNX Runtime's integer kernels: the exact INT8 arithmetic of a runtime that accumulates
+    in int32 (TensorRT), free of the int16 saturation of x86 CPUs without VNNI.
+    """
 
     runtime = "onnxruntime"
 
-    def __init__(self, path: Path, threads: int) -> None:
+    def __init__(self, path: Path, threads: int, fake_quant: bool = False) -> None:
         ort = _import("onnxruntime", "onnxruntime")
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
+        if fake_quant:
+            opts.add_session_config_entry("session.disable_quant_qdq", "1")
         self._session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self._input = self._session.get_inputs()[0].name
 

@@ -54,6 +54,12 @@ class DeviceProfile(BaseModel):
     runtimes: list[str] = Field(default_factory=list)
     precisions: list[Literal["fp32", "fp16", "int8"]] = Field(default_factory=list)
     threads: int | None = Field(default=None, gt=0)
+    cpu_flags: list[str] | None = Field(
+        default=None,
+        description="the device CPU's vector features as the profiling agent names them (avx2, "
+        "avx512_vnni, avx_vnni, amx_int8, asimd, ...): they decide INT8 weight ranges for ONNX Runtime "
+        "and OpenVINO. A local device is this host and uses its own; null on a remote one: unknown",
+    )
     coreml: CoreMLSettings | None = None
     tensorrt: TensorRTSettings | None = None
     notes: str = ""

@@ -321,7 +321,7 @@ class Build:
                 "versions": avail.versions,
                 "quantize": req.quantize.model_dump() if req.quantize and spec.precision == "int8" else None,
                 "calibration": calib_sha if spec.precision == "int8" else None,
-                **target.device_key(device),
+                **target.build_settings(req),
             }
 
         threads = spec.threads or device.threads or r.check.threads
@@ -370,6 +370,9 @@ class Build:
                 "reused": step.reused,
                 "device": device.name,
             }
+            settings = target.build_settings(request)
+            if settings:
+                built["build_settings"] = settings
             with target.runner(artifact, threads, request.model_config.input_size, device) as runner:
                 logits = runner.infer_all(x_eval, r.check.eval_batch)
                 simulated = runner.simulated
@@ -547,7 +550,9 @@ class Build:
         images = images[: budget.ranking_samples]
         alone: dict[str, float | None]
         if artifact.suffix in layerwise.COMPARABLE_SUFFIXES:
-            ranked = layerwise.summary(request.onnx_path, artifact, images[: r.check.layerwise_samples or 16])
+            ranked = layerwise.summary(
+                request.onnx_path, artifact, images[: r.check.layerwise_samples or 16], spec.backend
+            )
             alone = {x["layer"]: x["local_sqnr_db"] for x in ranked["layers"] if x["quantized"]}
         else:
             listed = target.quantized_layers(artifact, request.onnx_path)
@@ -619,7 +624,9 @@ class Build:
         if artifact.suffix not in layerwise.COMPARABLE_SUFFIXES:
             return {}
         try:
-            found = layerwise.summary(float_onnx, artifact, x[: self.recipe.check.layerwise_samples])
+            found = layerwise.summary(
+                float_onnx, artifact, x[: self.recipe.check.layerwise_samples], spec.backend
+            )
         except Exception as exc:  # a diagnosis must not fail the target it diagnoses
             self.log(f"{spec.name}: layer-wise comparison failed ({type(exc).__name__}: {exc})")
             return {"layerwise": {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}}

@@ -202,7 +202,7 @@ def test_tensorrt_build_is_simulated_and_passes_on_accuracy_gates(fresh_builtin:
     assert report.passed
     for name in ("trt-fp16", "trt-int8"):
         t = report.target(name)
-        assert t["where"] == "simulated:onnxruntime-qdq" and t["latency_ms"] is None
+        assert t["where"] == "simulated:onnxruntime-fakequant" and t["latency_ms"] is None
         assert "latency not measured: no tensorrt runtime on this host" in t["reason"]
         assert "device jetson-orin-nano could not be profiled" in t["reason"] and "unreachable" in t["reason"]
         assert (tmp_path / "b" / "targets" / name / "build_engine.json").is_file()

@@ -125,10 +125,11 @@ def _onnx_tensors(model: Any, wanted: list[str], x: np.ndarray) -> tuple[dict[st
 
 
 def _onnx_local(
-    model: Any, pairs: list[tuple[str, str]], inputs: dict[str, np.ndarray]
+    model: Any, pairs: list[tuple[str, str]], inputs: dict[str, np.ndarray], fake_quant: bool
 ) -> dict[str, np.ndarray]:
     """Run each (input, output) span of a loaded ONNX alone (onnx.utils.Extractor) on the float
-    model's value of its input; {output name: value}."""
+    model's value of its input, with ONNX Runtime's integer kernels or (``fake_quant``) its Q/DQ as
+    written; {output name: value}."""
     import onnx
     import onnxruntime as ort
 
@@ -136,6 +137,8 @@ def _onnx_local(
     extractor = onnx.utils.Extractor(model)
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    if fake_quant:
+        opts.add_session_config_entry("session.disable_quant_qdq", "1")
     out = {}
     for src, dst in pairs:
         actual = _actual(dst, produced)
@@ -248,10 +251,11 @@ def _openvino_local(path: Path, found: list[_Layer], inputs: dict[str, np.ndarra
     return out
 
 
-def compare(float_onnx: Path, artifact: Path, x: np.ndarray) -> list[LayerError]:
+def compare(float_onnx: Path, artifact: Path, x: np.ndarray, fake_quant: bool = False) -> list[LayerError]:
     """Per-layer error of ``artifact`` (.onnx or OpenVINO .xml) against ``float_onnx`` on images
     ``x``: quantized layers first, lowest SQNR when run alone first. Layers whose tensors the
-    artifact does not expose are left out."""
+    artifact does not expose are left out. ``fake_quant``: an ONNX layer runs alone as its Q/DQ is
+    written (the arithmetic of TensorRT), not through ONNX Runtime's x86 integer kernels."""
     import onnx
 
     float_model = onnx.load(str(float_onnx))
@@ -263,7 +267,7 @@ def compare(float_onnx: Path, artifact: Path, x: np.ndarray) -> list[LayerError]
         model = onnx.load(str(artifact))
         other, quantized = _onnx_tensors(model, wanted, x)  # adds the probed tensors to its outputs
         spans = [(la.input, la.output) for la in found if la.input in quantized and la.input in reference]
-        local = _onnx_local(model, spans, reference)
+        local = _onnx_local(model, spans, reference, fake_quant)
     elif artifact.suffix == ".xml":
         other, quantized = _openvino_tensors(artifact, found, x)
         local = _openvino_local(artifact, [la for la in found if la.input in quantized], reference)
@@ -298,7 +302,11 @@ def compare(float_onnx: Path, artifact: Path, x: np.ndarray) -> list[LayerError]
 COMPARABLE_SUFFIXES = (".onnx", ".xml")
 
 
-def summary(float_onnx: Path, artifact: Path, x: np.ndarray) -> dict[str, Any]:
-    """The report's ``layerwise`` entry for an artifact: every layer, quantized worst first."""
-    found = compare(float_onnx, artifact, x)
+def summary(float_onnx: Path, artifact: Path, x: np.ndarray, backend: str | None = None) -> dict[str, Any]:
+    """The report's ``layerwise`` entry for an artifact of ``backend``: every layer, quantized
+    worst first, each run alone the way that backend's host check runs the whole artifact."""
+    from edgevit.targets import TARGETS
+
+    runner = TARGETS.get(backend).runner_class if backend else None
+    found = compare(float_onnx, artifact, x, fake_quant=bool(getattr(runner, "fake_quant", False)))
     return {"samples": len(x), "layers": [e.to_dict() for e in found]}

@@ -256,7 +256,7 @@ def diagnose(build_dir: Path, t: dict[str, Any], x: np.ndarray) -> dict[str, Any
     artifact = given if given.is_absolute() else confined(build_dir, t["artifact"])
     if artifact.suffix not in layerwise.COMPARABLE_SUFFIXES:
         return None
-    return layerwise.summary(confined(build_dir, "export/model.onnx"), artifact, x)
+    return layerwise.summary(confined(build_dir, "export/model.onnx"), artifact, x, t.get("backend"))
 
 
 def against_baseline(

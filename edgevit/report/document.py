@@ -87,6 +87,19 @@ def _stage_lines(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _settings_text(settings: dict[str, Any]) -> str:
+    """``{"int8_weight_bits": 7, "tensorrt": {"version": "10.3"}}`` as ``int8 weight bits 7;
+    tensorrt: version 10.3``."""
+    parts = []
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            inner = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in value.items() if v is not None)
+            parts.append(f"{key.replace('_', ' ')}: {inner}")
+        else:
+            parts.append(f"{key.replace('_', ' ')} {value}")
+    return "; ".join(parts)
+
+
 def render_markdown(doc: dict[str, Any]) -> str:
     """A people-readable summary with one row per target and one per gate."""
     ref = doc["reference"]
@@ -115,6 +128,11 @@ def render_markdown(doc: dict[str, Any]) -> str:
                 for kind, by_precision in t["ops"].items()
             ]
             lines.append(f"- **{t['name']}** ({t.get('op_total', '?')} ops): {', '.join(parts)}")
+    settled = [t for t in doc["targets"] if t.get("build_settings")]
+    if settled:
+        lines += ["", "Build settings taken from where each target runs:", ""]
+        for t in settled:
+            lines.append(f"- **{t['name']}**: {_settings_text(t['build_settings'])}")
     packages = [t for t in doc["targets"] if t.get("coreml")]
     if packages:
         lines += ["", "Core ML packages:", ""]

@@ -131,8 +131,9 @@ class Target(ABC):
             return None
         return self.options_schema.model_validate(options)
 
-    def device_key(self, device: DeviceProfile) -> dict[str, Any]:
-        """The device settings that change what ``lower`` builds (part of the artifact's cache key)."""
+    def build_settings(self, request: LowerRequest) -> dict[str, Any]:
+        """What ``lower`` decides from the request's device (and options) beyond the recipe, e.g. a
+        TensorRT version or an INT8 weight range: part of the artifact's cache key, and reported."""
         return {}
 
     def describe(self, artifact: Path) -> dict[str, Any]:

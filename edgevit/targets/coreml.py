@@ -252,8 +252,8 @@ class CoremlTarget(Target):
             raise ValueError("float32_ops applies to FP16 compute; fp32 computes every op in float32")
         return parsed
 
-    def device_key(self, device: DeviceProfile) -> dict[str, Any]:
-        return {"coreml_deployment_target": _settings(device).deployment_target}
+    def build_settings(self, request: LowerRequest) -> dict[str, Any]:
+        return {"coreml_deployment_target": _settings(request.device).deployment_target}
 
     def lower(self, request: LowerRequest, workdir: Path) -> Path:
         self.require()

@@ -1,11 +1,12 @@
-"""ONNX Runtime target: FP32 ONNX, and INT8 static QDQ (per-channel symmetric weights)."""
+"""ONNX Runtime target: FP32 ONNX, and INT8 static QDQ (per-channel symmetric weights, 7-bit on x86
+CPUs without VNNI: see targets/cpu.py)."""
 
 from __future__ import annotations
 
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -14,6 +15,7 @@ from edgevit.agent import OrtSession
 from edgevit.errors import LoweringError
 from edgevit.targets.base import INPUT_NAME, LowerRequest, Runner, Target
 from edgevit.targets.calibration import calibration_batches
+from edgevit.targets.cpu import CpuInt8Options, reduce_range, weight_bits
 from edgevit.targets.graph import nodes_of_layers, quantizable_nodes, scale_activations
 
 QUANTIZED_OP_TYPES = ["MatMul", "Gemm", "Conv"]
@@ -40,13 +42,19 @@ class QdqOptions(BaseModel):
         return value
 
 
-class OrtRunner(Runner):
-    """Runs an .onnx file on ONNX Runtime's CPU execution provider."""
+class OrtOptions(QdqOptions, CpuInt8Options):
+    """``targets[].options`` of the onnxruntime backend."""
 
+
+class OrtRunner(Runner):
+    """Runs an .onnx file on ONNX Runtime's CPU execution provider (``fake_quant``: see OrtSession)."""
+
+    fake_quant: ClassVar[bool] = False
     _session: Any = None
 
     def _load(self) -> None:
-        self._session = OrtSession(self.artifact, self.threads)  # the profiling agent's session
+        # the profiling agent's session
+        self._session = OrtSession(self.artifact, self.threads, fake_quant=self.fake_quant)
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         return self._session(batch)
@@ -66,9 +74,10 @@ class QdqTarget(Target):
     options_schema = QdqOptions
 
     def parse_options(self, options: dict[str, Any], precision: str) -> BaseModel | None:
-        parsed = QdqOptions.model_validate(options)
-        if parsed.activation_scale_factors and precision != "int8":
-            raise ValueError(f"activation_scale_factors is for int8 {self.name} targets, not {precision}")
+        parsed = self.options_schema.model_validate(options)
+        int8_only = [k for k in sorted(options) if k in ("activation_scale_factors", "reduce_range")]
+        if int8_only and precision != "int8":
+            raise ValueError(f"{', '.join(int8_only)} is for int8 {self.name} targets, not {precision}")
         return parsed
 
 
@@ -78,6 +87,13 @@ class OrtTarget(QdqTarget):
     name = "onnxruntime"
     precisions = ("fp32", "int8")
     runner_class = OrtRunner
+    options_schema = OrtOptions
+    revision = 2  # 2: 7-bit weights on x86 CPUs without VNNI
+
+    def build_settings(self, request: LowerRequest) -> dict[str, Any]:
+        if request.precision != "int8":
+            return {}
+        return weight_bits(OrtOptions.model_validate(request.options).reduce_range, request.device)
 
     def lower(self, request: LowerRequest, workdir: Path) -> Path:
         self.require()
@@ -88,13 +104,22 @@ class OrtTarget(QdqTarget):
         return self._quantize(request, workdir, out)
 
     def _quantize(self, request: LowerRequest, workdir: Path, out: Path) -> Path:
-        return quantize_qdq(request, workdir, out, symmetric_activations=False)
+        options = OrtOptions.model_validate(request.options)
+        seven = reduce_range(options.reduce_range, request.device)
+        return quantize_qdq(request, workdir, out, options, symmetric_activations=False, reduce_range=seven)
 
 
-def quantize_qdq(request: LowerRequest, workdir: Path, out: Path, symmetric_activations: bool) -> Path:
-    """Static INT8 QDQ ONNX of the request's scope: per-channel symmetric INT8 weights; activations
-    UINT8 asymmetric (ONNX Runtime's fastest on x86) or INT8 symmetric (TensorRT's explicit
-    quantization)."""
+def quantize_qdq(
+    request: LowerRequest,
+    workdir: Path,
+    out: Path,
+    options: QdqOptions,
+    symmetric_activations: bool,
+    reduce_range: bool = False,
+) -> Path:
+    """Static INT8 QDQ ONNX of the request's scope: per-channel symmetric INT8 weights (7-bit with
+    ``reduce_range``); activations UINT8 asymmetric (ONNX Runtime's fastest on x86) or INT8
+    symmetric (TensorRT's explicit quantization)."""
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -128,6 +153,7 @@ def quantize_qdq(request: LowerRequest, workdir: Path, out: Path, symmetric_acti
             per_channel=q.per_channel,
             activation_type=QuantType.QInt8 if symmetric_activations else QuantType.QUInt8,
             weight_type=QuantType.QInt8,
+            reduce_range=reduce_range,
             calibrate_method=method,
             # TensorRT wants float biases (no INT32 DequantizeLinear): symmetric mode keeps them float.
             extra_options={
@@ -140,7 +166,7 @@ def quantize_qdq(request: LowerRequest, workdir: Path, out: Path, symmetric_acti
         raise LoweringError(f"ONNX Runtime quantization failed: {type(exc).__name__}: {exc}") from exc
     finally:
         prepared.unlink(missing_ok=True)
-    factors = QdqOptions.model_validate(request.options).activation_scale_factors
+    factors = options.activation_scale_factors
     kept_float = set(request.quantize.float_layers) if request.quantize else set()
     factors = {layer: f for layer, f in factors.items() if layer not in kept_float}  # nothing to scale
     if factors:

@@ -14,9 +14,9 @@ produces what the device consumes:
   profiling agent (``edgevit/agent.py``: it builds the engine, caches it by ONNX, plan, TensorRT
   version and GPU, keeps its timing cache, and runs it).
 
-The host check runs the same ONNX with ONNX Runtime on the CPU (``simulated:onnxruntime-qdq``):
-accuracy only, never latency. Before anything reaches a device the graph is linted against the
-ONNX ops TensorRT's parser supports (``lint``).
+The host check runs the same ONNX with ONNX Runtime on the CPU as fake quantization
+(``simulated:onnxruntime-fakequant``): accuracy only, never latency. Before anything reaches a
+device the graph is linted against the ONNX ops TensorRT's parser supports (``lint``).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from edgevit.devices import DeviceProfile, TensorRTSettings
 from edgevit.errors import LoweringError
 from edgevit.fileio import atomic_write_json
 from edgevit.targets.base import INPUT_NAME, LowerRequest
-from edgevit.targets.onnxruntime import OrtRunner, QdqTarget, quantize_qdq
+from edgevit.targets.onnxruntime import OrtRunner, QdqOptions, QdqTarget, quantize_qdq
 
 # ONNX operators TensorRT 10's ONNX parser (onnx-tensorrt, TensorRT 10.x) imports. Keep in step
 # with the TensorRT version of the device profiles; an op outside it fails the build here.
@@ -51,9 +51,12 @@ FP32_LAYERS = ("LayerNormalization", "Softmax", "ReduceMean", "Pow", "Sqrt")  # 
 
 
 class TrtHostCheckRunner(OrtRunner):
-    """ONNX Runtime on the CPU running the TensorRT-ready ONNX: numerics only."""
+    """ONNX Runtime on the CPU running the TensorRT-ready ONNX as fake quantization (Q/DQ kept,
+    float ops): TensorRT's INT8 numerics, not ONNX Runtime's x86 integer kernels. On a CPU without
+    VNNI those saturate 8-bit weights (digits default: 30.0 dB fused against 37.3 dB as written)."""
 
-    simulated = "onnxruntime-qdq"
+    simulated = "onnxruntime-fakequant"
+    fake_quant = True
 
 
 def settings(device: DeviceProfile | None) -> TensorRTSettings:
@@ -135,8 +138,8 @@ class TensorrtTarget(QdqTarget):
     runner_class = TrtHostCheckRunner
     revision = 3  # 2: biases stay float; 3: the plan takes the device profile's tensorrt settings
 
-    def device_key(self, device: DeviceProfile) -> dict[str, Any]:
-        return {"tensorrt": settings(device).model_dump()}
+    def build_settings(self, request: LowerRequest) -> dict[str, Any]:
+        return {"tensorrt": settings(request.device).model_dump()}
 
     def lower(self, request: LowerRequest, workdir: Path) -> Path:
         self.require()
@@ -152,7 +155,8 @@ class TensorrtTarget(QdqTarget):
         if request.precision == "fp16":
             self._fp16(request.onnx_path, out)
         else:
-            quantize_qdq(request, workdir, out, symmetric_activations=True)
+            options = QdqOptions.model_validate(request.options)
+            quantize_qdq(request, workdir, out, options, symmetric_activations=True)
         atomic_write_json(workdir / PLAN_NAME, build_plan(request, trt))
         return out
 

@@ -83,7 +83,7 @@ def test_tensorrt_target_is_built_and_measured_on_the_device(
     t = report.target("trt-int8")
     assert t["status"] == "ok" and t["where"] == "device:lab-jetson" and report.passed, t["reason"]
     assert t["reason"].startswith("latency and accuracy measured on device lab-jetson")
-    assert t["host_simulation"]["where"] == "simulated:onnxruntime-qdq"
+    assert t["host_simulation"]["where"] == "simulated:onnxruntime-fakequant"
     dev = t["device_profile"]
     assert dev["runtime"] == "tensorrt" and dev["versions"]["tensorrt"] == "10.3.0"
     assert dev["session"]["engine"] == "built" and dev["session"]["layer_precisions"]["counts"]["int8"] > 0
