@@ -172,10 +172,11 @@ class QuantizeStage(Strict):
     By default only the Linear layers (MatMul/Gemm with a weight input) are quantized, with
     per-channel symmetric INT8 weights; LayerNorm, Softmax, GELU, residual Adds, the activation x
     activation attention MatMuls and the patch-embedding Conv stay float. Measured with ONNX
-    Runtime on an AVX2 host (7-bit weights, see targets/cpu.py): quantizing the patch-embedding
-    Conv cost 1.5 dB of logit SQNR on digits and 1.1 dB on shapes for a 4% faster ViT-Plus-base;
-    adding the attention MatMuls cost another 1.6–1.9 dB and was slower on the small models
-    (p50 4.04 vs 2.52 ms). ``matmul_scope: all`` and ``patch_embed: true`` turn them on.
+    Runtime on an AVX2 host (7-bit weights, see targets/cpu.py; tools/bench_calibration.py):
+    quantizing the patch-embedding Conv cost 1.0 dB of logit SQNR on digits and 1.1 dB on shapes
+    for a ViT-Plus-base about 4% faster; adding the attention MatMuls cost another 0.7–1.9 dB and
+    was slower on the small models (p50 4.04 vs 2.52 ms). ``matmul_scope: all`` and
+    ``patch_embed: true`` turn them on.
     """
 
     order: ClassVar[int] = 30
@@ -191,7 +192,8 @@ class QuantizeStage(Strict):
         le=1,
         description=(
             "SmoothQuant migration strength for the Linear layers (OpenVINO/NNCF; the other backends "
-            "have none and ignore it): null keeps NNCF's transformer default 0.95, -1 turns it off"
+            "have none and ignore it): null is edgevit's 0.5 (measured best with NNCF's 0.95 and off; "
+            "README), -1 turns it off"
         ),
     )
     float_layers: list[str] = Field(

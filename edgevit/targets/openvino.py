@@ -62,6 +62,9 @@ def float_ops(model: Any, q: QuantizeStage) -> list[str]:
     return names
 
 
+SMOOTH_QUANT_ALPHA = 0.5  # for the Linear layers' MatMuls; measured (see _advanced_parameters)
+
+
 def _advanced_parameters(q: QuantizeStage, seven_bit_weights: bool) -> Any:
     """NNCF settings from the quantize stage: the activation range estimator of ``method``,
     SmoothQuant's alpha for MatMuls, and 7-bit weights (NNCF's overflow fix on every layer) for x86
@@ -69,10 +72,12 @@ def _advanced_parameters(q: QuantizeStage, seven_bit_weights: bool) -> Any:
 
     ``minmax`` is the global min/max over the calibration set, as for the other backends; NNCF's
     own default averages per-sample ranges, which clips the tails. ``percentile`` is NNCF's
-    mean-of-quantiles estimator. SmoothQuant stays on (NNCF's 0.95): with 7-bit weights on an AVX2
-    host it measured 39.5 / 41.3 dB on digits / shapes against 42.1 / 38.3 dB off, and without it
-    NNCF places some input quantizers before a Reshape or Gather, where the layer-wise comparison,
-    and so the accuracy budget's choice of layers, does not yet find them.
+    mean-of-quantiles estimator. SmoothQuant's alpha defaults to ``SMOOTH_QUANT_ALPHA`` (0.5, the
+    SmoothQuant paper's): with 7-bit weights on an AVX2 host (tools/bench_calibration.py, digits /
+    shapes logit SQNR) 0.2: 42.9 / 40.7 dB, 0.5: 44.2 / 42.7, 0.65: 44.4 / 43.6, NNCF's 0.95:
+    43.7 / 41.3, off: 41.2 / 38.3. Off, NNCF would also place some input quantizers before a
+    Reshape or Gather, where the layer-wise comparison, and so the accuracy budget, does not find
+    them yet.
     """
     from nncf.quantization.advanced_parameters import (
         AdvancedQuantizationParameters,
@@ -85,9 +90,8 @@ def _advanced_parameters(q: QuantizeStage, seven_bit_weights: bool) -> Any:
         "minmax": RangeEstimatorParametersSet.MINMAX,
         "percentile": RangeEstimatorParametersSet.MEAN_QUANTILE,
     }[q.method]
-    smooth = AdvancedSmoothQuantParameters()  # NNCF's transformer default: 0.95 for MatMuls
-    if q.smooth_quant_alpha is not None:
-        smooth = AdvancedSmoothQuantParameters(matmul=q.smooth_quant_alpha)  # negative: off
+    alpha = SMOOTH_QUANT_ALPHA if q.smooth_quant_alpha is None else q.smooth_quant_alpha
+    smooth = AdvancedSmoothQuantParameters(matmul=alpha)  # negative: off
     return AdvancedQuantizationParameters(
         activations_range_estimator_params=ranges,
         smooth_quant_alphas=smooth,
@@ -106,7 +110,7 @@ class OvTarget(Target):
     runner_class = OvRunner
     float_layers = True
     # 3: activation ranges from the quantize stage's method (global min/max by default);
-    # 4: 7-bit weights on x86 CPUs without VNNI, none elsewhere
+    # 4: 7-bit weights on x86 CPUs without VNNI, none elsewhere; SmoothQuant alpha 0.5
     revision = 4
     calibration_methods = ("minmax", "percentile")
     options_schema = CpuInt8Options

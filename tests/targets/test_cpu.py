@@ -10,8 +10,7 @@ import pytest
 from edgevit.devices import DeviceProfile, resolve_device
 from edgevit.models.load import load
 from edgevit.recipe.schema import QuantizeStage
-from edgevit.targets import TARGETS, LowerRequest
-from edgevit.targets import cpu
+from edgevit.targets import TARGETS, LowerRequest, cpu
 
 AVX2 = ["avx2"]
 VNNI = ["avx2", "avx512f", "avx512_vnni"]

@@ -45,3 +45,32 @@ def test_method_and_smooth_quant_alpha_reach_nncf(tiny_checkpoint, tiny_onnx, in
     assert any(p < 0.99 * m for p, m in zip(percentile, minmax, strict=True))
     # SmoothQuant scales the Linear layers' inputs by extra Multiply ops; alpha -1 turns it off.
     assert multiplies_off < multiplies
+
+
+def _smoothing_scales(artifact: Path) -> np.ndarray:
+    """The constants of SmoothQuant's Multiply ops, concatenated in graph order."""
+    import openvino as ov
+
+    found = []
+    for op in ov.Core().read_model(str(artifact)).get_ordered_ops():
+        if op.get_type_name() == "Multiply" and "smooth_quant" in op.get_friendly_name():
+            for i in range(2):
+                src = op.input_value(i).get_node()
+                if src.get_type_name() == "Constant":
+                    found.append(np.asarray(src.get_data(), np.float64).ravel())
+    return np.concatenate(found) if found else np.zeros(0)
+
+
+def test_default_alpha_is_edgevits_not_nncfs(tiny_checkpoint, tiny_onnx, inputs, tmp_path) -> None:
+    from edgevit.targets.openvino import SMOOTH_QUANT_ALPHA
+
+    scales = {}
+    for name, alpha in {"default": None, "explicit": SMOOTH_QUANT_ALPHA, "nncf": 0.95}.items():
+        out = tmp_path / name
+        out.mkdir()
+        stage = QuantizeStage(stage="quantize", smooth_quant_alpha=alpha)
+        request = LowerRequest(tiny_onnx, "int8", load(checkpoint=tiny_checkpoint).config, {}, stage, inputs)
+        scales[name] = _smoothing_scales(TARGET.lower(request, out))
+    assert scales["default"].size > 0
+    np.testing.assert_allclose(scales["default"], scales["explicit"])
+    assert scales["default"].shape != scales["nncf"].shape or not np.allclose(scales["default"], scales["nncf"])
