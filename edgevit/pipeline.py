@@ -502,9 +502,11 @@ class Build:
     ) -> tuple[dict[str, Any], StepResult]:
         """Choose the fewest layers to keep float so an INT8 target meets the quantize stage's
         accuracy budget: quantize everything in scope; if the budget is missed, rank the quantized
-        layers (see ``_sensitivity``) and keep the first 1, 2, … float until it is met on the
-        evaluation set (or ``max_float_layers`` is reached: best effort, reported). Returns the
-        report's ``fallback`` entry and the chosen candidate's step."""
+        layers (see ``_sensitivity``) and walk the ranking, keeping each layer float if that brings
+        the evaluation set's scores closer to the budget (``AccuracyBudget.shortfall``) and leaving
+        it quantized if not (errors of different layers can cancel), until the budget is met or
+        ``max_float_layers`` are kept or the ranking ends (best effort: the closest candidate,
+        reported). Returns the report's ``fallback`` entry and the chosen candidate's step."""
         from edgevit.check import layerwise
 
         q = request.quantize
@@ -530,10 +532,11 @@ class Build:
                 return runner.infer_all(x, r.check.eval_batch)
 
         def attempt(extra: list[str]) -> StepResult:
-            step, artifact = candidate(str(len(extra)), extra)
+            step, artifact = candidate(str(len(tried)), extra)
             acc = accuracy.compare(infer(artifact, x_eval), labels, src_logits)
             met = budget.met(acc.top1_drop, acc.sqnr_db, acc.agreement)
-            tried.append({"float_layers": extra, **acc.to_dict(), "met": met})
+            short = budget.shortfall(acc.top1_drop, acc.sqnr_db, acc.agreement)
+            tried.append({"float_layers": extra, **acc.to_dict(), "met": met, "shortfall": round(short, 4)})
             self.log(
                 f"{spec.name}: fallback with {len(extra)} float layer(s): drop {acc.top1_drop:+.2f}, SQNR "
                 f"{acc.sqnr_db:.1f} dB, agreement {acc.agreement:.4f}{' (budget met)' if met else ''}"
@@ -572,11 +575,18 @@ class Build:
         out["ranking"] = budget.ranking
         out["sensitivity"] = sensitivity
         chosen: list[str] = []
-        for k in range(1, min(budget.max_float_layers, len(sensitivity)) + 1):
-            chosen = [x["layer"] for x in sensitivity[:k]]
-            chosen_step = attempt(chosen)
+        best = tried[0]
+        for x in sensitivity:
+            if len(chosen) >= budget.max_float_layers:
+                break
+            step = attempt([*chosen, x["layer"]])
             if tried[-1]["met"]:
-                return {**out, "met": True, "float_layers": chosen}, chosen_step
+                return {**out, "met": True, "float_layers": tried[-1]["float_layers"]}, step
+            if tried[-1]["shortfall"] < best["shortfall"] - 1e-6:
+                chosen, best, chosen_step = tried[-1]["float_layers"], tried[-1], step
+            else:
+                tried[-1]["rejected"] = True
+                self.log(f"{spec.name}: keeping {x['layer']} float did not help; it stays quantized")
         self.log(f"{spec.name}: accuracy budget not met with {len(chosen)} float layers (best effort kept)")
         return {**out, "met": False, "float_layers": chosen}, chosen_step
 

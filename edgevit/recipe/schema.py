@@ -133,13 +133,17 @@ class DistillStage(Strict):
 
 
 class AccuracyBudget(Strict):
-    """What an INT8 target must keep against the float model it is built from; edgevit keeps the
-    most sensitive layers float (fewest first) until it does (ONNX Runtime, TensorRT, OpenVINO)."""
+    """What an INT8 target must keep against the float model it is built from: edgevit keeps the
+    most sensitive layers float, fewest first, until it does (every backend)."""
 
     max_top1_drop: float | None = Field(default=None, ge=0, description="points of top-1")
     min_sqnr_db: float | None = Field(default=None, description="logit SQNR against the float model")
     min_agreement: float | None = Field(default=None, ge=0, le=1, description="top-1 agreement")
-    max_float_layers: int = Field(default=8, ge=1, description="give up (best effort) beyond this many")
+    max_float_layers: int = Field(
+        default=8,
+        ge=1,
+        description="give up (best effort: the closest candidate) beyond this many float layers",
+    )
     ranking: Literal["measured", "alone"] = Field(
         default="measured",
         description=(
@@ -159,11 +163,17 @@ class AccuracyBudget(Strict):
 
     def met(self, top1_drop: float, sqnr_db: float, agreement: float) -> bool:
         """Whether scores meet every limit set."""
-        return (
-            (self.max_top1_drop is None or top1_drop <= self.max_top1_drop + 1e-9)
-            and (self.min_sqnr_db is None or sqnr_db >= self.min_sqnr_db)
-            and (self.min_agreement is None or agreement >= self.min_agreement - 1e-9)
-        )
+        return self.shortfall(top1_drop, sqnr_db, agreement) == 0
+
+    def shortfall(self, top1_drop: float, sqnr_db: float, agreement: float) -> float:
+        """How far scores miss the budget: the sum of each set limit's miss, in points of top-1,
+        dB of SQNR and points (percent) of agreement; 0 when every limit is met."""
+        misses = [
+            0.0 if self.max_top1_drop is None else top1_drop - self.max_top1_drop - 1e-9,
+            0.0 if self.min_sqnr_db is None else self.min_sqnr_db - sqnr_db,
+            0.0 if self.min_agreement is None else 100 * (self.min_agreement - agreement) - 1e-7,
+        ]
+        return float(sum(max(0.0, m) for m in misses))
 
 
 class QuantizeStage(Strict):

@@ -3,6 +3,8 @@ CPUs without VNNI: see targets/cpu.py)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
@@ -143,25 +145,27 @@ def quantize_qdq(
         "entropy": CalibrationMethod.Entropy,
     }[q.method]
     try:
-        quantize_static(
-            str(prepared),
-            str(out),
-            calibration_reader(calibration_batches(request)),
-            quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=QUANTIZED_OP_TYPES,
-            nodes_to_quantize=nodes,
-            per_channel=q.per_channel,
-            activation_type=QuantType.QInt8 if symmetric_activations else QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            reduce_range=reduce_range,
-            calibrate_method=method,
-            # TensorRT wants float biases (no INT32 DequantizeLinear): symmetric mode keeps them float.
-            extra_options={
-                "WeightSymmetric": True,
-                "ActivationSymmetric": symmetric_activations,
-                "QuantizeBias": not symmetric_activations,
-            },
-        )
+        # its histogram calibrators print progress to stdout, which is for the report (--json)
+        with contextlib.redirect_stdout(io.StringIO()):
+            quantize_static(
+                str(prepared),
+                str(out),
+                calibration_reader(calibration_batches(request)),
+                quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=QUANTIZED_OP_TYPES,
+                nodes_to_quantize=nodes,
+                per_channel=q.per_channel,
+                activation_type=QuantType.QInt8 if symmetric_activations else QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                reduce_range=reduce_range,
+                calibrate_method=method,
+                # TensorRT wants float biases (no INT32 DequantizeLinear): symmetric mode keeps them float.
+                extra_options={
+                    "WeightSymmetric": True,
+                    "ActivationSymmetric": symmetric_activations,
+                    "QuantizeBias": not symmetric_activations,
+                },
+            )
     except Exception as exc:  # the quantizer raises bare exceptions of many kinds
         raise LoweringError(f"ONNX Runtime quantization failed: {type(exc).__name__}: {exc}") from exc
     finally:
