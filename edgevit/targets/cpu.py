@@ -7,15 +7,16 @@ a ViT's large activations overflow. 7-bit weights (ONNX Runtime's ``reduce_range
 there 8-bit weights are kept, being more precise; ONNX Runtime documents the saturation for x86
 only, so Arm CPUs keep them too.
 
-Measured on this project's AVX2 host (logit SQNR against float, all Linear layers INT8):
+Measured on this project's AVX2 host (tools/bench_calibration.py; logit SQNR against float, the
+Linear layers INT8, the other settings at their defaults):
 
 ======================  ===============  ================
 model                   8-bit weights    7-bit weights
 ======================  ===============  ================
-digits, ONNX Runtime    30.8 dB          39.1 dB
+digits, ONNX Runtime    31.0 dB          37.2 dB
 shapes, ONNX Runtime    29.6 dB          34.4 dB
-digits, OpenVINO        30.0 dB          39.5 dB
-shapes, OpenVINO        27.2 dB          41.3 dB
+digits, OpenVINO        29.5 dB          44.2 dB
+shapes, OpenVINO        28.6 dB          42.7 dB
 ======================  ===============  ================
 """
 
@@ -26,6 +27,7 @@ from collections.abc import Sequence
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgevit.devices import DeviceProfile
+from edgevit.targets.base import LowerRequest
 
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
@@ -66,6 +68,10 @@ def reduce_range(choice: bool | None, device: DeviceProfile | None) -> bool:
     return True if flags is None else saturates(flags)
 
 
-def weight_bits(choice: bool | None, device: DeviceProfile | None) -> dict[str, int]:
-    """The build setting reported and keyed for an INT8 artifact: ``{"int8_weight_bits": 7 or 8}``."""
-    return {"int8_weight_bits": 7 if reduce_range(choice, device) else 8}
+def weight_bits(request: LowerRequest, schema: type[CpuInt8Options] = CpuInt8Options) -> dict[str, int]:
+    """A CPU backend's ``Target.build_settings``: ``{"int8_weight_bits": 7 or 8}`` for an INT8
+    request (its options validated by the backend's ``schema``), nothing for a float one."""
+    if request.precision != "int8":
+        return {}
+    choice = schema.model_validate(request.options).reduce_range
+    return {"int8_weight_bits": 7 if reduce_range(choice, request.device) else 8}

@@ -93,9 +93,7 @@ class OrtTarget(QdqTarget):
     revision = 2  # 2: 7-bit weights on x86 CPUs without VNNI
 
     def build_settings(self, request: LowerRequest) -> dict[str, Any]:
-        if request.precision != "int8":
-            return {}
-        return weight_bits(OrtOptions.model_validate(request.options).reduce_range, request.device)
+        return weight_bits(request, OrtOptions)
 
     def lower(self, request: LowerRequest, workdir: Path) -> Path:
         self.require()

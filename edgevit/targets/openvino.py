@@ -121,9 +121,7 @@ class OvTarget(Target):
         return CpuInt8Options.model_validate(options)
 
     def build_settings(self, request: LowerRequest) -> dict[str, Any]:
-        if request.precision != "int8":
-            return {}
-        return weight_bits(CpuInt8Options.model_validate(request.options).reduce_range, request.device)
+        return weight_bits(request)
 
     def availability(self) -> Availability:
         avail = super().availability()

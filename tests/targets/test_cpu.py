@@ -37,7 +37,6 @@ def test_reduce_range_follows_the_cpu_that_runs_the_artifact(monkeypatch: pytest
     assert cpu.reduce_range(None, remote.model_copy(update={"cpu_flags": VNNI})) is False
     assert cpu.reduce_range(None, resolve_device("raspberry-pi-5")) is False  # profile: asimd
     assert cpu.reduce_range(True, remote.model_copy(update={"cpu_flags": VNNI})) is True  # the recipe wins
-    assert cpu.weight_bits(False, None) == {"int8_weight_bits": 8}
 
 
 def _int8_weights_max(artifact: Path) -> int:
