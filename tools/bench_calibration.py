@@ -6,7 +6,8 @@ set) and then, with the real targets, INT8 artifacts that differ in one setting 
   onnxruntime  method minmax | percentile | entropy; 8-bit weights (reduce_range: false);
                + patch-embedding Conv; + attention MatMuls
   openvino     method minmax | percentile, SmoothQuant 0.5 (ours) / 0.95 (NNCF's transformer
-               default) / off, 8-bit weights, and NNCF's transformer mode as a user calls it
+               default) / off / 0.2, 0.35, 0.65, 0.8, 8-bit weights, and NNCF's transformer mode as
+               a user calls it
   tflite       minmax (its only method), for reference
 
 Each is scored on the evaluation set against the float model: top-1 drop, top-1 agreement and
@@ -49,6 +50,10 @@ VARIANTS: list[tuple[str, str, dict[str, Any]]] = [
     ("openvino", "percentile, SmoothQuant 0.5", {"method": "percentile"}),
     ("openvino", "minmax, SmoothQuant off", {"method": "minmax", "smooth_quant_alpha": -1}),
     ("openvino", "minmax, SmoothQuant 0.95 (NNCF's)", {"method": "minmax", "smooth_quant_alpha": 0.95}),
+    *[
+        ("openvino", f"minmax, SmoothQuant {alpha}", {"method": "minmax", "smooth_quant_alpha": alpha})
+        for alpha in (0.2, 0.35, 0.65, 0.8)
+    ],
     ("openvino", "minmax, 8-bit weights (reduce_range: false)", {"options": {"reduce_range": False}}),
     ("openvino", "NNCF transformer mode as is (its own ranges)", {"nncf_default": True}),
     ("tflite", "minmax (default)", {"method": "minmax"}),
