@@ -68,10 +68,15 @@ def reduce_range(choice: bool | None, device: DeviceProfile | None) -> bool:
     return True if flags is None else saturates(flags)
 
 
+def seven_bit_weights(request: LowerRequest, schema: type[CpuInt8Options] = CpuInt8Options) -> bool:
+    """Whether a CPU backend builds ``request`` with 7-bit INT8 weights (its options validated by
+    the backend's ``schema``): what its ``lower`` does and its ``build_settings`` report."""
+    return reduce_range(schema.model_validate(request.options).reduce_range, request.device)
+
+
 def weight_bits(request: LowerRequest, schema: type[CpuInt8Options] = CpuInt8Options) -> dict[str, int]:
     """A CPU backend's ``Target.build_settings``: ``{"int8_weight_bits": 7 or 8}`` for an INT8
-    request (its options validated by the backend's ``schema``), nothing for a float one."""
+    request, nothing for a float one."""
     if request.precision != "int8":
         return {}
-    choice = schema.model_validate(request.options).reduce_range
-    return {"int8_weight_bits": 7 if reduce_range(choice, request.device) else 8}
+    return {"int8_weight_bits": 7 if seven_bit_weights(request, schema) else 8}

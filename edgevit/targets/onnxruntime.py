@@ -17,7 +17,7 @@ from edgevit.agent import OrtSession
 from edgevit.errors import LoweringError
 from edgevit.targets.base import INPUT_NAME, LowerRequest, Runner, Target
 from edgevit.targets.calibration import calibration_batches
-from edgevit.targets.cpu import CpuInt8Options, reduce_range, weight_bits
+from edgevit.targets.cpu import CpuInt8Options, seven_bit_weights, weight_bits
 from edgevit.targets.graph import nodes_of_layers, quantizable_nodes, scale_activations
 
 QUANTIZED_OP_TYPES = ["MatMul", "Gemm", "Conv"]
@@ -105,7 +105,7 @@ class OrtTarget(QdqTarget):
 
     def _quantize(self, request: LowerRequest, workdir: Path, out: Path) -> Path:
         options = OrtOptions.model_validate(request.options)
-        seven = reduce_range(options.reduce_range, request.device)
+        seven = seven_bit_weights(request, OrtOptions)
         return quantize_qdq(request, workdir, out, options, symmetric_activations=False, reduce_range=seven)
 
 

@@ -16,7 +16,7 @@ from edgevit.errors import LoweringError
 from edgevit.recipe.schema import QuantizeStage
 from edgevit.targets.base import Availability, LowerRequest, Runner, Target
 from edgevit.targets.calibration import calibration_batches
-from edgevit.targets.cpu import CpuInt8Options, reduce_range, weight_bits
+from edgevit.targets.cpu import CpuInt8Options, seven_bit_weights, weight_bits
 from edgevit.targets.graph import nodes_of_layers
 
 
@@ -161,8 +161,7 @@ class OvTarget(Target):
             and any(op.get_friendly_name() == n or op.get_friendly_name().startswith(n + "/") for n in kept)
         ]
         ignored = nncf.IgnoredScope(names=names) if names else None
-        seven = reduce_range(CpuInt8Options.model_validate(request.options).reduce_range, request.device)
-        advanced = _advanced_parameters(request.quantize, seven)
+        advanced = _advanced_parameters(request.quantize, seven_bit_weights(request))
         # NNCF logs every ignored op at INFO and draws progress bars on stdout, which is for the
         # report (--json): keep it quiet (an accuracy-budget search runs it once per candidate).
         logging.getLogger("nncf").setLevel(logging.WARNING)
