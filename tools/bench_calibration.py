@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from edgevit.bench import float_build, peers, score
+from edgevit.bench import figures, float_build, peers, score
 from edgevit.models.load import load
 from edgevit.paths import recipes_dir
 from edgevit.recipe.schema import QuantizeStage
@@ -97,9 +97,7 @@ def run(models: list[str], work: Path) -> list[dict[str, Any]]:
                     "model": model,
                     "backend": backend,
                     "setting": label,
-                    "top1_drop": round(acc.top1_drop, 2),
-                    "agreement": round(acc.agreement, 4),
-                    "sqnr_db": round(acc.sqnr_db, 1),
+                    **figures(acc),
                     "quantize_s": round(seconds, 1),
                 }
             )

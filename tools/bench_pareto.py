@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import yaml
 
-from edgevit.bench import float_build, peers, score
+from edgevit.bench import figures, float_build, peers, score
 from edgevit.hostinfo import host_facts
 from edgevit.models.load import config_for, create, load, save
 from edgevit.paths import recipes_dir
@@ -113,11 +113,7 @@ def accuracy(
             )
             for variant, artifact in made.items():
                 acc = score(backend, artifact, directory)
-                found[model, backend, variant] = {
-                    "top1_drop": round(acc.top1_drop, 2),
-                    "sqnr_db": round(acc.sqnr_db, 1),
-                    "agreement": round(acc.agreement, 4),
-                }
+                found[model, backend, variant] = figures(acc)
                 print(
                     f"{model} {backend} {variant}: {found[model, backend, variant]}",
                     file=sys.stderr,
@@ -137,11 +133,7 @@ def accuracy(
         if entry.get("status") != "ok":
             continue
         acc = score(backend, report.directory / entry["artifact"], report.directory)
-        found["digits", backend, PRUNED] = {
-            "top1_drop": round(acc.top1_drop, 2),
-            "sqnr_db": round(acc.sqnr_db, 1),
-            "agreement": round(acc.agreement, 4),
-        }
+        found["digits", backend, PRUNED] = figures(acc)
     return found
 
 
@@ -266,12 +258,12 @@ def _plot(rows: dict[str, dict[str, dict[str, float]]], path: Path) -> None:
 
     fig, axes = plt.subplots(1, len(rows), figsize=(5 * len(rows), 4), squeeze=False)
     for ax, (backend, variants) in zip(axes[0], rows.items(), strict=True):
-        for name, figures in variants.items():
-            if "latency_ratio" not in figures or "shapes:sqnr_db" not in figures:
+        for name, values in variants.items():
+            if "latency_ratio" not in values or "shapes:sqnr_db" not in values:
                 continue
             ours = name.startswith("edgevit")
-            ax.scatter(figures["latency_ratio"], figures["shapes:sqnr_db"], s=60, marker="*" if ours else "o")
-            ax.annotate(name, (figures["latency_ratio"], figures["shapes:sqnr_db"]), fontsize=8)
+            ax.scatter(values["latency_ratio"], values["shapes:sqnr_db"], s=60, marker="*" if ours else "o")
+            ax.annotate(name, (values["latency_ratio"], values["shapes:sqnr_db"]), fontsize=8)
         ax.set_title(backend)
         ax.set_xlabel("p50 latency / FP32 (ViT-Plus-base@224)")
         ax.set_ylabel("logit SQNR dB (shapes model)")
@@ -299,9 +291,9 @@ def main() -> int:
         acc = accuracy(backends, work, failed)
         p50 = latency(backends, work, args.latency_model, args.rounds, args.runs, args.threads, failed)
     rows: dict[str, dict[str, dict[str, float]]] = {}
-    for (model, backend, variant), figures in acc.items():
+    for (model, backend, variant), values in acc.items():
         row = rows.setdefault(backend, {}).setdefault(variant, {})
-        row[f"{model}:top1_drop"], row[f"{model}:sqnr_db"] = figures["top1_drop"], figures["sqnr_db"]
+        row[f"{model}:top1_drop"], row[f"{model}:sqnr_db"] = values["top1_drop"], values["sqnr_db"]
     for (backend, variant), ms in p50.items():
         if variant == "fp32":
             continue

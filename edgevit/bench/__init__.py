@@ -36,3 +36,12 @@ def score(backend: str, artifact: Path, directory: Path, threads: int = 2) -> Ac
     x = bundle["inputs"]
     with TARGETS.get(backend).runner(artifact, threads, tuple(x.shape[1:])) as runner:
         return compare(runner.infer_all(x, 64), bundle["labels"], bundle["reference_logits"])
+
+
+def figures(acc: AccuracyResult) -> dict[str, float]:
+    """A benchmark row's accuracy figures, rounded as the tables print them."""
+    return {
+        "top1_drop": round(acc.top1_drop, 2),
+        "agreement": round(acc.agreement, 4),
+        "sqnr_db": round(acc.sqnr_db, 1),
+    }
