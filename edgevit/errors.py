@@ -42,6 +42,10 @@ class BuildDirError(EdgeVitError):
     """The build directory holds something unexpected (a path escaping it, a tampered file)."""
 
 
+class BusyError(EdgeVitError):
+    """Another process holds the lock on a build directory or cache entry (the wait timed out)."""
+
+
 class GateFailed(EdgeVitError):
     """One or more gates failed; the report was written. Exit code 1."""
 

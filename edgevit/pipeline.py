@@ -34,7 +34,7 @@ from edgevit.stages.distill import DistillConfig, run_distill
 from edgevit.stages.export import OPSET, export_onnx
 from edgevit.stages.prune import run_prune
 from edgevit.targets import TARGETS, LowerRequest
-from edgevit.workspace import LOWERED_BUNDLE, StepResult, Workspace
+from edgevit.workspace import DEFAULT_WAIT_S, LOWERED_BUNDLE, StepResult, Workspace
 
 Log = Callable[[str], None]
 
@@ -734,6 +734,7 @@ def build(
     overrides: list[str] | tuple[str, ...] = (),
     log: Log | None = None,
     progress: bool = False,
+    wait_s: float = DEFAULT_WAIT_S,
 ) -> Report:
     """Build a recipe: every target lowered, checked against the float reference, and reported.
 
@@ -743,6 +744,7 @@ def build(
         overrides: ``key.path=value`` strings applied to the recipe before validation.
         log: receives one line per step (default: silent).
         progress: show progress bars (training the builtin model the first time).
+        wait_s: how long to wait when another build holds ``out_dir`` (then BusyError); 0: fail at once.
 
     Returns:
         The Report (also written as report.json, report.md and manifest.json in ``out_dir``).
@@ -752,4 +754,6 @@ def build(
     elif overrides:
         raise ValueError("overrides apply only when the recipe is loaded by name or path")
     out = Path(out_dir) if out_dir is not None else Path("build") / recipe.name
-    return Build(recipe, out, log or _quiet, progress).run()
+    run = Build(recipe, out, log or _quiet, progress)
+    with run.ws.lock(wait_s, log):  # one build at a time per directory; the next one reuses its steps
+        return run.run()

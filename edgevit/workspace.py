@@ -17,13 +17,26 @@ from pathlib import Path
 from typing import Any
 
 from edgevit.errors import BuildDirError
-from edgevit.fileio import atomic_write_json, confined, replace_dir, sha256_bytes, sha256_file, stable_json
+from edgevit.fileio import (
+    atomic_write_json,
+    confined,
+    ensure_dir,
+    replace_dir,
+    sha256_bytes,
+    sha256_file,
+    stable_json,
+)
+from edgevit.locking import FileLock
 
 # The evaluation images with the logits of the float model the targets were lowered from (written
 # when prune/distill stages changed it): what validate and the profiling agent score against.
 LOWERED_BUNDLE = "eval-lowered/bundle.npz"
 
 STEP_FILE = "step.json"
+# Held by the build writing the directory (and shared by readers such as validate): see lock().
+LOCK_FILE = ".edgevit.lock"
+# How long a build (or validate) waits for another build of the same directory before it gives up.
+DEFAULT_WAIT_S = 1800.0
 
 
 @dataclass(frozen=True)
@@ -45,9 +58,14 @@ class Workspace:
     """A build directory with cached steps."""
 
     def __init__(self, root: Path) -> None:
-        root.mkdir(parents=True, exist_ok=True)
+        ensure_dir(root, "build directory")
         self.root = root.resolve()  # step paths are resolved too (confinement); keep both absolute
         self.steps: dict[str, StepResult] = {}
+
+    def lock(self, timeout_s: float, log: Callable[[str], None] | None = None) -> FileLock:
+        """The build's exclusive lock on this directory: hold it while writing any step or report,
+        so a second build into the same directory waits for the first (then reuses its steps)."""
+        return lock_build_dir(self.root, timeout_s, log)
 
     def _cached(self, directory: Path, key: str) -> dict[str, str] | None:
         record_path = directory / STEP_FILE
@@ -146,3 +164,17 @@ class Workspace:
                 }
             )
         return {"format_version": 1, "versions": versions, "files": files}
+
+
+def lock_build_dir(
+    root: Path, timeout_s: float, log: Callable[[str], None] | None = None, shared: bool = False
+) -> FileLock:
+    """A lock on build directory ``root``: exclusive for a build, ``shared`` for readers (validate)."""
+    return FileLock(
+        root / LOCK_FILE,
+        f"build directory {root}",
+        timeout_s,
+        log,
+        shared=shared,
+        fix="wait for that build to finish (or give a longer --wait), or build into another directory with -o",
+    )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from edgevit.fileio import confined, sha256_file
 from edgevit.models.config import ModelConfig
 from edgevit.recipe.schema import Recipe
 from edgevit.report.document import fmt
-from edgevit.workspace import LOWERED_BUNDLE
+from edgevit.workspace import DEFAULT_WAIT_S, LOWERED_BUNDLE, lock_build_dir
 
 
 @dataclass
@@ -294,16 +295,29 @@ def validate(
     tolerance: float = 0.5,
     latency_tolerance: float | None = None,
     replacements: dict[str, Path] | None = None,
+    wait_s: float = DEFAULT_WAIT_S,
+    log: Callable[[str], None] | None = None,
 ) -> Validation:
     """Verify, re-check and gate a build directory (see the module docstring). ``replacements``
-    maps target names to artifacts made elsewhere, checked in place of the build's own."""
-    started = time.time()
+    maps target names to artifacts made elsewhere, checked in place of the build's own. A build
+    still writing the directory is waited for (up to ``wait_s``; ``log`` hears that it waits)."""
     build_dir = Path(build_dir)
     if not build_dir.is_dir():
         raise EdgeVitError(
             f"{build_dir} is not a directory", "pass the build directory `edgevit build` wrote"
         )
-    replacements = replacements or {}
+    with lock_build_dir(build_dir, wait_s, log, shared=True):
+        return _validate(build_dir, baseline, tolerance, latency_tolerance, replacements or {})
+
+
+def _validate(
+    build_dir: Path,
+    baseline: Path | None,
+    tolerance: float,
+    latency_tolerance: float | None,
+    replacements: dict[str, Path],
+) -> Validation:
+    started = time.time()
     report_path = build_dir / "report.json"
     built = (
         {t["name"]: t for t in json.loads(report_path.read_text())["targets"]}

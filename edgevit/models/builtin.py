@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import sys
 from collections.abc import Callable
@@ -10,6 +9,7 @@ from pathlib import Path
 
 from edgevit.errors import ModelLoadError
 from edgevit.fileio import sha256_bytes
+from edgevit.locking import FileLock
 from edgevit.paths import cache_dir
 from edgevit.train import LOG_FILE, TrainConfig
 
@@ -25,6 +25,9 @@ BUILTINS: dict[str, TrainConfig] = {
         model="vit_plus_tiny_patch4_32", data="shapes", epochs=30, lr=1e-3, warmup_epochs=2, seed=0
     ),
 }
+
+# How long a process waits for another one training the same builtin model (digits: ~2 min here).
+CACHE_WAIT_S = 3600.0
 
 
 def builtin_dir(name: str) -> Path:
@@ -55,8 +58,15 @@ def resolve_builtin(
     if (out / LOG_FILE).is_file() and (out / "model.safetensors").is_file():
         return out
     out.mkdir(parents=True, exist_ok=True)
-    with (out.parent / f".{out.name}.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # two builds starting at once train once
+    # Two processes that both find it missing train once: the second waits, then reuses the entry.
+    lock = FileLock(
+        out.parent / f".{out.name}.lock",
+        f"the model cache entry builtin:{name} ({out})",
+        CACHE_WAIT_S,
+        log,
+        fix=f"wait for that training to finish, or point EDGEVIT_CACHE at another cache than {cache_dir()}",
+    )
+    with lock:
         if not (out / LOG_FILE).is_file():
             from edgevit.train import train
 
