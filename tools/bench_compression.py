@@ -27,12 +27,13 @@ from typing import Any
 import numpy as np
 import yaml
 
+from edgevit.check.latency import interleaved
 from edgevit.hostinfo import host_facts
 from edgevit.paths import recipes_dir
 from edgevit.pipeline import build
 from edgevit.recipe.loader import load_recipe
 from edgevit.report.document import Report
-from edgevit.targets import TARGETS
+from edgevit.targets import TARGETS, Runner
 
 VARIANTS = ("unpruned", "prune-only", "pruned+kd", "pruned+kd x2")
 
@@ -57,30 +58,19 @@ def _recipe(variant: str, work: Path) -> Path:
 
 
 def _interleaved_p50(reports: dict[str, Report], rounds: int, runs: int, threads: int) -> dict[str, float]:
-    """p50 over ``rounds`` x ``runs`` timed batch-1 calls per artifact, alternating artifacts per round."""
+    """Median of round p50s of batch-1 calls per artifact, alternating artifacts per round."""
     target = TARGETS.get("onnxruntime")
-    runners, samples = {}, {}
+    runners: dict[str, tuple[Runner, np.ndarray]] = {}
     for name, report in reports.items():
         entry = report.target("ort-int8")
-        bundle = np.load(report.directory / "eval" / "bundle.npz")
-        samples[name] = bundle["inputs"][:1]
-        runners[name] = target.runner(report.directory / entry["artifact"], threads, samples[name].shape[1:])
-        runners[name].__enter__()
-    times: dict[str, list[float]] = {name: [] for name in reports}
+        sample = np.load(report.directory / "eval" / "bundle.npz")["inputs"][:1]
+        runner = target.runner(report.directory / entry["artifact"], threads, sample.shape[1:])
+        runners[name] = (runner.__enter__(), sample)
     try:
-        for name in reports:  # warm-up
-            for _ in range(20):
-                runners[name].infer(samples[name])
-        for _ in range(rounds):
-            for name in reports:
-                for _ in range(runs):
-                    start = time.perf_counter_ns()
-                    runners[name].infer(samples[name])
-                    times[name].append((time.perf_counter_ns() - start) / 1e6)
+        return {name: lat.p50 for name, lat in interleaved(runners, rounds, runs, warmup=20).items()}
     finally:
-        for runner in runners.values():
+        for runner, _ in runners.values():
             runner.__exit__(None, None, None)
-    return {name: float(np.percentile(t, 50)) for name, t in times.items()}
 
 
 def main() -> int:

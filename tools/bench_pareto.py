@@ -37,6 +37,7 @@ import torch
 import yaml
 
 from edgevit.bench import figures, float_build, peers, score
+from edgevit.check.latency import interleaved
 from edgevit.hostinfo import host_facts
 from edgevit.models.load import config_for, create, load, save
 from edgevit.paths import recipes_dir
@@ -140,27 +141,17 @@ def accuracy(
 def _interleaved_p50(
     backend: str, artifacts: dict[str, Path], sample: np.ndarray, rounds: int, runs: int, threads: int
 ) -> dict[str, float]:
+    """Median of round p50s per artifact of one backend, alternating artifacts per round."""
     target = TARGETS.get(backend)
     runners = {
-        name: target.runner(path, threads, tuple(sample.shape[1:])) for name, path in artifacts.items()
+        name: (target.runner(path, threads, tuple(sample.shape[1:])).__enter__(), sample)
+        for name, path in artifacts.items()
     }
-    for runner in runners.values():
-        runner.__enter__()
-    times: dict[str, list[float]] = {name: [] for name in artifacts}
     try:
-        for runner in runners.values():
-            for _ in range(3):
-                runner.infer(sample)
-        for _ in range(rounds):
-            for name, runner in runners.items():
-                for _ in range(runs):
-                    start = time.perf_counter_ns()
-                    runner.infer(sample)
-                    times[name].append((time.perf_counter_ns() - start) / 1e6)
+        return {name: lat.p50 for name, lat in interleaved(runners, rounds, runs, warmup=3).items()}
     finally:
-        for runner in runners.values():
+        for runner, _ in runners.values():
             runner.__exit__(None, None, None)
-    return {name: float(np.percentile(t, 50)) for name, t in times.items()}
 
 
 def latency(
