@@ -8,9 +8,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from edgevit import __version__
 from edgevit.agent import RUNTIMES
 from edgevit.errors import EdgeVitError
+from edgevit.fileio import check_output_file, ensure_dir
+from edgevit.workspace import DEFAULT_WAIT_S
 
 
 def _log(quiet: bool):  # type: ignore[no-untyped-def]
@@ -26,9 +30,11 @@ def cmd_build(args: argparse.Namespace) -> int:
     from edgevit.recipe.loader import load_recipe
 
     recipe = load_recipe(args.recipe, args.set or [])
-    out = Path(args.output) if args.output else Path("build") / recipe.name
+    out = ensure_dir(Path(args.output) if args.output else Path("build") / recipe.name, "-o")
     quiet = args.quiet or args.json
-    report = build(recipe, out, log=_log(quiet), progress=not quiet and sys.stderr.isatty())
+    report = build(
+        recipe, out, log=_log(quiet), progress=not quiet and sys.stderr.isatty(), wait_s=args.wait
+    )
     if args.json:
         print(json.dumps(report.data, indent=2))
     elif not args.quiet:
@@ -41,6 +47,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from edgevit.check.validate import validate
     from edgevit.fileio import atomic_write_text
 
+    for flag, path in (("--junit", args.junit), ("--markdown", args.markdown)):
+        if path:  # checked first: the re-check can take minutes
+            check_output_file(Path(path), flag)
     replacements = {}
     for item in args.artifact or []:
         name, sep, path = item.partition("=")
@@ -53,6 +62,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         tolerance=args.tolerance,
         latency_tolerance=args.latency_tolerance,
         replacements=replacements,
+        wait_s=args.wait,
+        log=_log(False),
     )
     if args.junit:  # written whatever the outcome: CI reads it to show what failed
         atomic_write_text(Path(args.junit), result.junit())
@@ -114,6 +125,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from edgevit.fileio import atomic_write_json
     from edgevit.profiling import profile
 
+    if args.output:  # checked first: profiling can take minutes
+        check_output_file(Path(args.output), "-o")
     result = profile(
         Path(args.target),
         args.device,
@@ -151,6 +164,21 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+# Option flags whose names differ from the config fields they set.
+_FLAGS = {"init_checkpoint": "--init", "source": "--data", "distill_token": "--distill-token"}
+
+
+def _options_error(exc: ValidationError, command: str) -> EdgeVitError:
+    """One line naming each bad option and its rule (``--epochs: must be at least 1, got -1``)."""
+    from edgevit.recipe.loader import describe_rule
+
+    lines = []
+    for err in exc.errors():
+        field = next((p for p in reversed(err["loc"]) if isinstance(p, str)), command)
+        lines.append(f"{_FLAGS.get(field, '--' + field.replace('_', '-'))}: {describe_rule(err)}")
+    return EdgeVitError("; ".join(lines), f"see `edgevit {command} -h`")
+
+
 def _given(**options: Any) -> dict[str, Any]:
     """The options the user set (argparse leaves the others None)."""
     return {k: v for k, v in options.items() if v is not None}
@@ -172,6 +200,8 @@ def _relaunch(args: argparse.Namespace) -> bool:
     """Re-run this command as ``--nproc`` processes under torchrun; False when already one of them."""
     from edgevit import distributed
 
+    if args.nproc is not None and args.nproc < 1:
+        raise EdgeVitError(f"--nproc: must be at least 1, got {args.nproc}", f"see `edgevit {args.command} -h`")
     if args.nproc is None or args.nproc == 1 or distributed.launched():
         return False
     distributed.run_under_torchrun(["edgevit.cli", *_without_nproc(args.argv)], args.nproc)
@@ -187,9 +217,6 @@ def _main_process() -> bool:
 def cmd_train(args: argparse.Namespace) -> int:
     from edgevit.train import TrainConfig, train
 
-    if _relaunch(args):
-        return 0
-
     fields = _given(
         model=args.model,
         data=args.data,
@@ -201,8 +228,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     try:
         cfg = TrainConfig(**fields)
-    except ValueError as exc:
-        raise EdgeVitError(f"train options: {str(exc).splitlines()[-1].strip()}") from None
+    except ValidationError as exc:
+        raise _options_error(exc, "train") from None
+    ensure_dir(Path(args.output), "-o")
+    if _relaunch(args):  # after the options are checked: one error line, not one per process
+        return 0
     result = train(cfg, Path(args.output), progress=not args.quiet)
     if not _main_process():
         return 0
@@ -234,8 +264,6 @@ def cmd_distill(args: argparse.Namespace) -> int:
             raise EdgeVitError(
                 "distill needs --teacher and --student (or --config)", "see `edgevit distill -h`"
             )
-        if _relaunch(args):
-            return 0
         fields = _given(
             epochs=args.epochs,
             batch_size=args.batch_size,
@@ -250,14 +278,13 @@ def cmd_distill(args: argparse.Namespace) -> int:
                 teacher=args.teacher,
                 student=args.student,
                 data=DataSpec(source=args.data, split="train"),
-                settings=DistillStage(stage="distill", nproc=args.nproc or 1, **fields),
+                settings=DistillStage(stage="distill", nproc=1 if args.nproc is None else args.nproc, **fields),
             )
         except ValidationError as exc:
-            err = exc.errors()[0]
-            raise EdgeVitError(
-                f"distill option {'.'.join(str(p) for p in err['loc'])}: {err['msg']}",
-                "see `edgevit distill -h`",
-            ) from None
+            raise _options_error(exc, "distill") from None
+        ensure_dir(Path(args.output), "-o")
+        if _relaunch(args):
+            return 0
     result = distill(cfg, Path(args.output), progress=not args.quiet)
     if not _main_process() or (args.quiet and not args.json):
         return 0
@@ -350,6 +377,13 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("recipe", help="built-in recipe name (see `edgevit recipes`) or path to a .yaml")
     b.add_argument("-o", "--output", help="build directory (default: build/<recipe name>)")
     b.add_argument(
+        "--wait",
+        type=float,
+        default=DEFAULT_WAIT_S,
+        metavar="SECONDS",
+        help=f"wait this long for another build into the same directory (default {DEFAULT_WAIT_S:g}; 0: fail at once)",
+    )
+    b.add_argument(
         "--set",
         action="append",
         metavar="KEY=VALUE",
@@ -408,6 +442,13 @@ def parser() -> argparse.ArgumentParser:
         metavar="TARGET=PATH",
         help="check this artifact (made elsewhere) in place of the build's for TARGET; repeatable",
     )
+    v.add_argument(
+        "--wait",
+        type=float,
+        default=DEFAULT_WAIT_S,
+        metavar="SECONDS",
+        help=f"wait this long for a build still writing the directory (default {DEFAULT_WAIT_S:g})",
+    )
     v.add_argument("--junit", help="write JUnit XML here (one test case per target and gate)")
     v.add_argument("--markdown", help="write a Markdown summary here (for a pull-request comment)")
     v.set_defaults(func=cmd_validate)
@@ -464,8 +505,8 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return int(args.func(args))
-    except EdgeVitError as exc:
-        print(f"edgevit: error: {exc}", file=sys.stderr)
+    except EdgeVitError as exc:  # one line, whatever a library put into the message
+        print(f"edgevit: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("edgevit: interrupted; finished steps are kept and reused on the next run", file=sys.stderr)

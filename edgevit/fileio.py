@@ -91,6 +91,36 @@ def replace_dir(staging: Path, final: Path) -> None:
         os.replace(staging, final)
 
 
+def ensure_dir(path: Path, what: str) -> Path:
+    """Create directory ``path`` (and its parents) or raise BuildDirError naming ``what`` (e.g.
+    ``-o``) when it, or a folder above it, is an existing file; nothing there is touched."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise BuildDirError(
+            f"{what} {path} is a file, not a directory", "choose a directory (new or existing) instead"
+        ) from None
+    except PermissionError:
+        raise BuildDirError(f"{what} {path}: permission denied", "choose a writable directory instead") from None
+    return path
+
+
+def check_output_file(path: Path, what: str) -> Path:
+    """Raise BuildDirError naming ``what`` (e.g. ``--junit``) unless ``path`` can be written as a file:
+    not a directory, and no file where a folder above it should be. Checked before the work that
+    produces it, so a long run does not end in a traceback."""
+    if path.is_dir():
+        raise BuildDirError(f"{what} {path} is a directory", f"give {what} a file name, e.g. {path / 'out'}")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise BuildDirError(
+                    f"{what} {path}: {parent} is a file, not a directory", f"give {what} another path"
+                )
+            break
+    return path
+
+
 def confined(root: Path, relative: str | Path) -> Path:
     """Resolve ``relative`` under ``root``; raise if it escapes ``root`` (``..``, absolute, links)."""
     base = root.resolve()

@@ -20,7 +20,7 @@ from edgevit import distributed
 from edgevit.data import DataSpec, load_data
 from edgevit.data.transforms import preprocess
 from edgevit.errors import EdgeVitError
-from edgevit.fileio import atomic_path, atomic_write_json
+from edgevit.fileio import atomic_path, atomic_write_json, ensure_dir
 from edgevit.models.config import ModelConfig
 from edgevit.models.load import create_configured, load, save
 
@@ -206,7 +206,7 @@ def train(cfg: TrainConfig, out_dir: Path, progress: bool = True) -> dict[str, A
     processes share each batch (see ``fit``) and rank 0 writes the files.
     """
     world = distributed.init()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ensure_dir(out_dir, "output directory")
     torch.manual_seed(cfg.seed)  # the model's initial weights
     train_raw = load_data(DataSpec(source=cfg.data, split="train"))
     val_raw = load_data(DataSpec(source=cfg.data, split="val"), train_raw.class_names)

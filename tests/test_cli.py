@@ -60,7 +60,7 @@ def test_bad_compression_settings_are_one_line_errors(tmp_path, tiny_checkpoint)
             (*base, "--set", "stages.0.remove_blocks=1"),
             "stages[0].remove_blocks: cannot remove 1 of 1 blocks",
         ),
-        ((*base, "--set", "stages.0.target.macs=1"), "stages[0].target.macs: Input should be less than 1"),
+        ((*base, "--set", "stages.0.target.macs=1"), "stages[0].target.macs: must be less than 1, got 1"),
         ((*base, "--set", "stages.0.importance=random"), "stages[0].importance: Input should be 'taylor' or"),
         (
             ("distill", "--teacher", str(tiny_checkpoint), "--student", "vit_plus_nope", "-o", out),
@@ -74,3 +74,63 @@ def test_bad_compression_settings_are_one_line_errors(tmp_path, tiny_checkpoint)
         assert proc.returncode == 2, (args, proc.stderr)
         assert len(lines) == 1 and message in lines[0], (args, proc.stderr)
     assert not (tmp_path / "build" / "stages").exists() or not any((tmp_path / "build" / "stages").iterdir())
+
+
+def _one_line_exit_2(proc, args) -> str:  # type: ignore[no-untyped-def]
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, (args, proc.stderr)
+    assert len(lines) == 1 and lines[0].startswith("edgevit: error: "), (args, proc.stderr)
+    return str(lines[0])
+
+
+def test_output_paths_that_cannot_be_written_are_one_line_errors(tmp_path, tiny_checkpoint) -> None:
+    file = tmp_path / "a-file"
+    file.write_text("keep me\n")
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    cases = [
+        (("build", "digits-ort-int8", "-o", str(file)), "-o"),
+        (("build", "digits-ort-int8", "-o", str(file / "below")), "-o"),
+        (("train", "-o", str(file)), "-o"),
+        (("distill", "--teacher", str(tiny_checkpoint), "--student", str(tiny_checkpoint), "-o", str(file)), "-o"),
+        (("profile", str(tiny_checkpoint), "--device", "local", "-o", str(folder)), "-o"),
+        (("validate", str(folder), "--junit", str(folder)), "--junit"),
+        (("validate", str(folder), "--markdown", str(file / "summary.md")), "--markdown"),
+    ]
+    for args, flag in cases:
+        line = _one_line_exit_2(run_cli(*args, "--quiet"), args)
+        assert f"{flag} " in line, (args, line)
+    assert file.read_text() == "keep me\n" and not any(folder.iterdir())
+
+
+def test_bad_train_and_distill_options_name_the_option_and_rule(tmp_path, tiny_checkpoint) -> None:
+    out = str(tmp_path / "out")
+    distill = ("distill", "--teacher", str(tiny_checkpoint), "--student", str(tiny_checkpoint), "-o", out)
+    cases = [
+        (("train", "--epochs", "-1", "-o", out), "--epochs: must be at least 1, got -1"),
+        (("train", "--batch-size", "0", "-o", out), "--batch-size: must be at least 1, got 0"),
+        (("train", "--lr", "0", "-o", out), "--lr: must be greater than 0, got 0.0"),
+        ((*distill, "--epochs", "0"), "--epochs: must be at least 1, got 0"),
+        ((*distill, "--alpha", "1.5"), "--alpha: must be at most 1, got 1.5"),
+        ((*distill, "--temperature", "-2"), "--temperature: must be greater than 0, got -2.0"),
+        ((*distill, "--nproc", "0"), "--nproc: must be at least 1, got 0"),
+    ]
+    for args, message in cases:
+        line = _one_line_exit_2(run_cli(*args, "--quiet"), args)
+        assert message in line, (args, line)
+    assert not (tmp_path / "out").exists()
+
+
+class _Pickled:
+    def __init__(self) -> None:
+        self.weights = [1.0, 2.0]
+
+
+def test_a_refused_pickled_checkpoint_is_one_line(tmp_path) -> None:
+    import torch
+
+    path = tmp_path / "objects.pth"
+    torch.save({"model": _Pickled()}, path)
+    args = ("train", "--init", str(path), "--epochs", "1", "-o", str(tmp_path / "out"))
+    line = _one_line_exit_2(run_cli(*args, "--quiet"), args)
+    assert "not loaded for safety" in line and "_Pickled" in line, line

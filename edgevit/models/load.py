@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,12 +109,23 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         ) from None
 
 
+def _refusal(exc: Exception) -> str:
+    """PyTorch's weights-only refusal in one line: the object it would not load, when it names one
+    (its paragraphs on loading with weights_only=False are advice we do not give)."""
+    text = " ".join(str(exc).split())
+    for pattern in (r"Unsupported global: GLOBAL [\w.]+", r"WeightsUnpickler error: [^.]*"):
+        found = re.search(pattern, text)
+        if found:
+            return f"PyTorch's weights-only loader refused it: {found.group(0)}"
+    return text[:200]
+
+
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise ModelLoadError(
-            f"checkpoint {path} holds Python objects that are not loaded for safety ({str(exc)[:120]})",
+            f"checkpoint {path} holds Python objects that are not loaded for safety ({_refusal(exc)})",
             "save a plain state dict (torch.save(model.state_dict(), ...)) or safetensors",
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:

@@ -7,6 +7,7 @@ from typing import Any
 
 import yaml
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from edgevit.errors import EdgeVitError, RecipeError
 from edgevit.paths import recipes_dir
@@ -86,13 +87,37 @@ def format_validation_error(exc: ValidationError, data: Any) -> str:
                 path += f".{part}" if path else str(part)
                 node = None
             # else: a union tag (e.g. the stage kind) that pydantic adds to the location; skip it
-        msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; the README lists every recipe key)"
-        elif err["type"] != "missing" and "input" in err and not isinstance(err["input"], dict | list):
-            msg += f", got {err['input']!r}"
+        else:
+            msg = describe_rule(err)
         lines.append(f"{path or '(recipe)'}: {msg}")
     return "; ".join(lines)
+
+
+def describe_rule(err: ErrorDetails) -> str:
+    """The rule a value broke and the value (``must be at least 1, got -1``), from one pydantic error."""
+    ctx, kind, value = err.get("ctx") or {}, err["type"], err.get("input")
+    whole = isinstance(value, int) and not isinstance(value, bool)
+    if kind == "greater_than" and whole and isinstance(ctx.get("gt"), int):
+        msg = f"must be at least {ctx['gt'] + 1}"
+    elif kind in _BOUNDS:
+        word, key = _BOUNDS[kind]
+        bound = ctx.get(key)
+        msg = f"must be {word} {bound:g}" if isinstance(bound, float) else f"must be {word} {bound}"
+    else:
+        msg = err["msg"].removeprefix("Value error, ")
+    if kind != "missing" and "input" in err and not isinstance(value, dict | list):
+        msg += f", got {value!r}"
+    return msg
+
+
+_BOUNDS = {
+    "greater_than": ("greater than", "gt"),
+    "greater_than_equal": ("at least", "ge"),
+    "less_than": ("less than", "lt"),
+    "less_than_equal": ("at most", "le"),
+}
 
 
 def validate_recipe(data: Any, source: str, base_dir: Path) -> Recipe:

@@ -15,7 +15,7 @@ from edgevit import distributed
 from edgevit.data import DataSpec, load_data
 from edgevit.data.transforms import preprocess
 from edgevit.errors import ModelLoadError
-from edgevit.fileio import atomic_write_json
+from edgevit.fileio import atomic_write_json, ensure_dir
 from edgevit.models.config import ModelConfig
 from edgevit.models.load import create, create_configured, load
 from edgevit.models.vit_plus import VisionTransformerPlus, add_distill_token
@@ -86,7 +86,7 @@ def distill(cfg: DistillConfig, out_dir: Path, progress: bool = True) -> dict[st
     """
     world = distributed.init()
     s = cfg.settings
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ensure_dir(out_dir, "output directory")
     teacher = load(checkpoint=Path(cfg.teacher))
     model, config = _student(cfg, teacher.config)
     base = Path(cfg.base_dir) if cfg.base_dir else None
@@ -144,7 +144,7 @@ def run_distill(cfg: DistillConfig, out_dir: Path, progress: bool = False) -> di
         return distill(cfg, out_dir, progress)
     import json
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ensure_dir(out_dir, "output directory")
     config_path = out_dir / CONFIG_FILE
     atomic_write_json(config_path, cfg.model_dump(mode="json"))
     args = ["edgevit.cli", "distill", "--config", str(config_path), "-o", str(out_dir)]
