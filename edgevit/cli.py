@@ -255,10 +255,19 @@ def cmd_distill(args: argparse.Namespace) -> int:
     from edgevit.stages.distill import DistillConfig, distill
 
     if args.config:
+        from edgevit.recipe.loader import format_validation_error
+
         try:
-            cfg = DistillConfig.model_validate_json(Path(args.config).read_text())
-        except (OSError, ValidationError) as exc:
-            raise EdgeVitError(f"distill config {args.config}: {str(exc).splitlines()[-1].strip()}") from None
+            text = Path(args.config).read_text()
+            cfg = DistillConfig.model_validate_json(text)
+        except OSError as exc:
+            raise EdgeVitError(f"distill config {args.config}: {exc.strerror or exc}") from None
+        except ValidationError as exc:
+            try:
+                doc = json.loads(text)
+            except ValueError as bad:
+                raise EdgeVitError(f"distill config {args.config} is not valid JSON ({bad})") from None
+            raise EdgeVitError(f"distill config {args.config}: {format_validation_error(exc, doc)}") from None
     else:
         if not (args.teacher and args.student):
             raise EdgeVitError(

@@ -106,6 +106,9 @@ def test_output_paths_that_cannot_be_written_are_one_line_errors(tmp_path, tiny_
 def test_bad_train_and_distill_options_name_the_option_and_rule(tmp_path, tiny_checkpoint) -> None:
     out = str(tmp_path / "out")
     distill = ("distill", "--teacher", str(tiny_checkpoint), "--student", str(tiny_checkpoint), "-o", out)
+    config = tmp_path / "distill.json"
+    settings = {"stage": "distill", "epochs": -3}
+    config.write_text(json.dumps({"teacher": "t", "student": "s", "data": {"source": "digits"}, "settings": settings}))
     cases = [
         (("train", "--epochs", "-1", "-o", out), "--epochs: must be at least 1, got -1"),
         (("train", "--batch-size", "0", "-o", out), "--batch-size: must be at least 1, got 0"),
@@ -114,6 +117,7 @@ def test_bad_train_and_distill_options_name_the_option_and_rule(tmp_path, tiny_c
         ((*distill, "--alpha", "1.5"), "--alpha: must be at most 1, got 1.5"),
         ((*distill, "--temperature", "-2"), "--temperature: must be greater than 0, got -2.0"),
         ((*distill, "--nproc", "0"), "--nproc: must be at least 1, got 0"),
+        (("distill", "--config", str(config), "-o", out), "settings.epochs: must be at least 1, got -3"),
     ]
     for args, message in cases:
         line = _one_line_exit_2(run_cli(*args, "--quiet"), args)

@@ -182,6 +182,10 @@ def latency(
         exported[kind] = (export_onnx(m, config.input_size, root / kind / "model.onnx"), checkpoint)
     for backend in backends:
         target = TARGETS.get(backend)
+        simulated = target.runner_type(None).simulated
+        if simulated:  # a simulation's run time is not a latency
+            failed[f"latency/{backend}"] = f"not measured: only simulated on this host ({simulated})"
+            continue
         onnx_path, checkpoint = exported["full"]
         (root / backend / "fp32").mkdir(parents=True, exist_ok=True)
         fp32 = target.lower(
