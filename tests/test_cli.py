@@ -76,14 +76,21 @@ def test_bad_compression_settings_are_one_line_errors(tmp_path, tiny_checkpoint)
     assert not (tmp_path / "build" / "stages").exists() or not any((tmp_path / "build" / "stages").iterdir())
 
 
-def _one_line_exit_2(proc, args) -> str:  # type: ignore[no-untyped-def]
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2, (args, proc.stderr)
-    assert len(lines) == 1 and lines[0].startswith("edgevit: error: "), (args, proc.stderr)
+def _one_line_exit_2(capsys, *args: str) -> str:  # type: ignore[no-untyped-def]
+    """Run the CLI in this process (as `edgevit ARGS --quiet`); assert exit 2 and one stderr line.
+    A traceback would surface as the exception itself and fail the test."""
+    from edgevit.cli import main
+
+    capsys.readouterr()
+    code = main([*args, "--quiet"])
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 2, (args, err)
+    assert len(lines) == 1 and lines[0].startswith("edgevit: error: "), (args, err)
     return str(lines[0])
 
 
-def test_output_paths_that_cannot_be_written_are_one_line_errors(tmp_path, tiny_checkpoint) -> None:
+def test_output_paths_that_cannot_be_written_are_one_line_errors(tmp_path, tiny_checkpoint, capsys) -> None:
     file = tmp_path / "a-file"
     file.write_text("keep me\n")
     folder = tmp_path / "a-folder"
@@ -98,12 +105,12 @@ def test_output_paths_that_cannot_be_written_are_one_line_errors(tmp_path, tiny_
         (("validate", str(folder), "--markdown", str(file / "summary.md")), "--markdown"),
     ]
     for args, flag in cases:
-        line = _one_line_exit_2(run_cli(*args, "--quiet"), args)
+        line = _one_line_exit_2(capsys, *args)
         assert f"{flag} " in line, (args, line)
     assert file.read_text() == "keep me\n" and not any(folder.iterdir())
 
 
-def test_bad_train_and_distill_options_name_the_option_and_rule(tmp_path, tiny_checkpoint) -> None:
+def test_bad_train_and_distill_options_name_the_option_and_rule(tmp_path, tiny_checkpoint, capsys) -> None:
     out = str(tmp_path / "out")
     distill = ("distill", "--teacher", str(tiny_checkpoint), "--student", str(tiny_checkpoint), "-o", out)
     config = tmp_path / "distill.json"
@@ -120,7 +127,7 @@ def test_bad_train_and_distill_options_name_the_option_and_rule(tmp_path, tiny_c
         (("distill", "--config", str(config), "-o", out), "settings.epochs: must be at least 1, got -3"),
     ]
     for args, message in cases:
-        line = _one_line_exit_2(run_cli(*args, "--quiet"), args)
+        line = _one_line_exit_2(capsys, *args)
         assert message in line, (args, line)
     assert not (tmp_path / "out").exists()
 
@@ -130,11 +137,11 @@ class _Pickled:
         self.weights = [1.0, 2.0]
 
 
-def test_a_refused_pickled_checkpoint_is_one_line(tmp_path) -> None:
+def test_a_refused_pickled_checkpoint_is_one_line(tmp_path, capsys) -> None:
     import torch
 
     path = tmp_path / "objects.pth"
     torch.save({"model": _Pickled()}, path)
     args = ("train", "--init", str(path), "--epochs", "1", "-o", str(tmp_path / "out"))
-    line = _one_line_exit_2(run_cli(*args, "--quiet"), args)
+    line = _one_line_exit_2(capsys, *args)
     assert "not loaded for safety" in line and "_Pickled" in line, line
