@@ -1,0 +1,67 @@
+"""What INT8 means on each backend: one definition of the grids the targets build.
+
+Each backend's INT8 artifact quantizes the inputs of the layers in the recipe's scope per tensor
+(ranges from calibration) and their weights per output channel, symmetrically. They differ in the
+activation grid: ONNX Runtime and OpenVINO use asymmetric UINT8 (the range stretched to include
+0), TensorRT symmetric INT8 (explicit-quantization Q/DQ), and in the weight width: 7 bits where
+``targets/cpu.py`` decides an x86 CPU without VNNI would saturate. The simulator
+(``edgevit.quant.simulate``) computes in torch what these grids do to a model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Int8Scheme:
+    """One backend's INT8 grid for activations and weights."""
+
+    backend: str
+    activation_symmetric: bool  # False: asymmetric UINT8 over [min(lo, 0), max(hi, 0)]
+    weight_bits: int = 8  # 7: ONNX Runtime reduce_range / NNCF overflow_fix
+    per_channel: bool = True
+    # ONNX Runtime's QDQ quantizer also puts Q/DQ on each MatMul's output (before the bias Add; a
+    # Gemm's output includes its bias), so that the pair fuses into QLinearMatMul.
+    quantize_outputs: bool = False
+    output_after_bias: bool = False  # TFLite's FULLY_CONNECTED carries its bias: Q/DQ after it
+
+    @property
+    def weight_qmax(self) -> int:
+        """Largest weight level: 127 for 8 bits, 64 for 7 (ONNX Runtime's reduce_range grid)."""
+        return 127 if self.weight_bits == 8 else 64
+
+    def quantize_activation(self, x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+        """``x`` fake-quantized on the per-tensor grid calibrated to [``lo``, ``hi``]."""
+        if self.activation_symmetric:
+            scale = max(abs(lo), abs(hi)) / 127.0
+            if scale == 0:
+                return torch.zeros_like(x)
+            return torch.clamp(torch.round(x / scale), -127, 127) * scale
+        lo, hi = min(lo, 0.0), max(hi, 0.0)
+        scale = (hi - lo) / 255.0
+        if scale == 0:
+            return torch.zeros_like(x)
+        zero = round(-lo / scale)
+        return (torch.clamp(torch.round(x / scale) + zero, 0, 255) - zero) * scale
+
+    def quantize_weight(self, w: torch.Tensor) -> torch.Tensor:
+        """``w`` (output channels first) fake-quantized symmetrically, per channel or per tensor."""
+        flat = w.reshape(w.shape[0], -1)
+        absmax = flat.abs().amax(dim=1, keepdim=True) if self.per_channel else flat.abs().amax()
+        scale = torch.where(absmax > 0, absmax / self.weight_qmax, torch.ones_like(absmax))
+        q = torch.clamp(torch.round(flat / scale), -self.weight_qmax, self.weight_qmax) * scale
+        return q.reshape(w.shape)
+
+
+def onnxruntime_scheme(seven_bit: bool, per_channel: bool = True) -> Int8Scheme:
+    """ONNX Runtime's static QDQ: asymmetric UINT8 activations, symmetric INT8 weights."""
+    return Int8Scheme("onnxruntime", False, 7 if seven_bit else 8, per_channel, quantize_outputs=True)
+
+
+def tensorrt_scheme(per_channel: bool = True) -> Int8Scheme:
+    """TensorRT explicit quantization: symmetric INT8 activations and weights (a GPU accumulates in
+    int32, so never 7-bit); the Q/DQ come from the same ONNX Runtime quantizer, outputs included."""
+    return Int8Scheme("tensorrt", True, 8, per_channel, quantize_outputs=True)
