@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import platform
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,8 @@ from edgevit.recipe.schema import DistillStage, PruneStage, Recipe, TargetSpec
 from edgevit.report.document import Report, render_markdown
 from edgevit.report.html import render_html
 from edgevit.stages.distill import DistillConfig, run_distill
+from edgevit.stages.equalize import RECORD as EQUALIZE_RECORD
+from edgevit.stages.equalize import run_equalize, scheme_for
 from edgevit.stages.export import OPSET, export_onnx
 from edgevit.stages.prune import run_prune
 from edgevit.targets import TARGETS, LowerRequest
@@ -239,18 +242,14 @@ class Build:
                 checkpoint=prev_step.directory,
                 device=resolve_device(spec.device),
             )
-            results.append(
-                self._target(
-                    spec,
-                    request,
-                    export_step.outputs["model.onnx"],
-                    calib_sha,
-                    x_eval,
-                    labels,
-                    src_logits,
-                    ref_top1,
-                )
-            )
+            onnx_sha, equalized = export_step.outputs["model.onnx"], None
+            if q is not None and q.equalize == "auto" and spec.precision == "int8":
+                equalized_sha, equalized = self._equalize(spec, request, model, cfg, weights_sha, calib_sha)
+                onnx_sha = equalized_sha or onnx_sha
+            entry = self._target(spec, request, onnx_sha, calib_sha, x_eval, labels, src_logits, ref_top1)
+            if equalized is not None:
+                entry["equalization"] = equalized
+            results.append(entry)
 
         gate_results = gates.evaluate_stages(stage_records, r.gates)
         for entry, spec in zip(results, r.targets, strict=True):
@@ -280,6 +279,45 @@ class Build:
             "versions": self.versions,
         }
         return self._write_report(doc)
+
+    def _equalize(
+        self,
+        spec: TargetSpec,
+        request: LowerRequest,
+        model: torch.nn.Module,
+        cfg: ModelConfig,
+        weights_sha: str,
+        calib_sha: str | None,
+    ) -> tuple[str | None, dict[str, Any]]:
+        """Point ``request`` at the model equalized for ``spec``'s INT8 grid (a cached step); return
+        that ONNX's sha256 (None: not equalized) and what the report says about it."""
+        scheme = scheme_for(spec.backend, request)
+        if scheme is None:
+            note = f"not applied: the INT8 simulator does not model {spec.backend} with this scope yet"
+            self.log(f"{spec.name}: equalization {note}")
+            return None, {"applied": False, "reason": note}
+        assert request.quantize is not None and request.calibration is not None
+        stage, calibration = request.quantize, request.calibration
+        step = self.ws.step(
+            f"equalize/{spec.name}",
+            {
+                "weights": weights_sha,
+                "calibration": calib_sha,
+                "scheme": asdict(scheme),
+                "scope": {"patch_embed": stage.patch_embed, "float_layers": stage.float_layers},
+                "opset": OPSET,
+                "torch": self.versions["torch"],
+            },
+            lambda d: run_equalize(model, cfg, scheme, stage, calibration, d),
+            {"producer": "stages.equalize"},
+        )
+        record = json.loads(step.path(EQUALIZE_RECORD).read_text())
+        request.onnx_path, request.checkpoint = step.path("model.onnx"), step.directory
+        self.log(
+            f"{spec.name}: equalization alpha {record['alpha']} (simulated SQNR by alpha: "
+            f"{record['simulated_sqnr_db']}){' (reused)' if step.reused else ''}"
+        )
+        return step.outputs["model.onnx"], {"applied": record["alpha"] is not None, **record}
 
     def _target(
         self,
@@ -352,7 +390,9 @@ class Build:
             step = self.ws.step(
                 f"targets/{spec.name}",
                 key,
-                (lambda d: _copy_outputs(candidate, d)) if candidate else (lambda d: target.lower(request, d)),
+                (lambda d: _copy_outputs(candidate, d))
+                if candidate
+                else (lambda d: target.lower(request, d)),
                 {
                     "producer": f"targets.{spec.backend}",
                     "precision": spec.precision,

@@ -210,6 +210,14 @@ class QuantizeStage(Strict):
         default_factory=list,
         description="layers (module paths, e.g. blocks.3.attn.proj) kept float in every int8 target",
     )
+    equalize: Literal["off", "auto"] = Field(
+        default="off",
+        description=(
+            "auto: fold SmoothQuant-style scales into the float model before export (LayerNorm -> "
+            "qkv/fc1/head, v -> proj), strength chosen per target with the INT8 simulator on the "
+            "calibration images (off when that measures best); onnxruntime and tensorrt targets so far"
+        ),
+    )
     accuracy_budget: AccuracyBudget | None = Field(
         default=None, description="keep the most sensitive layers float until the budget is met"
     )

@@ -1,0 +1,150 @@
+"""SmoothQuant-style equalization folded into the float model: no op added, the function kept.
+
+Per-tensor INT8 of a LayerNorm output with a few channels tens of times larger than the rest
+spends almost every level on those channels. Dividing channel ``j`` of the activation by
+``s_j = a_j**alpha / w_j**(1 - alpha)`` (``a_j``: its calibrated absolute maximum; ``w_j``: the
+largest weight that multiplies it) and multiplying the consuming weights' input column ``j`` by
+``s_j`` moves range from activations into weights, where quantization is per output channel.
+Both sides are folded into existing parameters: LayerNorm γ/β for ``norm1 → qkv``, ``norm2 →
+fc1`` and the final norm → head, and the value rows of ``qkv`` for ``v → proj`` (attention and
+its key/value pooling are linear in ``v``). Because the exported ONNX carries it, every backend
+gets it.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgevit.check.layerwise import sqnr_db
+from edgevit.quant.outliers import outlier_pairs
+from edgevit.quant.scheme import Int8Scheme
+from edgevit.quant.simulate import simulate
+
+
+@dataclass(frozen=True)
+class EqualizedPair:
+    """One producer → consumers pair and what was folded into it."""
+
+    producer: str  # a LayerNorm, or ``<attn>.qkv[v]`` for the value rows
+    consumers: tuple[str, ...]
+    scale_min: float
+    scale_max: float
+
+
+def _pairs(model: nn.Module) -> list[tuple[str, tuple[str, ...], str]]:
+    """(producer, consumers, where the consumers' input is observed) for every foldable pair."""
+    found = [(p.norm, p.linears, p.linears[0]) for p in outlier_pairs(model)]
+    for i, block in enumerate(getattr(model, "blocks", [])):
+        attn = getattr(block, "attn", None)
+        if (
+            isinstance(getattr(attn, "qkv", None), nn.Linear)
+            and isinstance(getattr(attn, "proj", None), nn.Linear)
+            and isinstance(getattr(attn, "norm", nn.Identity()), nn.Identity)
+        ):
+            proj = f"blocks.{i}.attn.proj"
+            found.append((f"blocks.{i}.attn.qkv[v]", (proj,), proj))
+    return found
+
+
+@torch.no_grad()
+def channel_absmax(
+    model: nn.Module, layers: list[str], calibration: np.ndarray, batch: int = 64
+) -> dict[str, torch.Tensor]:
+    """Per input channel, the absolute maximum of each layer's input over the calibration images."""
+    stats: dict[str, torch.Tensor] = {}
+
+    def observe(name: str) -> Callable[[nn.Module, tuple[torch.Tensor, ...]], None]:
+        def hook(_m: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            x = args[0].reshape(-1, args[0].shape[-1]).abs().amax(dim=0).double()
+            stats[name] = x if name not in stats else torch.maximum(stats[name], x)
+
+        return hook
+
+    handles = [model.get_submodule(n).register_forward_pre_hook(observe(n)) for n in layers]
+    try:
+        model.eval()
+        for i in range(0, len(calibration), batch):
+            model(torch.from_numpy(calibration[i : i + batch]))
+    finally:
+        for h in handles:
+            h.remove()
+    return stats
+
+
+@torch.no_grad()
+def equalize(model: nn.Module, calibration: np.ndarray, alpha: float) -> list[EqualizedPair]:
+    """Fold SmoothQuant scales of strength ``alpha`` (0: none, 1: all range into weights) into
+    ``model`` in place, calibrated on ``calibration``; return what was folded where."""
+    pairs = _pairs(model)
+    stats = channel_absmax(model, sorted({observed for _, _, observed in pairs}), calibration)
+    done = []
+    for producer, consumers, observed in pairs:
+        linears: list[nn.Linear] = []
+        for name in consumers:
+            lin = model.get_submodule(name)
+            assert isinstance(lin, nn.Linear)
+            linears.append(lin)
+        w = torch.stack([lin.weight.abs().amax(dim=0).double() for lin in linears]).amax(dim=0)
+        a = stats[observed]
+        scale = (a.clamp(min=1e-5) ** alpha / w.clamp(min=1e-5) ** (1 - alpha)).clamp(min=1e-5)
+        scale = torch.where((a > 0) & (w > 0), scale, torch.ones_like(scale))
+        if producer.endswith("qkv[v]"):
+            qkv = model.get_submodule(producer.removesuffix("[v]"))
+            assert isinstance(qkv, nn.Linear)
+            width = scale.numel()
+            rows = slice(2 * width, 3 * width)
+            qkv.weight[rows] = (qkv.weight[rows].double() / scale[:, None]).to(qkv.weight.dtype)
+            if qkv.bias is not None:
+                qkv.bias[rows] = (qkv.bias[rows].double() / scale).to(qkv.bias.dtype)
+        else:
+            norm = model.get_submodule(producer)
+            assert isinstance(norm, nn.LayerNorm) and norm.weight is not None
+            norm.weight.copy_((norm.weight.double() / scale).to(norm.weight.dtype))
+            if norm.bias is not None:
+                norm.bias.copy_((norm.bias.double() / scale).to(norm.bias.dtype))
+        for lin in linears:
+            lin.weight.copy_((lin.weight.double() * scale).to(lin.weight.dtype))
+        done.append(EqualizedPair(producer, consumers, float(scale.min()), float(scale.max())))
+    return done
+
+
+@dataclass(frozen=True)
+class AlphaChoice:
+    """The strength chosen for one INT8 scheme, and the simulated logit SQNR of each candidate."""
+
+    alpha: float | None  # None: equalization off measured best
+    sqnr_db: dict[str, float]  # candidate ("off", "0.5", ...) -> simulated logit SQNR on calibration
+
+
+@torch.no_grad()
+def choose_alpha(
+    model: nn.Module,
+    scheme: Int8Scheme,
+    calibration: np.ndarray,
+    alphas: tuple[float, ...] = (0.5, 0.75, 0.9),
+    patch_embed: bool = False,
+    float_layers: Iterable[str] = (),
+) -> AlphaChoice:
+    """The strength (or none) whose simulated INT8 model is closest to the float one on the
+    calibration images: what SmoothQuant's alpha sweep does, without a build per candidate.
+    ``patch_embed`` and ``float_layers``: the target's scope, as in the recipe."""
+    keep = list(float_layers)
+    x = torch.from_numpy(calibration)
+    reference = model.eval()(x).numpy()
+
+    def score(candidate: nn.Module) -> float:
+        return sqnr_db(reference, simulate(candidate, scheme, calibration, patch_embed, keep)(x).numpy())
+
+    scores = {"off": score(model)}
+    for alpha in alphas:
+        candidate = copy.deepcopy(model)
+        equalize(candidate, calibration, alpha)
+        scores[f"{alpha:g}"] = score(candidate)
+    best = max(scores, key=lambda k: scores[k])
+    return AlphaChoice(None if best == "off" else float(best), {k: round(v, 2) for k, v in scores.items()})

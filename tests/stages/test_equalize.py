@@ -1,0 +1,60 @@
+"""The equalize step through a build: chosen with the simulator, folded, lowered, reported."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edgevit.models.load import load, save
+from edgevit.pipeline import build
+from edgevit.quant.equalize import equalize
+from edgevit.quant.outliers import add_outliers
+from edgevit.recipe.loader import validate_recipe
+from tests.conftest import run_cli, tiny_recipe
+
+pytest.importorskip("onnxruntime")
+
+
+def test_equalize_keeps_the_function(tiny_checkpoint: Path) -> None:
+    model = load(checkpoint=tiny_checkpoint).model.eval()
+    add_outliers(model, seed=2)
+    calibration = np.random.default_rng(0).uniform(-1, 1, (16, 3, 32, 32)).astype(np.float32)
+    folded = copy.deepcopy(model)
+    pairs = equalize(folded, calibration, alpha=0.75)
+    assert {p.producer for p in pairs} >= {"blocks.0.norm1", "blocks.0.norm2", "blocks.0.attn.qkv[v]", "norm"}
+    x = torch.from_numpy(calibration)
+    with torch.no_grad():
+        ref, out = model(x), folded(x)
+    assert torch.allclose(out, ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
+    assert max(p.scale_max for p in pairs) > 1 > min(p.scale_min for p in pairs)
+
+
+def test_build_equalizes_int8_targets_it_can_simulate(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    loaded = load(checkpoint=tiny_checkpoint)
+    add_outliers(loaded.model, channels=3, seed=0)
+    outliers = tmp_path / "outliers"
+    save(loaded.model, loaded.config, outliers)
+    targets = [
+        {"name": "ort-int8", "backend": "onnxruntime", "precision": "int8"},
+        {"name": "trt-int8", "backend": "tensorrt", "precision": "int8"},
+        {"name": "ort-fp32", "backend": "onnxruntime", "precision": "fp32"},
+    ]
+    doc = tiny_recipe(outliers, targets, calibration=32, evaluation=48)
+    plain = build(validate_recipe(doc, "test", tmp_path), tmp_path / "plain").data
+    doc["stages"][0]["equalize"] = "auto"
+    report = build(validate_recipe(doc, "test", tmp_path), tmp_path / "equalized")
+    for name in ("ort-int8", "trt-int8"):
+        entry, before = report.target(name), next(t for t in plain["targets"] if t["name"] == name)
+        eq = entry["equalization"]
+        assert eq["applied"] and eq["alpha"] in (0.5, 0.75, 0.9), eq
+        assert eq["simulated_sqnr_db"][f"{eq['alpha']:g}"] > eq["simulated_sqnr_db"]["off"]
+        # the artifact built from the equalized model is closer to float than the plain one
+        assert entry["accuracy"]["sqnr_db"] > before["accuracy"]["sqnr_db"] + 3, (name, entry, before)
+    assert "equalization" not in report.target("ort-fp32")
+    assert (tmp_path / "equalized" / "equalize" / "ort-int8" / "model.onnx").is_file()
+    check = run_cli("validate", str(tmp_path / "equalized"), "--quiet")
+    assert check.returncode == 0, check.stderr
