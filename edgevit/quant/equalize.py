@@ -24,7 +24,7 @@ from torch import nn
 from edgevit.check.layerwise import sqnr_db
 from edgevit.quant.outliers import outlier_pairs
 from edgevit.quant.scheme import Int8Scheme
-from edgevit.quant.simulate import simulate
+from edgevit.quant.simulate import run_calibration, simulate
 
 
 @dataclass(frozen=True)
@@ -66,14 +66,12 @@ def channel_absmax(
 
         return hook
 
-    handles = [model.get_submodule(n).register_forward_pre_hook(observe(n)) for n in layers]
-    try:
-        model.eval()
-        for i in range(0, len(calibration), batch):
-            model(torch.from_numpy(calibration[i : i + batch]))
-    finally:
-        for h in handles:
-            h.remove()
+    run_calibration(
+        model,
+        calibration,
+        [model.get_submodule(n).register_forward_pre_hook(observe(n)) for n in layers],
+        batch,
+    )
     return stats
 
 

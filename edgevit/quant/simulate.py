@@ -14,6 +14,7 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from edgevit.quant.scheme import Int8Scheme
 
@@ -65,6 +66,16 @@ def calibrate(
                 lambda m, _a, o, n=name: widen(outputs, n, _pre_bias(m, o, after_bias))
             )
         )
+    run_calibration(model, calibration, handles, batch)
+    return inputs, outputs
+
+
+@torch.no_grad()
+def run_calibration(
+    model: nn.Module, calibration: np.ndarray, handles: list[RemovableHandle], batch: int = 64
+) -> None:
+    """Run the calibration images through ``model`` in eval mode, batch by batch, for the hooks
+    behind ``handles`` to collect their statistics; then remove the hooks."""
     try:
         model.eval()
         for i in range(0, len(calibration), batch):
@@ -72,7 +83,6 @@ def calibrate(
     finally:
         for h in handles:
             h.remove()
-    return inputs, outputs
 
 
 @torch.no_grad()
