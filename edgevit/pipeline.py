@@ -299,7 +299,7 @@ class Build:
         assert request.quantize is not None and request.calibration is not None
         stage, calibration = request.quantize, request.calibration
         step = self.ws.step(
-            f"equalize/{spec.name}",
+            f"equalize/{scheme.tag}",  # one step per INT8 grid: targets that share it share the work
             {
                 "weights": weights_sha,
                 "calibration": calib_sha,

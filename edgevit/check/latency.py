@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
 
 import numpy as np
 
@@ -76,14 +75,6 @@ class InterleavedLatency:
     p50: float  # the median of the rounds' p50s: robust to a round that a drifting host slowed
     round_p50s: tuple[float, ...]
     pooled_p90: float  # over every timed call of every round
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready, milliseconds rounded to microseconds."""
-        return {
-            "p50": round(self.p50, 4),
-            "round_p50s": [round(v, 4) for v in self.round_p50s],
-            "pooled_p90": round(self.pooled_p90, 4),
-        }
 
 
 def interleaved(

@@ -22,9 +22,12 @@ import torch
 from torch import nn
 
 from edgevit.check.layerwise import sqnr_db
+from edgevit.models.load import logits_of
 from edgevit.quant.outliers import outlier_pairs
 from edgevit.quant.scheme import Int8Scheme
 from edgevit.quant.simulate import run_calibration, simulate
+
+BATCH = 64  # images per forward pass while choosing a strength: memory stays bounded
 
 
 @dataclass(frozen=True)
@@ -75,12 +78,24 @@ def channel_absmax(
     return stats
 
 
+def activation_stats(model: nn.Module, calibration: np.ndarray) -> dict[str, torch.Tensor]:
+    """The per-channel input maxima equalization scales from, for every foldable pair's consumer."""
+    return channel_absmax(model, sorted({observed for _, _, observed in _pairs(model)}), calibration)
+
+
 @torch.no_grad()
-def equalize(model: nn.Module, calibration: np.ndarray, alpha: float) -> list[EqualizedPair]:
+def equalize(
+    model: nn.Module,
+    calibration: np.ndarray,
+    alpha: float,
+    stats: dict[str, torch.Tensor] | None = None,
+) -> list[EqualizedPair]:
     """Fold SmoothQuant scales of strength ``alpha`` (0: none, 1: all range into weights) into
-    ``model`` in place, calibrated on ``calibration``; return what was folded where."""
+    ``model`` in place, calibrated on ``calibration``; return what was folded where. ``stats``:
+    :func:`activation_stats` of the same (unequalized) model, when the caller already has them."""
     pairs = _pairs(model)
-    stats = channel_absmax(model, sorted({observed for _, _, observed in pairs}), calibration)
+    if stats is None:
+        stats = activation_stats(model, calibration)
     done = []
     for producer, consumers, observed in pairs:
         linears: list[nn.Linear] = []
@@ -133,16 +148,17 @@ def choose_alpha(
     calibration images: what SmoothQuant's alpha sweep does, without a build per candidate.
     ``patch_embed`` and ``float_layers``: the target's scope, as in the recipe."""
     keep = list(float_layers)
-    x = torch.from_numpy(calibration)
-    reference = model.eval()(x).numpy()
+    reference = logits_of(model.eval(), calibration, BATCH)
 
     def score(candidate: nn.Module) -> float:
-        return sqnr_db(reference, simulate(candidate, scheme, calibration, patch_embed, keep)(x).numpy())
+        simulated = simulate(candidate, scheme, calibration, patch_embed, keep)
+        return sqnr_db(reference, logits_of(simulated, calibration, BATCH))
 
     scores = {"off": score(model)}
+    stats = activation_stats(model, calibration)  # of the unequalized model: the same for every alpha
     for alpha in alphas:
         candidate = copy.deepcopy(model)
-        equalize(candidate, calibration, alpha)
+        equalize(candidate, calibration, alpha, stats)
         scores[f"{alpha:g}"] = score(candidate)
     best = max(scores, key=lambda k: scores[k])
     return AlphaChoice(None if best == "off" else float(best), {k: round(v, 2) for k, v in scores.items()})

@@ -29,6 +29,11 @@ class Int8Scheme:
     output_after_bias: bool = False  # TFLite's FULLY_CONNECTED carries its bias: Q/DQ after it
 
     @property
+    def tag(self) -> str:
+        """A short name for the grid, e.g. ``onnxruntime-w8`` (targets with the same grid share it)."""
+        return f"{self.backend}-w{self.weight_bits}{'' if self.per_channel else '-per-tensor'}"
+
+    @property
     def weight_qmax(self) -> int:
         """Largest weight level: 127 for 8 bits, 64 for 7 (ONNX Runtime's reduce_range grid)."""
         return 127 if self.weight_bits == 8 else 64
