@@ -32,9 +32,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, args.set or [])
     out = ensure_dir(Path(args.output) if args.output else Path("build") / recipe.name, "-o")
     quiet = args.quiet or args.json
-    report = build(
-        recipe, out, log=_log(quiet), progress=not quiet and sys.stderr.isatty(), wait_s=args.wait
-    )
+    report = build(recipe, out, log=_log(quiet), progress=not quiet and sys.stderr.isatty(), wait_s=args.wait)
     if args.json:
         print(json.dumps(report.data, indent=2))
     elif not args.quiet:
@@ -54,7 +52,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     for item in args.artifact or []:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
-            raise EdgeVitError(f"--artifact {item!r} is not TARGET=PATH", "e.g. --artifact ort-int8=model.onnx")
+            raise EdgeVitError(
+                f"--artifact {item!r} is not TARGET=PATH", "e.g. --artifact ort-int8=model.onnx"
+            )
         replacements[name] = Path(path)
     result = validate(
         Path(args.build_dir),
@@ -201,7 +201,9 @@ def _relaunch(args: argparse.Namespace) -> bool:
     from edgevit import distributed
 
     if args.nproc is not None and args.nproc < 1:
-        raise EdgeVitError(f"--nproc: must be at least 1, got {args.nproc}", f"see `edgevit {args.command} -h`")
+        raise EdgeVitError(
+            f"--nproc: must be at least 1, got {args.nproc}", f"see `edgevit {args.command} -h`"
+        )
     if args.nproc is None or args.nproc == 1 or distributed.launched():
         return False
     distributed.run_under_torchrun(["edgevit.cli", *_without_nproc(args.argv)], args.nproc)
@@ -287,7 +289,9 @@ def cmd_distill(args: argparse.Namespace) -> int:
                 teacher=args.teacher,
                 student=args.student,
                 data=DataSpec(source=args.data, split="train"),
-                settings=DistillStage(stage="distill", nproc=1 if args.nproc is None else args.nproc, **fields),
+                settings=DistillStage(
+                    stage="distill", nproc=1 if args.nproc is None else args.nproc, **fields
+                ),
             )
         except ValidationError as exc:
             raise _options_error(exc, "distill") from None

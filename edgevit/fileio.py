@@ -101,7 +101,9 @@ def ensure_dir(path: Path, what: str) -> Path:
             f"{what} {path} is a file, not a directory", "choose a directory (new or existing) instead"
         ) from None
     except PermissionError:
-        raise BuildDirError(f"{what} {path}: permission denied", "choose a writable directory instead") from None
+        raise BuildDirError(
+            f"{what} {path}: permission denied", "choose a writable directory instead"
+        ) from None
     return path
 
 

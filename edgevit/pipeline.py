@@ -27,6 +27,7 @@ from edgevit.models.builtin import resolve_builtin
 from edgevit.models.config import ModelConfig
 from edgevit.models.load import LoadedModel, load, logits_of, save
 from edgevit.models.profile import count_macs, count_params
+from edgevit.quant.sensitivity import Ranking
 from edgevit.recipe.loader import load_recipe
 from edgevit.recipe.schema import DistillStage, PruneStage, Recipe, TargetSpec
 from edgevit.report.document import Report, render_markdown
@@ -540,19 +541,14 @@ class Build:
         labels: np.ndarray,
         src_logits: np.ndarray,
     ) -> tuple[dict[str, Any], StepResult]:
-        """Choose the fewest layers to keep float so an INT8 target meets the quantize stage's
-        accuracy budget: quantize everything in scope; if the budget is missed, rank the quantized
-        layers (see ``_sensitivity``) and walk the ranking, keeping each layer float if that brings
-        the evaluation set's scores closer to the budget (``AccuracyBudget.shortfall``) and leaving
-        it quantized if not (errors of different layers can cancel), until the budget is met or
-        ``max_float_layers`` are kept or the ranking ends (best effort: the closest candidate,
-        reported). Returns the report's ``fallback`` entry and the chosen candidate's step."""
-        from edgevit.check import layerwise
+        """The accuracy-budget search (:mod:`edgevit.quant.budget`) for one INT8 target: candidates
+        are cached build steps scored on the evaluation set; the ranking is the budget's
+        ``ranking`` (:mod:`edgevit.quant.sensitivity`) on calibration images."""
+        from edgevit.quant.budget import BudgetSearch
 
         q = request.quantize
         assert q is not None and q.accuracy_budget is not None
-        budget, r = q.accuracy_budget, self.recipe
-        tried: list[dict[str, Any]] = []
+        r = self.recipe
 
         def candidate(name: str, extra: list[str]) -> tuple[StepResult, Path]:
             layers = sorted(set(q.float_layers) | set(extra))
@@ -571,101 +567,80 @@ class Build:
             with target.runner(artifact, threads, request.model_config.input_size, device) as runner:
                 return runner.infer_all(x, r.check.eval_batch)
 
-        def attempt(extra: list[str]) -> StepResult:
-            step, artifact = candidate(str(len(tried)), extra)
-            acc = accuracy.compare(infer(artifact, x_eval), labels, src_logits)
-            met = budget.met(acc.top1_drop, acc.sqnr_db, acc.agreement)
-            short = budget.shortfall(acc.top1_drop, acc.sqnr_db, acc.agreement)
-            tried.append({"float_layers": extra, **acc.to_dict(), "met": met, "shortfall": round(short, 4)})
-            self.log(
-                f"{spec.name}: fallback with {len(extra)} float layer(s): drop {acc.top1_drop:+.2f}, SQNR "
-                f"{acc.sqnr_db:.1f} dB, agreement {acc.agreement:.4f}{' (budget met)' if met else ''}"
-            )
-            return step
+        tried = 0
 
-        chosen_step = attempt([])
-        artifact = chosen_step.path(target.artifact_name)
-        out: dict[str, Any] = {"applied": True, "budget": budget.model_dump(), "tried": tried}
-        if tried[-1]["met"]:
-            return {**out, "met": True, "float_layers": []}, chosen_step
+        def attempt(extra: list[str]) -> tuple[accuracy.AccuracyResult, StepResult]:
+            nonlocal tried
+            step, artifact = candidate(str(tried), extra)
+            tried += 1
+            return accuracy.compare(infer(artifact, x_eval), labels, src_logits), step
+
         # Rank on calibration images (not the evaluation set the budget and gates are checked on).
         images = request.calibration if request.calibration is not None else x_eval
-        images = images[: budget.ranking_samples]
-        alone: dict[str, float | None]
+        images = images[: q.accuracy_budget.ranking_samples]
+
+        def rank(first: StepResult) -> Ranking:
+            artifact = first.path(target.artifact_name)
+            return self._ranking(spec, target, request, artifact, images, candidate, infer)
+
+        return BudgetSearch(q.accuracy_budget, attempt, rank, self.log, spec.name).run()
+
+    def _ranking(
+        self,
+        spec: TargetSpec,
+        target: Any,
+        request: LowerRequest,
+        artifact: Path,
+        images: np.ndarray,
+        candidate: Callable[[str, list[str]], tuple[StepResult, Path]],
+        infer: Callable[[Path, np.ndarray], np.ndarray],
+    ) -> Ranking:
+        """Rank the quantized layers of ``artifact`` the budget's way on ``images``. ``simulated``
+        needs a grid the simulator models; where it does not, the ranking is ``measured`` and
+        says why."""
+        from edgevit.check import layerwise
+        from edgevit.quant import sensitivity
+
+        q = request.quantize
+        assert q is not None and q.accuracy_budget is not None
+        method, note = q.accuracy_budget.ranking, None
+        if method == "simulated":
+            scheme = scheme_for(spec.backend, request)
+            if scheme is not None and request.checkpoint is not None and request.calibration is not None:
+                model = load(checkpoint=request.checkpoint).model
+                return sensitivity.simulated(
+                    model, scheme, request.calibration, images, q.patch_embed, q.float_layers
+                )
+            method, note = "measured", f"the INT8 simulator does not model {spec.backend} with this scope"
         if artifact.suffix in layerwise.COMPARABLE_SUFFIXES:
             ranked = layerwise.summary(
-                request.onnx_path, artifact, images[: r.check.layerwise_samples or 16], spec.backend
+                request.onnx_path, artifact, images[: self.recipe.check.layerwise_samples or 16], spec.backend
             )
-            alone = {x["layer"]: x["local_sqnr_db"] for x in ranked["layers"] if x["quantized"]}
+            local = {x["layer"]: x["local_sqnr_db"] for x in ranked["layers"] if x["quantized"]}
         else:
             listed = target.quantized_layers(artifact, request.onnx_path)
-            if listed is None or budget.ranking == "alone":
+            if listed is None or method == "alone":
                 raise EdgeVitError(
                     f"{spec.name}: no layer-wise comparison for {artifact.suffix} artifacts",
                     "use accuracy_budget.ranking: measured",
                 )
-            alone = dict.fromkeys(listed)
+            local = dict.fromkeys(listed)
         for name in q.float_layers:
-            alone.pop(name, None)
-        if budget.ranking == "measured":
-            sensitivity = self._sensitivity(spec, request, artifact, images, alone, candidate, infer)
-        else:
-            by_alone = sorted(alone.items(), key=lambda kv: kv[1] or 0.0)
-            sensitivity = [{"layer": k, "local_sqnr_db": v} for k, v in by_alone]
-        out["ranking"] = budget.ranking
-        out["sensitivity"] = sensitivity
-        chosen: list[str] = []
-        best = tried[0]
-        for x in sensitivity:
-            if len(chosen) >= budget.max_float_layers:
-                break
-            step = attempt([*chosen, x["layer"]])
-            if tried[-1]["met"]:
-                return {**out, "met": True, "float_layers": tried[-1]["float_layers"]}, step
-            if tried[-1]["shortfall"] < best["shortfall"] - 1e-6:
-                chosen, best, chosen_step = tried[-1]["float_layers"], tried[-1], step
-            else:
-                tried[-1]["rejected"] = True
-                self.log(f"{spec.name}: keeping {x['layer']} float did not help; it stays quantized")
-        self.log(f"{spec.name}: accuracy budget not met with {len(chosen)} float layers (best effort kept)")
-        return {**out, "met": False, "float_layers": chosen}, chosen_step
-
-    def _sensitivity(
-        self,
-        spec: TargetSpec,
-        request: LowerRequest,
-        artifact: Path,
-        images: np.ndarray,
-        alone: dict[str, float | None],
-        candidate: Callable[[str, list[str]], tuple[StepResult, Path]],
-        infer: Callable[[Path, np.ndarray], np.ndarray],
-    ) -> list[dict[str, Any]]:
-        """Measured sensitivity: build the target once per quantized layer with only that layer
-        float, and rank layers by the logit SQNR (against the float ONNX) that this gains on
-        calibration images, most first. Unlike the layer run alone, this sees how a layer's error
-        grows through the rest of the network."""
-        from edgevit.check.layerwise import sqnr_db
-        from edgevit.targets import TARGETS
-
-        onnx_runtime = TARGETS.get("onnxruntime")
-        with onnx_runtime.runner(request.onnx_path, 1, request.model_config.input_size) as runner:
+            local.pop(name, None)
+        if method == "alone":
+            return sensitivity.alone(local)
+        with TARGETS.get("onnxruntime").runner(
+            request.onnx_path, 1, request.model_config.input_size
+        ) as runner:
             reference = runner.infer_all(images, self.recipe.check.eval_batch)
-        base = sqnr_db(reference, infer(artifact, images))
-        self.log(
-            f"{spec.name}: measuring the sensitivity of {len(alone)} layers on {len(images)} calibration "
-            f"images (one build each; all quantized: {base:.1f} dB)"
+        self.log(f"{spec.name}: measuring the sensitivity of {len(local)} layers (one build each)")
+        found = sensitivity.measured(
+            local,
+            reference,
+            infer(artifact, images),
+            lambda i, name: infer(candidate(f"sensitivity/{i}", [name])[1], images),
         )
-        found: list[dict[str, Any]] = []
-        for i, (name, local) in enumerate(sorted(alone.items(), key=lambda kv: kv[1] or 0.0)):
-            _, single = candidate(f"sensitivity/{i}", [name])
-            gained = sqnr_db(reference, infer(single, images)) - base
-            found.append({"layer": name, "gain_db": round(gained, 3), "local_sqnr_db": local})
-        found.sort(key=lambda x: -float(x["gain_db"]))
-        self.log(
-            f"{spec.name}: most sensitive: "
-            + ", ".join(f"{x['layer']} (+{x['gain_db']:.1f} dB)" for x in found[:4])
-        )
-        return found
+        return found if note is None else replace(found, note=note)
 
     def _layerwise(self, spec: TargetSpec, float_onnx: Path, artifact: Path, x: np.ndarray) -> dict[str, Any]:
         """The layer-wise comparison of an INT8 artifact with the float ONNX ({} when not comparable)."""

@@ -99,7 +99,18 @@ def test_output_paths_that_cannot_be_written_are_one_line_errors(tmp_path, tiny_
         (("build", "digits-ort-int8", "-o", str(file)), "-o"),
         (("build", "digits-ort-int8", "-o", str(file / "below")), "-o"),
         (("train", "-o", str(file)), "-o"),
-        (("distill", "--teacher", str(tiny_checkpoint), "--student", str(tiny_checkpoint), "-o", str(file)), "-o"),
+        (
+            (
+                "distill",
+                "--teacher",
+                str(tiny_checkpoint),
+                "--student",
+                str(tiny_checkpoint),
+                "-o",
+                str(file),
+            ),
+            "-o",
+        ),
         (("profile", str(tiny_checkpoint), "--device", "local", "-o", str(folder)), "-o"),
         (("validate", str(folder), "--junit", str(folder)), "--junit"),
         (("validate", str(folder), "--markdown", str(file / "summary.md")), "--markdown"),
@@ -115,7 +126,9 @@ def test_bad_train_and_distill_options_name_the_option_and_rule(tmp_path, tiny_c
     distill = ("distill", "--teacher", str(tiny_checkpoint), "--student", str(tiny_checkpoint), "-o", out)
     config = tmp_path / "distill.json"
     settings = {"stage": "distill", "epochs": -3}
-    config.write_text(json.dumps({"teacher": "t", "student": "s", "data": {"source": "digits"}, "settings": settings}))
+    config.write_text(
+        json.dumps({"teacher": "t", "student": "s", "data": {"source": "digits"}, "settings": settings})
+    )
     cases = [
         (("train", "--epochs", "-1", "-o", out), "--epochs: must be at least 1, got -1"),
         (("train", "--batch-size", "0", "-o", out), "--batch-size: must be at least 1, got 0"),

@@ -86,7 +86,7 @@ def test_measured_sensitivity_ranks_layers_by_the_logit_sqnr_they_cost(
 ) -> None:
     # One layer damaged on purpose (its input scale x64): keeping it float gains the most.
     damaged = {**ORT, "options": {"activation_scale_factors": {"blocks.0.mlp.fc1": 64}}}
-    budget = {"min_sqnr_db": 500, "max_float_layers": 1}
+    budget = {"min_sqnr_db": 500, "max_float_layers": 1, "ranking": "measured"}
     report = build(tiny_checkpoint, tmp_path, {"accuracy_budget": budget}, [damaged])
     f = report.target("ort-int8")["fallback"]
     gains = [x["gain_db"] for x in f["sensitivity"]]
@@ -112,7 +112,7 @@ def test_tflite_budget_uses_the_measured_ranking(tiny_checkpoint: Path, tmp_path
     from edgevit.targets import TARGETS
 
     tfl = {"name": "tfl-int8", "backend": "tflite", "precision": "int8"}
-    budget = {"min_sqnr_db": 500, "max_float_layers": 1}
+    budget = {"min_sqnr_db": 500, "max_float_layers": 1, "ranking": "measured"}
     report = build(tiny_checkpoint, tmp_path, {"accuracy_budget": budget}, [tfl])
     t = report.target("tfl-int8")
     f = t["fallback"]
@@ -129,3 +129,39 @@ def test_tflite_budget_uses_the_measured_ranking(tiny_checkpoint: Path, tmp_path
     (tmp_path / "alone").mkdir()
     t = build(tiny_checkpoint, tmp_path / "alone", {"accuracy_budget": budget}, [tfl]).target("tfl-int8")
     assert t["status"] == "failed" and "ranking: measured" in t["reason"]
+
+
+def test_simulated_ranking_needs_no_builds_and_finds_the_damaged_layer(
+    tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    # One LayerNorm channel made 1000x larger (the next Linear's column 1000x smaller): the float
+    # model is the same, but per-tensor INT8 of fc1's input loses nearly every level to it.
+    import torch
+
+    from edgevit.models.load import load, save
+
+    loaded = load(checkpoint=tiny_checkpoint)
+    with torch.no_grad():
+        loaded.model.blocks[0].norm2.weight[3] *= 1000
+        loaded.model.blocks[0].norm2.bias[3] *= 1000
+        loaded.model.blocks[0].mlp.fc1.weight[:, 3] /= 1000
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    save(loaded.model, loaded.config, damaged)
+    budget = {"min_sqnr_db": 500, "max_float_layers": 1}  # the default ranking: simulated
+    tfl = {"name": "tfl-int8", "backend": "tflite", "precision": "int8"}
+    report = build(damaged, tmp_path, {"accuracy_budget": budget}, [ORT, tfl])
+    for name in ("ort-int8", "tfl-int8"):
+        f = report.target(name)["fallback"]
+        gains = [x["gain_db"] for x in f["sensitivity"]]
+        assert f["ranking"] == "simulated" and len(gains) == 5, name
+        assert gains == sorted(gains, reverse=True)
+        assert f["float_layers"] == [f["sensitivity"][0]["layer"]]
+        assert not (report.directory / "search" / name / "sensitivity").exists()  # no build per layer
+    # ONNX Runtime quantizes fc1's input: the damaged layer comes first. The TFLite converter folds
+    # the norm's scale into fc1's weights, where the two factors cancel: no damage there at all.
+    ort = report.target("ort-int8")["fallback"]
+    tfl = report.target("tfl-int8")["fallback"]
+    assert tfl["tried"][0]["sqnr_db"] > ort["tried"][0]["sqnr_db"] + 10
+    assert ort["sensitivity"][0]["layer"] == "blocks.0.mlp.fc1" and ort["sensitivity"][0]["gain_db"] > 10
+    assert ort["tried"][1]["sqnr_db"] > ort["tried"][0]["sqnr_db"] + 10  # on the evaluation set too

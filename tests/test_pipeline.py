@@ -167,7 +167,9 @@ def test_coreml_build_is_simulated_and_an_unevaluable_op_skips_the_check(
     for name in ("coreml-fp16", "coreml-w8a8"):
         t = report.target(name)
         assert t["status"] == "ok" and t["where"] == "simulated:mil-reference"
-        assert t["latency_ms"] is None and "latency not measured: no coreml runtime on this host" in t["reason"]
+        assert (
+            t["latency_ms"] is None and "latency not measured: no coreml runtime on this host" in t["reason"]
+        )
         assert t["artifact"] == f"targets/{name}/model.mlpackage" and len(t["sha256"]) == 64
         assert t["device"] == "iphone-15" and t["coreml"]["deployment_target"] == "iOS17"
     assert report.target("coreml-w8a8")["accuracy"]["cosine"] > 0.99
@@ -183,7 +185,9 @@ def test_coreml_build_is_simulated_and_an_unevaluable_op_skips_the_check(
     assert t["reused"] and t["sha256"] == report.target("coreml-fp16")["sha256"]
 
 
-def test_tensorrt_build_is_simulated_and_passes_on_accuracy_gates(fresh_builtin: Path, tmp_path: Path) -> None:
+def test_tensorrt_build_is_simulated_and_passes_on_accuracy_gates(
+    fresh_builtin: Path, tmp_path: Path
+) -> None:
     import yaml
 
     from edgevit.paths import recipes_dir

@@ -255,4 +255,6 @@ def logits_of(model: nn.Module, x: np.ndarray, batch: int) -> np.ndarray:
     if not len(x):
         return np.zeros((0, 0), np.float32)
     with torch.no_grad():
-        return np.concatenate([model(torch.from_numpy(x[i : i + batch])).numpy() for i in range(0, len(x), batch)])
+        return np.concatenate(
+            [model(torch.from_numpy(x[i : i + batch])).numpy() for i in range(0, len(x), batch)]
+        )

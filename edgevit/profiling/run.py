@@ -42,8 +42,14 @@ def transport_for(device: str) -> tuple[str, Transport, int | None]:
         return profile.name, LocalTransport(), profile.threads
     if profile.transport == "ssh":
         if not profile.address:
-            raise ProfileError(f"device profile {profile.name} has no address", "set address: ssh://user@host[:port]")
-        return profile.name, parse_ssh_url(profile.address, profile.python, profile.ssh_options), profile.threads
+            raise ProfileError(
+                f"device profile {profile.name} has no address", "set address: ssh://user@host[:port]"
+            )
+        return (
+            profile.name,
+            parse_ssh_url(profile.address, profile.python, profile.ssh_options),
+            profile.threads,
+        )
     if profile.transport == "adb":
         raise ProfileError(
             f"device {profile.name} is reached by adb, which edgevit cannot profile through yet",
@@ -123,7 +129,14 @@ def profile(
         items = [(target.name, target, runtime or runtime_of_file(target) or "")]
     else:
         raise EdgeVitError(f"{target} does not exist", "pass an artifact file or a build directory")
-    options = ["--runs", str(runs), "--warmup", str(warmup), "--threads", str(threads or default_threads or 1)]
+    options = [
+        "--runs",
+        str(runs),
+        "--warmup",
+        str(warmup),
+        "--threads",
+        str(threads or default_threads or 1),
+    ]
     options += ["--batch", str(batch)] + (["--duration", str(duration_s)] if duration_s else [])
     results = []
     for target_name, artifact, kind in items:

@@ -46,7 +46,9 @@ class AgentRun:
     def files(self) -> list[Path]:
         """Everything the device needs: the artifact, files sharing its stem (OpenVINO's .bin), TensorRT's
         build plan, the bundle."""
-        siblings = sorted(p for p in self.artifact.parent.glob(self.artifact.stem + ".*") if p != self.artifact)
+        siblings = sorted(
+            p for p in self.artifact.parent.glob(self.artifact.stem + ".*") if p != self.artifact
+        )
         plan = [self.artifact.with_name(PLAN_NAME)] if self.runtime == "tensorrt" else []
         return [self.artifact, *siblings, *plan, *([self.bundle] if self.bundle else [])]
 
@@ -95,7 +97,9 @@ class LocalTransport(Transport):
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=job.timeout_s)
         except subprocess.TimeoutExpired:
-            raise ProfileError(f"the local profile timed out after {job.timeout_s:g} s", "lower --runs") from None
+            raise ProfileError(
+                f"the local profile timed out after {job.timeout_s:g} s", "lower --runs"
+            ) from None
         return _agent_result(proc.stdout, proc.stderr, proc.returncode, "this machine")
 
 
@@ -153,7 +157,9 @@ class SshTransport(Transport):
         made = self._ssh("mktemp -d /tmp/edgevit-run-XXXXXX", self.connect_timeout_s + 20)
         remote = made.stdout.strip()
         if made.returncode != 0 or not remote.startswith("/tmp/edgevit-run-"):
-            raise ProfileError(f"{self.description}: could not make a run directory: {made.stderr.strip()[:200]}")
+            raise ProfileError(
+                f"{self.description}: could not make a run directory: {made.stderr.strip()[:200]}"
+            )
         try:
             self._copy([AGENT, *job.files], remote, job.timeout_s)
             quoted = " ".join(shlex.quote(a) for a in job.args(lambda p: p.name))
@@ -172,7 +178,10 @@ class SshTransport(Transport):
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         assert proc.stdin is not None and proc.stderr is not None
         # If ssh dies, writing fails: its exit code and stderr below tell why.
-        with contextlib.suppress(BrokenPipeError, OSError), tarfile.open(fileobj=proc.stdin, mode="w|") as tar:
+        with (
+            contextlib.suppress(BrokenPipeError, OSError),
+            tarfile.open(fileobj=proc.stdin, mode="w|") as tar,
+        ):
             for f in files:
                 tar.add(str(f), arcname=f.name, recursive=False)
         with contextlib.suppress(BrokenPipeError, OSError):
@@ -194,7 +203,9 @@ def parse_ssh_url(url: str, python: str = "python3", options: list[str] | None =
     query = parse_qs(parts.query)
     unknown = sorted(set(query) - {"python"})
     if unknown:
-        raise ProfileError(f"{url!r}: unknown parameter {', '.join(unknown)}", "only ?python=PATH is understood")
+        raise ProfileError(
+            f"{url!r}: unknown parameter {', '.join(unknown)}", "only ?python=PATH is understood"
+        )
     python = query.get("python", [python])[0]
     if parts.scheme != "ssh" or not parts.hostname:
         raise ProfileError(f"{url!r} is not an ssh:// address", "write it as ssh://user@host[:port]")

@@ -14,7 +14,7 @@ gets it.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,7 +25,7 @@ from edgevit.check.layerwise import sqnr_db
 from edgevit.models.load import logits_of
 from edgevit.quant.outliers import outlier_pairs
 from edgevit.quant.scheme import Int8Scheme
-from edgevit.quant.simulate import run_calibration, simulate
+from edgevit.quant.simulate import channel_absmax, simulate
 
 BATCH = 64  # images per forward pass while choosing a strength: memory stays bounded
 
@@ -53,29 +53,6 @@ def _pairs(model: nn.Module) -> list[tuple[str, tuple[str, ...], str]]:
             proj = f"blocks.{i}.attn.proj"
             found.append((f"blocks.{i}.attn.qkv[v]", (proj,), proj))
     return found
-
-
-@torch.no_grad()
-def channel_absmax(
-    model: nn.Module, layers: list[str], calibration: np.ndarray, batch: int = 64
-) -> dict[str, torch.Tensor]:
-    """Per input channel, the absolute maximum of each layer's input over the calibration images."""
-    stats: dict[str, torch.Tensor] = {}
-
-    def observe(name: str) -> Callable[[nn.Module, tuple[torch.Tensor, ...]], None]:
-        def hook(_m: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-            x = args[0].reshape(-1, args[0].shape[-1]).abs().amax(dim=0).double()
-            stats[name] = x if name not in stats else torch.maximum(stats[name], x)
-
-        return hook
-
-    run_calibration(
-        model,
-        calibration,
-        [model.get_submodule(n).register_forward_pre_hook(observe(n)) for n in layers],
-        batch,
-    )
-    return stats
 
 
 def activation_stats(model: nn.Module, calibration: np.ndarray) -> dict[str, torch.Tensor]:

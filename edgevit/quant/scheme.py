@@ -27,6 +27,12 @@ class Int8Scheme:
     # Gemm's output includes its bias), so that the pair fuses into QLinearMatMul.
     quantize_outputs: bool = False
     output_after_bias: bool = False  # TFLite's FULLY_CONNECTED carries its bias: Q/DQ after it
+    head_output: bool = True  # the classifier's output (the model's) is quantized too; not by Core ML
+    # The TFLite converter folds a LayerNorm's γ/β into the Linear layers it feeds directly: their
+    # input is the plain normalized activation (the final norm, pooled before the head, keeps them).
+    folds_norms: bool = False
+    # NNCF's SmoothQuant on every MatMul input it quantizes, at this strength (OpenVINO).
+    smooth_alpha: float | None = None
 
     @property
     def tag(self) -> str:
@@ -64,6 +70,31 @@ class Int8Scheme:
 def onnxruntime_scheme(seven_bit: bool, per_channel: bool = True) -> Int8Scheme:
     """ONNX Runtime's static QDQ: asymmetric UINT8 activations, symmetric INT8 weights."""
     return Int8Scheme("onnxruntime", False, 7 if seven_bit else 8, per_channel, quantize_outputs=True)
+
+
+def openvino_scheme(
+    seven_bit: bool, per_channel: bool = True, smooth_alpha: float | None = 0.5
+) -> Int8Scheme:
+    """NNCF's transformer preset: asymmetric UINT8 at the MatMul inputs only (outputs stay float),
+    symmetric weights (7-bit with its overflow fix), SmoothQuant at ``smooth_alpha`` (None: off)."""
+    return Int8Scheme("openvino", False, 7 if seven_bit else 8, per_channel, smooth_alpha=smooth_alpha)
+
+
+def tflite_scheme(per_channel: bool = True) -> Int8Scheme:
+    """ai-edge-quantizer's static INT8 (``static_wi8_ai8``): asymmetric INT8 activations at each
+    FULLY_CONNECTED's input and output (after its bias), symmetric per-channel INT8 weights, on a
+    graph whose LayerNorm affines the converter folded into the next Linear."""
+    return Int8Scheme(
+        "tflite", False, 8, per_channel, quantize_outputs=True, output_after_bias=True, folds_norms=True
+    )
+
+
+def coreml_scheme(per_channel: bool = True) -> Int8Scheme:
+    """coremltools W8A8: symmetric INT8 at each linear's input and output (after its bias; MIL's
+    ``linear`` carries it) but the model's own output, symmetric per-channel INT8 weights."""
+    return Int8Scheme(
+        "coreml", True, 8, per_channel, quantize_outputs=True, output_after_bias=True, head_output=False
+    )
 
 
 def tensorrt_scheme(per_channel: bool = True) -> Int8Scheme:

@@ -9,13 +9,15 @@ targets calibrate, weights per output channel. Layers named in ``float_layers`` 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from edgevit.quant.outliers import outlier_pairs
 from edgevit.quant.scheme import Int8Scheme
 
 
@@ -41,6 +43,8 @@ def _pre_bias(module: nn.Module, out: torch.Tensor, after_bias: bool = False) ->
 
 
 Ranges = dict[str, tuple[float, float]]
+HEADS = ("head", "head_dist")
+EPS32 = float(torch.finfo(torch.float32).eps)  # the classifier layers, whose outputs are the model's
 
 
 @torch.no_grad()
@@ -86,6 +90,164 @@ def run_calibration(
 
 
 @torch.no_grad()
+def channel_absmax(
+    model: nn.Module, layers: list[str], calibration: np.ndarray, batch: int = 64
+) -> dict[str, torch.Tensor]:
+    """Per input channel, the absolute maximum of each layer's input over the calibration images."""
+    stats: dict[str, torch.Tensor] = {}
+
+    def observe(name: str) -> Callable[[nn.Module, tuple[torch.Tensor, ...]], None]:
+        def hook(_m: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            x = args[0].reshape(-1, args[0].shape[-1]).abs().amax(dim=0).double()
+            stats[name] = x if name not in stats else torch.maximum(stats[name], x)
+
+        return hook
+
+    run_calibration(
+        model,
+        calibration,
+        [model.get_submodule(n).register_forward_pre_hook(observe(n)) for n in layers],
+        batch,
+    )
+    return stats
+
+
+@torch.no_grad()
+def fold_norms(model: nn.Module) -> list[str]:
+    """Fold each block LayerNorm's γ/β into the Linear layers it feeds (``W·diag(γ)``, ``b + Wβ``),
+    in place, as the TFLite converter does; the function is unchanged. Returns the folded norms."""
+    folded = []
+    for pair in outlier_pairs(model):
+        norm = model.get_submodule(pair.norm)
+        if not pair.norm.startswith("blocks.") or not isinstance(norm, nn.LayerNorm) or norm.weight is None:
+            continue  # the final norm reaches the head through pooling: the converter keeps it
+        gamma = norm.weight.double()
+        beta = norm.bias.double() if norm.bias is not None else torch.zeros_like(gamma)
+        for name in pair.linears:
+            lin = model.get_submodule(name)
+            assert isinstance(lin, nn.Linear)
+            shift = lin.weight.double() @ beta
+            lin.weight.copy_((lin.weight.double() * gamma).to(lin.weight.dtype))
+            if lin.bias is None:
+                lin.bias = nn.Parameter(shift.to(lin.weight.dtype))
+            else:
+                lin.bias.copy_((lin.bias.double() + shift).to(lin.bias.dtype))
+        norm.weight.fill_(1.0)
+        if norm.bias is not None:
+            norm.bias.zero_()
+        folded.append(pair.norm)
+    return folded
+
+
+@torch.no_grad()
+def smooth(model: nn.Module, layers: list[str], calibration: np.ndarray, alpha: float) -> None:
+    """NNCF's SmoothQuant as OpenVINO's INT8 computes it: each layer's input divided per channel by
+    ``s = a**alpha / w**(1 - alpha)``, clipped to [its 10th percentile, 100] as NNCF clips it (a
+    hook, as NNCF's inserted Multiply), and its weight columns multiplied by ``s``; the function is
+    unchanged."""
+    stats = channel_absmax(model, layers, calibration)
+    for name in layers:
+        module = model.get_submodule(name)
+        if not isinstance(module, nn.Linear):
+            continue
+        a = stats[name]
+        w = module.weight.abs().amax(dim=0).double()
+        s = a.clamp(min=1e-5) ** alpha / (w.clamp(min=1e-5) ** (1 - alpha) + EPS32)
+        s = s.clamp(min=float(torch.quantile(s, 0.1)), max=100.0)  # NNCF's clip: 10th percentile, 100
+        module.weight.copy_((module.weight.double() * s).to(module.weight.dtype))
+        inverse = (1 / s).to(module.weight.dtype)
+        module.register_forward_pre_hook(lambda _m, args, inv=inverse: (args[0] * inv, *args[1:]))
+
+
+def _weight(model: nn.Module, name: str) -> torch.Tensor:
+    module = model.get_submodule(name)
+    assert isinstance(module, nn.Linear | nn.Conv2d)
+    return module.weight.data
+
+
+class Simulation:
+    """A model computing as an INT8 artifact would, whose layers can be switched back to float one
+    at a time (:meth:`floating`) without recalibrating: the targets calibrate every range on the
+    float model, so a layer kept float leaves the others' grids as they are."""
+
+    def __init__(self, model: nn.Module, layers: list[str], quantized: dict[str, torch.Tensor]) -> None:
+        self.model = model
+        self.layers = layers  # the quantized layers' module paths, in model order
+        self._quantized = quantized
+        self._float = {n: _weight(model, n).clone() for n in layers}
+        self.floating_now: frozenset[str] = frozenset()
+        for name in layers:
+            _weight(model, name).copy_(quantized[name])
+
+    @contextmanager
+    def floating(self, names: Iterable[str]) -> Iterator[nn.Module]:
+        """The model with ``names`` computing in float (inputs, weights and outputs) meanwhile."""
+        chosen = frozenset(names) & frozenset(self.layers)
+        previous = self.floating_now
+        self._set(chosen)
+        try:
+            yield self.model
+        finally:
+            self._set(previous)
+
+    @torch.no_grad()
+    def _set(self, names: frozenset[str]) -> None:
+        for name in self.layers:
+            source = self._float if name in names else self._quantized
+            _weight(self.model, name).copy_(source[name])
+        self.floating_now = names
+
+
+@torch.no_grad()
+def simulation(
+    model: nn.Module,
+    scheme: Int8Scheme,
+    calibration: np.ndarray,
+    patch_embed: bool = False,
+    float_layers: Iterable[str] = (),
+) -> Simulation:
+    """A copy of ``model`` computing as ``scheme``'s INT8 artifact would (see the module)."""
+    sim = copy.deepcopy(model).eval()
+    if scheme.folds_norms:
+        fold_norms(sim)
+    layers = in_scope(sim, patch_embed, float_layers)
+    if scheme.smooth_alpha is not None:
+        smooth(sim, layers, calibration, scheme.smooth_alpha)
+    in_ranges, out_ranges = calibrate(sim, layers, calibration, scheme.output_after_bias)
+    quantized: dict[str, torch.Tensor] = {}
+    result: Simulation
+
+    def active(name: str) -> bool:
+        return name not in result.floating_now
+
+    for name in layers:
+        module = sim.get_submodule(name)
+        assert isinstance(module, nn.Linear | nn.Conv2d)
+        quantized[name] = scheme.quantize_weight(module.weight.detach())
+        lo, hi = in_ranges[name]
+
+        def quantize_input(
+            _m: nn.Module, a: tuple[torch.Tensor, ...], n: str = name, lo: float = lo, hi: float = hi
+        ) -> tuple[torch.Tensor, ...] | None:
+            return (scheme.quantize_activation(a[0], lo, hi), *a[1:]) if active(n) else None
+
+        module.register_forward_pre_hook(quantize_input)
+        if scheme.quantize_outputs and (scheme.head_output or name not in HEADS):
+            olo, ohi = out_ranges[name]
+
+            def quantize_output(
+                m: nn.Module, _a: object, out: torch.Tensor, n: str = name, lo: float = olo, hi: float = ohi
+            ) -> torch.Tensor | None:
+                if not active(n):
+                    return None
+                pre = _pre_bias(m, out, scheme.output_after_bias)
+                return out - pre + scheme.quantize_activation(pre, lo, hi)
+
+            module.register_forward_hook(quantize_output)
+    result = Simulation(sim, layers, quantized)
+    return result
+
+
 def simulate(
     model: nn.Module,
     scheme: Int8Scheme,
@@ -94,25 +256,4 @@ def simulate(
     float_layers: Iterable[str] = (),
 ) -> nn.Module:
     """A copy of ``model`` computing as ``scheme``'s INT8 artifact would (see the module)."""
-    sim = copy.deepcopy(model).eval()
-    layers = in_scope(sim, patch_embed, float_layers)
-    in_ranges, out_ranges = calibrate(sim, layers, calibration, scheme.output_after_bias)
-    for name in layers:
-        module = sim.get_submodule(name)
-        assert isinstance(module, nn.Linear | nn.Conv2d)
-        module.weight.copy_(scheme.quantize_weight(module.weight))
-        lo, hi = in_ranges[name]
-        module.register_forward_pre_hook(
-            lambda _m, a, lo=lo, hi=hi: (scheme.quantize_activation(a[0], lo, hi), *a[1:])
-        )
-        if scheme.quantize_outputs:
-            olo, ohi = out_ranges[name]
-
-            def quantize_output(
-                m: nn.Module, _a: object, out: torch.Tensor, lo: float = olo, hi: float = ohi
-            ) -> torch.Tensor:
-                pre = _pre_bias(m, out, scheme.output_after_bias)
-                return out - pre + scheme.quantize_activation(pre, lo, hi)
-
-            module.register_forward_hook(quantize_output)
-    return sim
+    return simulation(model, scheme, calibration, patch_embed, float_layers).model

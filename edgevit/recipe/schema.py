@@ -144,13 +144,15 @@ class AccuracyBudget(Strict):
         ge=1,
         description="give up (best effort: the closest candidate) beyond this many float layers",
     )
-    ranking: Literal["measured", "alone"] = Field(
-        default="measured",
+    ranking: Literal["simulated", "measured", "alone"] = Field(
+        default="simulated",
         description=(
-            "how layers are ranked: 'measured' builds the target once per quantized layer with only "
-            "that layer float and ranks by the logit SQNR gained on calibration images (one build per "
-            "layer); 'alone' ranks by the layer-wise comparison's SQNR of each layer run alone (no "
-            "extra builds; blind to how errors propagate)"
+            "how layers are ranked: 'simulated' switches each quantized layer back to float in the "
+            "torch model of the target's INT8 grid (edgevit.quant) and ranks by the logit SQNR gained "
+            "on calibration images (no builds; 'measured' where the grid is not modelled); "
+            "'measured' does the same with one build of the target per layer; 'alone' ranks by the "
+            "layer-wise comparison's SQNR of each layer run alone (no extra builds; blind to how "
+            "errors propagate)"
         ),
     )
     ranking_samples: int = Field(default=64, gt=0, description="calibration images the ranking runs on")

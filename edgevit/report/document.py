@@ -172,7 +172,11 @@ def render_markdown(doc: dict[str, Any]) -> str:
             kept = ", ".join(f"`{n}`" for n in f["float_layers"]) or "none"
             verdict = "met" if f["met"] else "**not met** (best effort)"
             rejected = [c["float_layers"][-1] for c in f["tried"] if c.get("rejected")]
-            left = f"; float did not help, left quantized: {', '.join(f'`{n}`' for n in rejected)}" if rejected else ""
+            left = (
+                f"; float did not help, left quantized: {', '.join(f'`{n}`' for n in rejected)}"
+                if rejected
+                else ""
+            )
             lines.append(
                 f"- **{t['name']}**: {limits}: {verdict} with {len(f['float_layers'])} float layer(s): {kept} "
                 f"({len(f['tried'])} candidate build(s){left})"

@@ -1,8 +1,10 @@
 """The equalize step of an INT8 target: choose a strength with the simulator, fold it, export.
 
 Runs once per (model, calibration, backend scheme) as a cached build step; the target then
-lowers the equalized ONNX instead of the plain export. Backends whose INT8 grid the simulator
-does not model yet get no step (``scheme_for`` returns None) and are reported as such.
+lowers the equalized ONNX (and TFLite and Core ML convert the equalized checkpoint) instead of the
+plain export. A request whose INT8 grid the simulator does not model (``scheme_for`` returns
+None: attention matmuls in scope, TFLite's dynamic/weight-only/full modes, Core ML weight-only)
+gets no step and is reported as such.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from edgevit.fileio import atomic_write_json
 from edgevit.models.config import ModelConfig
 from edgevit.models.load import save
 from edgevit.quant.equalize import choose_alpha, equalize
-from edgevit.quant.scheme import Int8Scheme, onnxruntime_scheme, tensorrt_scheme
+from edgevit.quant.scheme import Int8Scheme
 from edgevit.recipe.schema import QuantizeStage
 from edgevit.stages.export import export_onnx
 from edgevit.targets.base import LowerRequest
@@ -28,18 +30,18 @@ RECORD = "equalize.json"
 
 
 def scheme_for(backend: str, request: LowerRequest) -> Int8Scheme | None:
-    """The INT8 grid ``backend`` builds for ``request``, where the simulator models it."""
+    """The INT8 grid ``backend`` builds for ``request`` (the target's own ``int8_scheme``), where the
+    simulator models it: Linear layers (and the patch embedding), not the attention matmuls."""
+    from edgevit.targets import TARGETS
+
     q = request.quantize
     if q is None or request.precision != "int8" or q.matmul_scope != "weights":
         return None
-    if backend == "onnxruntime":
-        from edgevit.targets.cpu import seven_bit_weights
-        from edgevit.targets.onnxruntime import OrtOptions
-
-        return onnxruntime_scheme(seven_bit_weights(request, OrtOptions), q.per_channel)
-    if backend == "tensorrt":
-        return tensorrt_scheme(q.per_channel)
-    return None
+    target = TARGETS.get(backend)
+    options = target.parse_options(request.options, request.precision)
+    if getattr(options, "activation_scale_factors", None):
+        return None  # hand-scaled quantizer ranges: not the grid calibration gives
+    return target.int8_scheme(request)
 
 
 def run_equalize(

@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from pydantic import BaseModel
@@ -21,6 +21,9 @@ from edgevit.devices import DeviceProfile
 from edgevit.errors import LoweringError, TargetUnavailableError
 from edgevit.models.config import ModelConfig
 from edgevit.recipe.schema import QuantizeStage
+
+if TYPE_CHECKING:
+    from edgevit.quant.scheme import Int8Scheme
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -136,6 +139,12 @@ class Target(ABC):
         TensorRT version or an INT8 weight range: part of the artifact's cache key, and reported."""
         return {}
 
+    def int8_scheme(self, request: LowerRequest) -> Int8Scheme | None:
+        """The INT8 grid ``lower`` builds for ``request`` (see :mod:`edgevit.quant.scheme`), which
+        ``lower`` itself reads; None where the request is not static INT8 or the grid is not
+        modelled (then no equalization or simulated sensitivity for it)."""
+        return None
+
     def describe(self, artifact: Path) -> dict[str, Any]:
         """Facts about a built artifact for the report (e.g. op counts by precision)."""
         return {}
@@ -176,7 +185,9 @@ class Target(ABC):
     def runner_type(self, device: DeviceProfile | None) -> type[Runner]:
         """The Runner class for ``device`` (a backend may choose by host, e.g. a simulation)."""
         if self.runner_class is None:
-            raise NotImplementedError(f"backend {self.name} sets no runner_class and does not override runner_type()")
+            raise NotImplementedError(
+                f"backend {self.name} sets no runner_class and does not override runner_type()"
+            )
         return self.runner_class
 
     def runner(

@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from edgevit.devices import CoreMLSettings, DeviceProfile
 from edgevit.errors import LoweringError
+from edgevit.quant.scheme import Int8Scheme, coreml_scheme
 from edgevit.targets.base import INPUT_NAME, OUTPUT_NAME, Availability, LowerRequest, Runner, Target
 from edgevit.targets.calibration import calibration_batches
 from edgevit.targets.coreml_mil import MilReference, load_program, quiet
@@ -191,7 +192,10 @@ def _layer_ops(prog: Any, onnx_path: Path) -> dict[Any, str]:
         if op.op_type in ("linear", "conv")
         and op.inputs.get("weight") is not None
         and op.inputs["weight"].op is not None
-        and (op.inputs["weight"].op.op_type == "const" or op.inputs["weight"].op.op_type.startswith("constexpr_"))
+        and (
+            op.inputs["weight"].op.op_type == "const"
+            or op.inputs["weight"].op.op_type.startswith("constexpr_")
+        )
     ]
     layers = weighted_layers(onnx_path)
     if len(weighted) != len(layers):
@@ -242,6 +246,13 @@ class CoremlTarget(Target):
             else "builds here; Core ML runs only on macOS, so artifacts are checked by simulation (mil-reference)"
         )
         return Availability(True, "", {"coremltools": str(coremltools.__version__)}, note)
+
+    def int8_scheme(self, request: LowerRequest) -> Int8Scheme | None:
+        if request.precision != "int8" or request.quantize is None:
+            return None
+        if CoremlOptions.model_validate(request.options).resolved_mode("int8") != "w8a8":
+            return None  # weight-only INT8 computes in FP16: no activation grid
+        return coreml_scheme(request.quantize.per_channel)
 
     def parse_options(self, options: dict[str, Any], precision: str) -> BaseModel | None:
         parsed = CoremlOptions.model_validate(options)
@@ -337,16 +348,22 @@ class CoremlTarget(Target):
                 granularity="per_grouped_channel",
                 group_size=options.palette_group_size,
             )
-            return cto.palettize_weights(model, cto.OptimizationConfig(op_type_configs=dict.fromkeys(ops, palette)))
+            return cto.palettize_weights(
+                model, cto.OptimizationConfig(op_type_configs=dict.fromkeys(ops, palette))
+            )
         if mode == "int4_block":
             int4 = cto.OpLinearQuantizerConfig(
                 mode="linear_symmetric", dtype="int4", granularity="per_block", block_size=options.block_size
             )
-            return cto.linear_quantize_weights(model, cto.OptimizationConfig(op_type_configs=dict.fromkeys(ops, int4)))
+            return cto.linear_quantize_weights(
+                model, cto.OptimizationConfig(op_type_configs=dict.fromkeys(ops, int4))
+            )
         q = request.quantize
         assert q is not None
         weights = cto.OpLinearQuantizerConfig(
-            mode="linear_symmetric", dtype="int8", granularity="per_channel" if q.per_channel else "per_tensor"
+            mode="linear_symmetric",
+            dtype="int8",
+            granularity="per_channel" if q.per_channel else "per_tensor",
         )
         kept = _float_op_names(model._mil_program, request)
         if mode == "w8a8":
@@ -371,7 +388,13 @@ class CoremlTarget(Target):
             shutil.rmtree(float_package, ignore_errors=True)
         act = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_tensor")
         # Only the chosen ops: coremltools would also quantize Add, pooling and the patch Conv.
-        configs: dict[str, Any] = {"add": None, "avg_pool": None, "max_pool": None, "conv": None, "linear": None}
+        configs: dict[str, Any] = {
+            "add": None,
+            "avg_pool": None,
+            "max_pool": None,
+            "conv": None,
+            "linear": None,
+        }
         configs.update(dict.fromkeys(ops, act))
         assert request.calibration is not None
         with _calibrated_with(stats):
@@ -463,7 +486,9 @@ def check_interface(package: Path, cfg: Any) -> None:
         "class_names": cfg.class_names or [str(i) for i in range(cfg.num_classes)],
     }
     if got != want:
-        raise LoweringError(f"the saved {package.name} declares {got}, expected {want}", "report this as a bug")
+        raise LoweringError(
+            f"the saved {package.name} declares {got}, expected {want}", "report this as a bug"
+        )
 
 
 def _dtype_name(var: Any) -> str:

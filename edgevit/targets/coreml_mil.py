@@ -59,7 +59,9 @@ def load_program(package: Path) -> tuple[Any, Any]:
     return prog, spec
 
 
-def _padding(op: Any, spatial: tuple[int, ...], kernel: tuple[int, ...], dilations: tuple[int, ...]) -> list[int]:
+def _padding(
+    op: Any, spatial: tuple[int, ...], kernel: tuple[int, ...], dilations: tuple[int, ...]
+) -> list[int]:
     """Explicit (before, after) padding per spatial dim for a conv's pad_type."""
     pad_type = op.pad_type.val
     n = len(spatial)
@@ -118,7 +120,9 @@ def _avg_pool(op: Any, f32: F32) -> np.ndarray:
     pads = [int(p) for p in op.pad.val] if pad_type == "custom" and op.pad is not None else [0] * (2 * n)
     if pad_type not in ("valid", "custom"):
         raise UnsupportedOp(f"avg_pool {op.name}: pad_type {pad_type} has no reference evaluator")
-    exclude = bool(op.exclude_padding_from_average.val) if op.exclude_padding_from_average is not None else False
+    exclude = (
+        bool(op.exclude_padding_from_average.val) if op.exclude_padding_from_average is not None else False
+    )
     ceil = bool(op.ceil_mode.val) if op.ceil_mode is not None else False
     widths, counted = [], np.ones(x.shape[2:], np.float32)
     for i, (size, k, s) in enumerate(zip(x.shape[2:], kernel, strides, strict=True)):

@@ -14,7 +14,6 @@ def nodes_of_layers(onnx_path: Path, layers: list[str]) -> set[str]:
     """ONNX node names of the MatMul/Gemm/Conv layers named by module path (``float_layers``)."""
     import onnx
 
-
     if not layers:
         return set()
     model = onnx.load(str(onnx_path), load_external_data=False)
@@ -35,7 +34,9 @@ def check_float_layers(wanted: list[str], known: list[str]) -> None:
         )
 
 
-def quantizable_nodes(onnx_path: Path, q: QuantizeStage, exclude: set[str] | frozenset[str] = frozenset()) -> list[str]:
+def quantizable_nodes(
+    onnx_path: Path, q: QuantizeStage, exclude: set[str] | frozenset[str] = frozenset()
+) -> list[str]:
     """Names of the nodes to quantize under ``q``'s scope, but ``exclude`` (nodes kept float).
 
     MatMul/Gemm with a constant (weight) input are the Linear layers; with ``matmul_scope: all``

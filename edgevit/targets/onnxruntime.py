@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from edgevit.agent import OrtSession
 from edgevit.errors import LoweringError
+from edgevit.quant.scheme import Int8Scheme, onnxruntime_scheme
 from edgevit.targets.base import INPUT_NAME, LowerRequest, Runner, Target
 from edgevit.targets.calibration import calibration_batches
 from edgevit.targets.cpu import CpuInt8Options, seven_bit_weights, weight_bits
@@ -103,10 +104,16 @@ class OrtTarget(QdqTarget):
             return out
         return self._quantize(request, workdir, out)
 
+    def int8_scheme(self, request: LowerRequest) -> Int8Scheme | None:
+        if request.precision != "int8" or request.quantize is None:
+            return None
+        return onnxruntime_scheme(seven_bit_weights(request, OrtOptions), request.quantize.per_channel)
+
     def _quantize(self, request: LowerRequest, workdir: Path, out: Path) -> Path:
         options = OrtOptions.model_validate(request.options)
-        seven = seven_bit_weights(request, OrtOptions)
-        return quantize_qdq(request, workdir, out, options, symmetric_activations=False, reduce_range=seven)
+        scheme = self.int8_scheme(request)
+        assert scheme is not None
+        return quantize_qdq(request, workdir, out, options, scheme)
 
 
 def quantize_qdq(
@@ -114,12 +121,11 @@ def quantize_qdq(
     workdir: Path,
     out: Path,
     options: QdqOptions,
-    symmetric_activations: bool,
-    reduce_range: bool = False,
+    scheme: Int8Scheme,
 ) -> Path:
-    """Static INT8 QDQ ONNX of the request's scope: per-channel symmetric INT8 weights (7-bit with
-    ``reduce_range``); activations UINT8 asymmetric (ONNX Runtime's fastest on x86) or INT8
-    symmetric (TensorRT's explicit quantization)."""
+    """Static INT8 QDQ ONNX of the request's scope on ``scheme``'s grid: symmetric INT8 weights per
+    channel (7-bit: ONNX Runtime's ``reduce_range``); activations UINT8 asymmetric (ONNX Runtime's
+    fastest on x86) or INT8 symmetric (TensorRT's explicit quantization)."""
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -130,6 +136,7 @@ def quantize_qdq(
 
     assert request.quantize is not None
     q = request.quantize
+    symmetric_activations = scheme.activation_symmetric
     prepared = workdir / "prepared.onnx"
     quant_pre_process(str(request.onnx_path), str(prepared))
     nodes = quantizable_nodes(prepared, q, nodes_of_layers(request.onnx_path, q.float_layers))
@@ -152,10 +159,10 @@ def quantize_qdq(
                 quant_format=QuantFormat.QDQ,
                 op_types_to_quantize=QUANTIZED_OP_TYPES,
                 nodes_to_quantize=nodes,
-                per_channel=q.per_channel,
+                per_channel=scheme.per_channel,
                 activation_type=QuantType.QInt8 if symmetric_activations else QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
-                reduce_range=reduce_range,
+                reduce_range=scheme.weight_bits == 7,
                 calibrate_method=method,
                 # TensorRT wants float biases (no INT32 DequantizeLinear): symmetric mode keeps them float.
                 extra_options={

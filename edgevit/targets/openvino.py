@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from edgevit.agent import OpenVinoSession
 from edgevit.errors import LoweringError
+from edgevit.quant.scheme import Int8Scheme, openvino_scheme
 from edgevit.recipe.schema import QuantizeStage
 from edgevit.targets.base import Availability, LowerRequest, Runner, Target
 from edgevit.targets.calibration import calibration_batches
@@ -65,7 +66,7 @@ def float_ops(model: Any, q: QuantizeStage) -> list[str]:
 SMOOTH_QUANT_ALPHA = 0.5  # for the Linear layers' MatMuls; measured (see _advanced_parameters)
 
 
-def _advanced_parameters(q: QuantizeStage, seven_bit_weights: bool) -> Any:
+def _advanced_parameters(q: QuantizeStage, scheme: Int8Scheme) -> Any:
     """NNCF settings from the quantize stage: the activation range estimator of ``method``,
     SmoothQuant's alpha for MatMuls, and 7-bit weights (NNCF's overflow fix on every layer) for x86
     CPUs without VNNI, else none (NNCF's default fixes the first layer only; see targets/cpu.py).
@@ -90,12 +91,12 @@ def _advanced_parameters(q: QuantizeStage, seven_bit_weights: bool) -> Any:
         "minmax": RangeEstimatorParametersSet.MINMAX,
         "percentile": RangeEstimatorParametersSet.MEAN_QUANTILE,
     }[q.method]
-    alpha = SMOOTH_QUANT_ALPHA if q.smooth_quant_alpha is None else q.smooth_quant_alpha
+    alpha = -1.0 if scheme.smooth_alpha is None else scheme.smooth_alpha
     smooth = AdvancedSmoothQuantParameters(matmul=alpha)  # negative: off
     return AdvancedQuantizationParameters(
         activations_range_estimator_params=ranges,
         smooth_quant_alphas=smooth,
-        overflow_fix=OverflowFix.ENABLE if seven_bit_weights else OverflowFix.DISABLE,
+        overflow_fix=OverflowFix.ENABLE if scheme.weight_bits == 7 else OverflowFix.DISABLE,
     )
 
 
@@ -114,6 +115,14 @@ class OvTarget(Target):
     revision = 4
     calibration_methods = ("minmax", "percentile")
     options_schema = CpuInt8Options
+
+    def int8_scheme(self, request: LowerRequest) -> Int8Scheme | None:
+        q = request.quantize
+        if request.precision != "int8" or q is None:
+            return None
+        alpha = SMOOTH_QUANT_ALPHA if q.smooth_quant_alpha is None else q.smooth_quant_alpha
+        # NNCF quantizes weights per channel whatever the recipe's per_channel says
+        return openvino_scheme(seven_bit_weights(request), smooth_alpha=alpha if alpha >= 0 else None)
 
     def parse_options(self, options: dict[str, Any], precision: str) -> BaseModel | None:
         if "reduce_range" in options and precision != "int8":
@@ -153,7 +162,9 @@ class OvTarget(Target):
         assert request.quantize is not None
         batches = list(calibration_batches(request, batch=1))  # NNCF collects statistics per sample
         names = float_ops(model, request.quantize)
-        kept = nodes_of_layers(request.onnx_path, request.quantize.float_layers)  # ONNX names = friendly names
+        kept = nodes_of_layers(
+            request.onnx_path, request.quantize.float_layers
+        )  # ONNX names = friendly names
         names += [
             op.get_friendly_name()
             for op in model.get_ops()
@@ -161,7 +172,9 @@ class OvTarget(Target):
             and any(op.get_friendly_name() == n or op.get_friendly_name().startswith(n + "/") for n in kept)
         ]
         ignored = nncf.IgnoredScope(names=names) if names else None
-        advanced = _advanced_parameters(request.quantize, seven_bit_weights(request))
+        scheme = self.int8_scheme(request)
+        assert scheme is not None
+        advanced = _advanced_parameters(request.quantize, scheme)
         # NNCF logs every ignored op at INFO and draws progress bars on stdout, which is for the
         # report (--json): keep it quiet (an accuracy-budget search runs it once per candidate).
         logging.getLogger("nncf").setLevel(logging.WARNING)
@@ -177,7 +190,6 @@ class OvTarget(Target):
                 )
         except Exception as exc:
             raise LoweringError(f"NNCF quantization failed: {type(exc).__name__}: {exc}") from exc
-
 
 
 from edgevit.targets import TARGETS  # noqa: E402

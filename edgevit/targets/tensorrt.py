@@ -30,6 +30,7 @@ from edgevit.agent import PLAN_NAME  # the agent reads the plan by this name
 from edgevit.devices import DeviceProfile, TensorRTSettings
 from edgevit.errors import LoweringError
 from edgevit.fileio import atomic_write_json
+from edgevit.quant.scheme import Int8Scheme, tensorrt_scheme
 from edgevit.targets.base import INPUT_NAME, LowerRequest
 from edgevit.targets.onnxruntime import OrtRunner, QdqOptions, QdqTarget, quantize_qdq
 
@@ -141,6 +142,11 @@ class TensorrtTarget(QdqTarget):
     def build_settings(self, request: LowerRequest) -> dict[str, Any]:
         return {"tensorrt": settings(request.device).model_dump()}
 
+    def int8_scheme(self, request: LowerRequest) -> Int8Scheme | None:
+        if request.precision != "int8" or request.quantize is None:
+            return None
+        return tensorrt_scheme(request.quantize.per_channel)
+
     def lower(self, request: LowerRequest, workdir: Path) -> Path:
         self.require()
         trt = settings(request.device)
@@ -156,7 +162,9 @@ class TensorrtTarget(QdqTarget):
             self._fp16(request.onnx_path, out)
         else:
             options = QdqOptions.model_validate(request.options)
-            quantize_qdq(request, workdir, out, options, symmetric_activations=True)
+            scheme = self.int8_scheme(request)
+            assert scheme is not None
+            quantize_qdq(request, workdir, out, options, scheme)
         atomic_write_json(workdir / PLAN_NAME, build_plan(request, trt))
         return out
 

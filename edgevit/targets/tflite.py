@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict
 
 from edgevit import agent
 from edgevit.errors import LoweringError, TargetUnavailableError
+from edgevit.quant.scheme import Int8Scheme, tflite_scheme
 from edgevit.targets.base import Availability, LowerRequest, Runner, Target
 from edgevit.targets.calibration import calibration_batches
 from edgevit.targets.graph import check_float_layers
@@ -252,6 +253,13 @@ class TfliteTarget(Target):
             return Availability(False, exc.message)
         return Availability(True, "", versions)
 
+    def int8_scheme(self, request: LowerRequest) -> Int8Scheme | None:
+        if request.precision != "int8" or request.quantize is None:
+            return None
+        if TfliteOptions.model_validate(request.options).mode != "static":
+            return None  # dynamic/weight-only/full INT8 are other grids
+        return tflite_scheme(request.quantize.per_channel)
+
     def parse_options(self, options: dict[str, Any], precision: str) -> BaseModel | None:
         parsed = super().parse_options(options, precision)
         if "mode" in options and precision != "int8":
@@ -299,10 +307,10 @@ class TfliteTarget(Target):
             q.load_quantization_recipe(recipe.static_wi8_ai8())
         else:
             assert request.quantize is not None
+            scheme = self.int8_scheme(request)
+            per_channel = request.quantize.per_channel if scheme is None else scheme.per_channel
             granularity = (
-                qtyping.QuantGranularity.CHANNELWISE
-                if request.quantize.per_channel
-                else qtyping.QuantGranularity.TENSORWISE
+                qtyping.QuantGranularity.CHANNELWISE if per_channel else qtyping.QuantGranularity.TENSORWISE
             )
             float_ops = read_ops(float_path)
 
@@ -324,7 +332,9 @@ class TfliteTarget(Target):
             if request.quantize.float_layers:
                 # Calibrate every op in scope, float or not: the ranges are then the same for every
                 # candidate of an accuracy-budget search, and computed once per process.
-                everything = replace(request, quantize=request.quantize.model_copy(update={"float_layers": []}))
+                everything = replace(
+                    request, quantize=request.quantize.model_copy(update={"float_layers": []})
+                )
                 calibration_q = configured(_selected(float_ops, everything, mode))
         try:
             # ai-edge-quantizer draws tqdm bars on stderr for every tensor: keep the log readable.
@@ -352,7 +362,6 @@ class TfliteTarget(Target):
     def describe(self, artifact: Path) -> dict[str, Any]:
         ops = read_ops(artifact)
         return {"ops": op_counts(ops), "op_total": len(ops)}
-
 
 
 from edgevit.targets import TARGETS  # noqa: E402

@@ -43,13 +43,25 @@ def test_conv_and_pooling_padding_modes_match_torch(tmp_path) -> None:
             x=same, kernel_sizes=[2, 2], strides=[2, 2], pad_type="valid", ceil_mode=True, name="pool"
         )
         grouped = mb.conv(
-            x=x, weight=wg, strides=[1, 1], pad_type="custom", pad=[2, 2, 1, 1], dilations=[2, 2], groups=3,
+            x=x,
+            weight=wg,
+            strides=[1, 1],
+            pad_type="custom",
+            pad=[2, 2, 1, 1],
+            dilations=[2, 2],
+            groups=3,
             name="grouped",
         )
         counted = [
             mb.avg_pool(
-                x=x, kernel_sizes=[3, 3], strides=[2, 2], pad_type="custom", pad=[1, 1, 1, 1],
-                exclude_padding_from_average=exclude, ceil_mode=True, name=f"exclude_{exclude}",
+                x=x,
+                kernel_sizes=[3, 3],
+                strides=[2, 2],
+                pad_type="custom",
+                pad=[1, 1, 1, 1],
+                exclude_padding_from_average=exclude,
+                ceil_mode=True,
+                name=f"exclude_{exclude}",
             )
             for exclude in (True, False)
         ]

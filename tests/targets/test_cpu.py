@@ -46,13 +46,17 @@ def _int8_weights_max(artifact: Path) -> int:
         from onnx import numpy_helper
 
         model = onnx.load(str(artifact))
-        values = [numpy_helper.to_array(i) for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8]
+        values = [
+            numpy_helper.to_array(i) for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8
+        ]
     else:
         import openvino as ov
 
         ops = ov.Core().read_model(str(artifact)).get_ordered_ops()
         values = [
-            op.get_data() for op in ops if op.get_type_name() == "Constant" and op.get_element_type() == ov.Type.i8
+            op.get_data()
+            for op in ops
+            if op.get_type_name() == "Constant" and op.get_element_type() == ov.Type.i8
         ]
     assert values, "no INT8 weights"
     return max(int(np.abs(v.astype(np.int32)).max()) for v in values)

@@ -73,4 +73,6 @@ def test_default_alpha_is_edgevits_not_nncfs(tiny_checkpoint, tiny_onnx, inputs,
         scales[name] = _smoothing_scales(TARGET.lower(request, out))
     assert scales["default"].size > 0
     np.testing.assert_allclose(scales["default"], scales["explicit"])
-    assert scales["default"].shape != scales["nncf"].shape or not np.allclose(scales["default"], scales["nncf"])
+    assert scales["default"].shape != scales["nncf"].shape or not np.allclose(
+        scales["default"], scales["nncf"]
+    )

@@ -41,7 +41,11 @@ def test_int8_is_symmetric_and_leaves_norms_softmax_adds_unquantized(
         residual = node.op_type == "Add" and not any(i in consts for i in node.input)
         if node.op_type in ("LayerNormalization", "Softmax") or residual:
             assert all(producers.get(i) != "DequantizeLinear" for i in node.input), node.name
-        if node.op_type == "Add" and not residual and any(producers.get(i) == "DequantizeLinear" for i in node.input):
+        if (
+            node.op_type == "Add"
+            and not residual
+            and any(producers.get(i) == "DequantizeLinear" for i in node.input)
+        ):
             assert node.name.startswith("node_linear"), node.name  # a Linear's bias, not a residual
     with TARGET.runner(artifact, 1, (3, 32, 32)) as runner:
         assert runner.simulated == "onnxruntime-fakequant"
@@ -73,4 +77,3 @@ def test_lint_names_ops_the_parser_lacks(tiny_onnx, tmp_path, tiny_checkpoint, i
     assert lint(bad)["unsupported"] == ["STFT"]
     with pytest.raises(LoweringError, match="ONNX parser does not support STFT"):
         build(tiny_checkpoint, bad, tmp_path / "o", "fp16", inputs)
-

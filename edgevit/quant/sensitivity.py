@@ -1,0 +1,88 @@
+"""Which quantized layers cost a target most: the ranking the accuracy-budget search walks.
+
+Three ways, from cheapest to dearest:
+
+- ``simulated``: one torch model of the target's INT8 grid (:mod:`edgevit.quant.simulate`); each
+  quantized layer is switched back to float in turn and ranked by the logit SQNR that gains on the
+  calibration images. No build; one forward pass over the ranking images per layer.
+- ``measured``: the same, but with the real backend: one build of the target per layer.
+- ``alone``: the layer-wise comparison's SQNR of each layer run alone (no propagation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from edgevit.check.layerwise import sqnr_db
+from edgevit.models.load import logits_of
+from edgevit.quant.scheme import Int8Scheme
+from edgevit.quant.simulate import simulation
+
+BATCH = 64
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """Quantized layers, most sensitive first, as the report lists them."""
+
+    method: str  # simulated | measured | alone
+    layers: list[dict[str, Any]]  # {"layer", "gain_db" (simulated/measured), "local_sqnr_db"?}
+    base_sqnr_db: float | None = None  # all layers quantized, on the ranking images
+    note: str | None = None  # e.g. why another method than the recipe's was used
+
+    @property
+    def names(self) -> list[str]:
+        return [x["layer"] for x in self.layers]
+
+
+def _by_gain(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(found, key=lambda x: -float(x["gain_db"]))
+
+
+def simulated(
+    model: nn.Module,
+    scheme: Int8Scheme,
+    calibration: np.ndarray,
+    images: np.ndarray,
+    patch_embed: bool = False,
+    float_layers: Iterable[str] = (),
+) -> Ranking:
+    """Rank the layers ``scheme``'s INT8 quantizes in ``model`` (the float model the target
+    lowers) by the simulated logit SQNR gained on ``images`` when each alone stays float."""
+    sim = simulation(model, scheme, calibration, patch_embed, float_layers)
+    reference = logits_of(model.eval(), images, BATCH)
+    base = sqnr_db(reference, logits_of(sim.model, images, BATCH))
+    found = []
+    for name in sim.layers:
+        with sim.floating([name]) as floated:
+            gained = sqnr_db(reference, logits_of(floated, images, BATCH)) - base
+        found.append({"layer": name, "gain_db": round(gained, 3)})
+    return Ranking("simulated", _by_gain(found), round(base, 3))
+
+
+def measured(
+    layers: dict[str, float | None],
+    reference: np.ndarray,
+    quantized: np.ndarray,
+    with_float: Callable[[int, str], np.ndarray],
+) -> Ranking:
+    """Rank ``layers`` (name → local SQNR or None) by the logit SQNR against ``reference`` that
+    building the target with each alone float gains over ``quantized`` (all layers INT8):
+    ``with_float(i, name)`` builds that candidate and returns its logits on the same images."""
+    base = sqnr_db(reference, quantized)
+    found = []
+    for i, (name, local) in enumerate(sorted(layers.items(), key=lambda kv: kv[1] or 0.0)):
+        gained = sqnr_db(reference, with_float(i, name)) - base
+        found.append({"layer": name, "gain_db": round(gained, 3), "local_sqnr_db": local})
+    return Ranking("measured", _by_gain(found), round(base, 3))
+
+
+def alone(layers: dict[str, float | None]) -> Ranking:
+    """Rank ``layers`` by their SQNR run alone, worst first."""
+    by_local = sorted(layers.items(), key=lambda kv: kv[1] or 0.0)
+    return Ranking("alone", [{"layer": k, "local_sqnr_db": v} for k, v in by_local])
