@@ -12,9 +12,16 @@ set) and then, with the real targets, INT8 artifacts that differ in one setting 
 
 Each is scored on the evaluation set against the float model: top-1 drop, top-1 agreement and
 logit SQNR. These are the measurements behind the quantize stage's defaults (README, Quantization
-defaults). Prints a table, then one JSON line.
+defaults).
 
-    .venv/bin/python tools/bench_calibration.py [--models digits,shapes] [--out DIR]
+``--rows equalization``: on each model and its function-preserving outlier variant
+(``edgevit.bench.outlier_build``), every INT8 backend at the recipe defaults with ``equalize: off``
+and ``auto`` (OpenVINO also with NNCF's SmoothQuant off on top), each artifact's logit SQNR beside
+the INT8 simulator's (``edgevit.quant``) for the same grid and model. Prints a table, then one
+JSON line.
+
+    .venv/bin/python tools/bench_calibration.py [--models digits,shapes] [--rows calibration,equalization]
+        [--out DIR]
 """
 
 from __future__ import annotations
@@ -28,8 +35,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from edgevit.bench import figures, float_build, peers, score
+from edgevit.bench import OUTLIERS, edgevit_int8, figures, float_build, outlier_build, peers, score
+from edgevit.check.layerwise import sqnr_db
 from edgevit.models.load import load
 from edgevit.paths import recipes_dir
 from edgevit.recipe.schema import QuantizeStage
@@ -72,7 +81,8 @@ def run(models: list[str], work: Path) -> list[dict[str, Any]]:
             if not target.availability().available:
                 continue
             stage = QuantizeStage(
-                stage="quantize", **{k: v for k, v in settings.items() if k not in ("nncf_default", "options")}
+                stage="quantize",
+                **{k: v for k, v in settings.items() if k not in ("nncf_default", "options")},
             )
             out = work / model / "variants" / str(i)
             out.mkdir(parents=True, exist_ok=True)
@@ -110,15 +120,113 @@ def run(models: list[str], work: Path) -> list[dict[str, Any]]:
     return rows
 
 
+# (backend, target options, quantize-stage settings beyond equalize, label)
+EQUALIZED: list[tuple[str, dict[str, Any], dict[str, Any], str]] = [
+    ("onnxruntime", {}, {}, "onnxruntime"),
+    ("openvino", {}, {}, "openvino (NNCF SmoothQuant 0.5)"),
+    ("openvino", {}, {"smooth_quant_alpha": -1}, "openvino (NNCF SmoothQuant off)"),
+    ("tflite", {}, {}, "tflite"),
+    ("tensorrt", {}, {}, "tensorrt (simulated)"),
+    ("coreml", {"mode": "w8a8"}, {}, "coreml w8a8 (simulated)"),
+]
+
+
+def run_equalization(models: list[str], work: Path) -> list[dict[str, Any]]:
+    """The equalization rows (see the module): artifact and simulator per backend, off and auto."""
+    from edgevit.quant.simulate import simulate
+
+    rows = []
+    for base in models:
+        for model in (base, base + OUTLIERS):
+            recipe = recipes_dir() / RECIPES[base]
+            directory = (
+                outlier_build(recipe, work, base)
+                if model.endswith(OUTLIERS)
+                else float_build(recipe, work, base)
+            )
+            calibration = np.load(directory / "stages" / "quantize" / "calibration.npy")
+            bundle = np.load(directory / "eval" / "bundle.npz")
+            reference = load(checkpoint=directory / "reference")
+            for i, (backend, options, settings, label) in enumerate(EQUALIZED):
+                if not TARGETS.get(backend).availability().available:
+                    continue
+                for mode in ("off", "auto"):
+                    stage = QuantizeStage(stage="quantize", equalize=mode, **settings)
+                    out = work / model / "equalization" / f"{i}-{mode}"
+                    out.mkdir(parents=True, exist_ok=True)
+                    request = LowerRequest(
+                        directory / "export" / "model.onnx",
+                        "int8",
+                        reference.config,
+                        options,
+                        stage,
+                        calibration,
+                        checkpoint=directory / "reference",
+                    )
+                    t0 = time.perf_counter()
+                    artifact, record = edgevit_int8(backend, request, out)
+                    seconds = time.perf_counter() - t0
+                    acc = score(backend, artifact, directory)
+                    lowered = load(checkpoint=out / "equalized").model if record else reference.model
+                    scheme = TARGETS.get(backend).int8_scheme(request)
+                    assert scheme is not None
+                    with torch.no_grad():
+                        simulated = simulate(lowered, scheme, calibration)(torch.from_numpy(bundle["inputs"]))
+                    sim_db = sqnr_db(bundle["reference_logits"], simulated.numpy())
+                    alpha = None if record is None else record["alpha"]
+                    rows.append(
+                        {
+                            "model": model,
+                            "backend": label,
+                            "equalize": mode,
+                            "alpha": alpha,
+                            **figures(acc),
+                            "simulated_sqnr_db": round(sim_db, 1),
+                            "seconds": round(seconds, 1),
+                        }
+                    )
+                    print(
+                        f"{model:16s} {label:34s} equalize {mode:4s} (alpha {alpha}) drop {acc.top1_drop:+5.2f} "
+                        f"SQNR {acc.sqnr_db:5.1f} dB, simulated {sim_db:5.1f} dB ({seconds:.0f} s)",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+    return rows
+
+
+def print_equalization(rows: list[dict[str, Any]]) -> None:
+    print(
+        "| model | backend | equalize | alpha | top-1 drop | agreement | logit SQNR dB | simulated SQNR dB |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['model']} | {r['backend']} | {r['equalize']} | {r['alpha']} | {r['top1_drop']:+.2f} | "
+            f"{r['agreement']:.4f} | {r['sqnr_db']:.1f} | {r['simulated_sqnr_db']:.1f} |"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="digits,shapes")
+    parser.add_argument("--rows", default="calibration", help="calibration,equalization")
     parser.add_argument("--out", type=Path, default=None, help="scratch directory (default: a temporary one)")
     args = parser.parse_args()
     models = [m for m in args.models.split(",") if m]
+    kinds = [k for k in args.rows.split(",") if k]
+    rows: list[dict[str, Any]] = []
+    equalization: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="edgevit-bench-calib-") as tmp:
         work = args.out or Path(tmp)
-        rows = run(models, work)
+        if "calibration" in kinds:
+            rows = run(models, work)
+        if "equalization" in kinds:
+            equalization = run_equalization(models, work)
+    if equalization:
+        print_equalization(equalization)
+    if not rows:
+        print(json.dumps({"bench": "calibration", "rows": rows, "equalization": equalization}))
+        return
     print("| model | backend | setting | top-1 drop | agreement | logit SQNR dB |")
     print("|---|---|---|---|---|---|")
     for r in rows:
@@ -126,7 +234,7 @@ def main() -> None:
             f"| {r['model']} | {r['backend']} | {r['setting']} | {r['top1_drop']:+.2f} | "
             f"{r['agreement']:.4f} | {r['sqnr_db']:.1f} |"
         )
-    print(json.dumps({"bench": "calibration", "rows": rows}))
+    print(json.dumps({"bench": "calibration", "rows": rows, "equalization": equalization}))
 
 
 if __name__ == "__main__":

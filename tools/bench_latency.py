@@ -72,7 +72,9 @@ def time_backend(
         artifacts[precision] = target.lower(request, out)
         lowered_s[precision] = time.perf_counter() - t0
         size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-        print(f"{target.name} {precision}: lowered in {lowered_s[precision]:.0f} s", file=sys.stderr, flush=True)
+        print(
+            f"{target.name} {precision}: lowered in {lowered_s[precision]:.0f} s", file=sys.stderr, flush=True
+        )
         lowered_s[f"{precision}_size_mb"] = round(size / 1e6, 1)
     sample = calib[:1]
     runners = {p: target.runner(a, args.threads, cfg.input_size) for p, a in artifacts.items()}
@@ -113,7 +115,9 @@ def main() -> int:
         onnx_path = export_onnx(model, cfg.input_size, work / "model.onnx")
         checkpoint = work / "checkpoint"  # for backends that convert from torch (tflite)
         save(model, cfg, checkpoint)
-        print(f"exported {args.model} ms_scales={scales} in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        print(
+            f"exported {args.model} ms_scales={scales} in {time.perf_counter() - t0:.0f} s", file=sys.stderr
+        )
         for backend in args.backends.split(","):
             target = TARGETS.get(backend)
             reason = untimeable(target)
@@ -131,7 +135,9 @@ def main() -> int:
             for precision in PRECISIONS:
                 figures[f"{backend}_{precision}_p50_ms"] = round(lat[precision].p50, 2)
                 figures[f"{backend}_{precision}_p90_ms"] = round(lat[precision].pooled_p90, 2)
-                figures[f"{backend}_{precision}_round_p50s_ms"] = [round(v, 2) for v in lat[precision].round_p50s]
+                figures[f"{backend}_{precision}_round_p50s_ms"] = [
+                    round(v, 2) for v in lat[precision].round_p50s
+                ]
                 figures[f"{backend}_{precision}_size_mb"] = timed["sizes"][precision]
             ratio = lat["int8"].p50 / lat["fp32"].p50
             figures[f"{backend}_int8_over_fp32"] = round(ratio, 3)

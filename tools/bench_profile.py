@@ -43,12 +43,18 @@ def main() -> int:
                 p50s.setdefault((r["target"], device), []).append(r["latency_ms"]["p50"])
                 shapes.add(json.dumps(sorted(r.keys())))
     targets = sorted({t for t, _ in p50s})
-    print(f"{args.rounds} alternating rounds x {args.runs} runs, {args.threads} thread(s); median of round p50s")
+    print(
+        f"{args.rounds} alternating rounds x {args.runs} runs, {args.threads} thread(s); median of round p50s"
+    )
     print(f"{'target':<14} {'local p50 ms':>13} {'device p50 ms':>14} {'device/local':>13}")
     rows = {}
     for t in targets:
         local, dev = float(np.median(p50s[(t, "local")])), float(np.median(p50s[(t, args.device)]))
-        rows[t] = {"local_p50_ms": round(local, 4), "device_p50_ms": round(dev, 4), "ratio": round(dev / local, 3)}
+        rows[t] = {
+            "local_p50_ms": round(local, 4),
+            "device_p50_ms": round(dev, 4),
+            "ratio": round(dev / local, 3),
+        }
         print(f"{t:<14} {local:>13.3f} {dev:>14.3f} {dev / local:>13.3f}")
     per_round = {d: round(w / args.rounds, 2) for d, w in wall.items()}
     print(f"wall time per round: local {per_round['local']} s, device {per_round[args.device]} s")

@@ -4,20 +4,27 @@ peers' default tools make, so that both are measured side by side in one run."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import yaml
 
 from edgevit.check.accuracy import AccuracyResult, compare
 
+if TYPE_CHECKING:
+    from edgevit.targets.base import LowerRequest
 
-def float_build(recipe_file: Path, work: Path, name: str) -> Path:
-    """Build ``recipe_file`` with only its quantize stage and one fp32 target into ``work/name``:
-    the float export, calibration set and evaluation bundle a benchmark quantizes and scores with."""
+
+def float_build(recipe_file: Path, work: Path, name: str, checkpoint: Path | None = None) -> Path:
+    """Build ``recipe_file`` (its model, or ``checkpoint``) with only its quantize stage and one fp32
+    target into ``work/name``: the float export, calibration set and evaluation bundle a benchmark
+    quantizes and scores with."""
     from edgevit.pipeline import build
 
     doc = yaml.safe_load(recipe_file.read_text())
     doc["name"] = f"bench-{name}"
+    if checkpoint is not None:
+        doc["model"] = {"checkpoint": str(checkpoint)}
     doc["stages"] = [{"stage": "quantize"}]
     doc["targets"] = [{"name": "ort-fp32", "backend": "onnxruntime", "precision": "fp32"}]
     doc["check"] = {"runs": 3, "warmup": 1}
@@ -45,3 +52,47 @@ def figures(acc: AccuracyResult) -> dict[str, float]:
         "agreement": round(acc.agreement, 4),
         "sqnr_db": round(acc.sqnr_db, 1),
     }
+
+
+OUTLIERS = "+outliers"  # the suffix of a model's function-preserving outlier variant
+
+
+def outlier_build(recipe_file: Path, work: Path, name: str) -> Path:
+    """:func:`float_build` of ``name``'s function-preserving outlier variant (``edgevit.quant.
+    outliers.add_outliers``: 2 LayerNorm-output channels per Linear input scaled x30-x60) into
+    ``work/<name>+outliers``; the plain build ``work/<name>`` is made first if missing."""
+    from edgevit.models.load import load, save
+    from edgevit.quant.outliers import add_outliers
+
+    plain = work / name
+    if not (plain / "reference").is_dir():
+        float_build(recipe_file, work, name)
+    loaded = load(checkpoint=plain / "reference")
+    add_outliers(loaded.model, channels=2, low=30.0, high=60.0, seed=0)
+    checkpoint = work / f"{name}{OUTLIERS}-checkpoint"
+    checkpoint.mkdir(parents=True, exist_ok=True)
+    save(loaded.model, loaded.config, checkpoint)
+    return float_build(recipe_file, work, f"{name}{OUTLIERS}", checkpoint)
+
+
+def edgevit_int8(backend: str, request: LowerRequest, out: Path) -> tuple[Path, dict[str, Any] | None]:
+    """What a build makes for an INT8 ``request`` on ``backend`` at its quantize stage's settings:
+    equalized first (``equalize: auto``, where the grid is modelled), then lowered into ``out``.
+    Returns the artifact and the equalization record (None: not equalized)."""
+    from dataclasses import replace
+
+    from edgevit.models.load import load
+    from edgevit.stages.equalize import run_equalize, scheme_for
+    from edgevit.targets import TARGETS
+
+    q = request.quantize
+    scheme = scheme_for(backend, request)
+    record = None
+    if q is not None and q.equalize == "auto" and scheme is not None and request.checkpoint is not None:
+        assert request.calibration is not None
+        loaded = load(checkpoint=request.checkpoint)
+        eq_dir = out / "equalized"
+        eq_dir.mkdir(parents=True, exist_ok=True)
+        record = run_equalize(loaded.model, loaded.config, scheme, q, request.calibration, eq_dir)
+        request = replace(request, onnx_path=eq_dir / "model.onnx", checkpoint=eq_dir)
+    return TARGETS.get(backend).lower(request, out), record

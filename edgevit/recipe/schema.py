@@ -213,11 +213,12 @@ class QuantizeStage(Strict):
         description="layers (module paths, e.g. blocks.3.attn.proj) kept float in every int8 target",
     )
     equalize: Literal["off", "auto"] = Field(
-        default="off",
+        default="auto",
         description=(
             "auto: fold SmoothQuant-style scales into the float model before export (LayerNorm -> "
-            "qkv/fc1/head, v -> proj), strength chosen per target with the INT8 simulator on the "
-            "calibration images (off when that measures best); onnxruntime and tensorrt targets so far"
+            "qkv/fc1/head, v -> proj), strength chosen per INT8 grid with the INT8 simulator on the "
+            "calibration images (none when that measures best); every backend whose static INT8 grid "
+            "edgevit.quant models (Linear scope). off: export the model as it is"
         ),
     )
     accuracy_budget: AccuracyBudget | None = Field(
