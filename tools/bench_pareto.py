@@ -10,7 +10,9 @@ images and run by the same runners:
                prune + distill stages first; accuracy on digits, latency on the pruned ViT-Plus-base)
 
 Accuracy: top-1 drop and logit SQNR against the float model, on the digits default and on the
-harder shapes model (their recipes' calibration and evaluation sets). Latency: p50 at batch 1 of
+harder shapes model (their recipes' calibration and evaluation sets), and on their
+function-preserving outlier variants (``+outliers``: 2 LayerNorm-output channels per Linear input
+scaled x30-x60, as trained ViTs have them; edgevit.bench.outlier_build). Latency: p50 at batch 1 of
 ViT-Plus-base at 224 (random weights; latency does not depend on them), as a ratio to the
 backend's FP32, timed in interleaved rounds so drift hits all variants alike.
 
@@ -36,7 +38,7 @@ import numpy as np
 import torch
 import yaml
 
-from edgevit.bench import figures, float_build, peers, score
+from edgevit.bench import OUTLIERS, edgevit_int8, figures, float_build, outlier_build, peers, score
 from edgevit.check.latency import interleaved
 from edgevit.hostinfo import host_facts
 from edgevit.models.load import config_for, create, load, save
@@ -49,6 +51,7 @@ from edgevit.targets import TARGETS
 from edgevit.targets.base import LowerRequest
 
 MODELS = {"digits": "digits-ort-int8.yaml", "shapes": "shapes-int8-budget.yaml"}
+ACCURACY_MODELS = ("digits", "shapes", "digits" + OUTLIERS, "shapes" + OUTLIERS)
 EDGEVIT, PRUNED = "edgevit", "edgevit+prune+kd"
 TIES = {"top1_drop": 0.01, "sqnr_db": 0.1, "latency_ratio": 0.03}  # absolute, absolute, relative
 
@@ -67,17 +70,18 @@ def _variants(
     calibration: np.ndarray,
     out: Path,
     failed: dict[str, str],
+    equalize: bool = True,
 ) -> dict[str, Path]:
-    """edgevit's INT8 and each peer's for one backend, from one float model; a peer that fails
-    is recorded in ``failed`` (it then has no figures, and cannot dominate)."""
+    """edgevit's INT8 (as a build makes it: equalized where its grid is modelled) and each peer's
+    for one backend, from one float model; a peer that fails is recorded in ``failed`` (it then
+    has no figures, and cannot dominate). ``equalize=False`` for latency: equalization only
+    changes weight values, never the graph."""
     config = load(checkpoint=checkpoint).config
-    target = TARGETS.get(backend)
     made: dict[str, Path] = {}
     (out / EDGEVIT).mkdir(parents=True, exist_ok=True)
-    request = LowerRequest(
-        onnx_path, "int8", config, {}, QuantizeStage(stage="quantize"), calibration, checkpoint=checkpoint
-    )
-    made[EDGEVIT] = target.lower(request, out / EDGEVIT)
+    stage = QuantizeStage(stage="quantize", equalize="auto" if equalize else "off")
+    request = LowerRequest(onnx_path, "int8", config, {}, stage, calibration, checkpoint=checkpoint)
+    made[EDGEVIT] = edgevit_int8(backend, request, out / EDGEVIT)[0]
     for name, (fn, start) in peers.PEERS[backend].items():
         (out / name).mkdir(parents=True, exist_ok=True)
         source = onnx_path if start == "onnx" else _float_tflite(onnx_path, checkpoint, out / "float")
@@ -98,10 +102,13 @@ def _variants(
 def accuracy(
     backends: list[str], work: Path, failed: dict[str, str]
 ) -> dict[tuple[str, str, str], dict[str, float]]:
-    """{(model, backend, variant): top1_drop, sqnr_db, agreement} on the digits and shapes models."""
+    """{(model, backend, variant): top1_drop, sqnr_db, agreement} on the digits and shapes models
+    and their function-preserving outlier variants."""
     found: dict[tuple[str, str, str], dict[str, float]] = {}
-    for model, recipe in MODELS.items():
-        directory = float_build(recipes_dir() / recipe, work / "accuracy", model)
+    for model in ACCURACY_MODELS:
+        recipe = recipes_dir() / MODELS[model.removesuffix(OUTLIERS)]
+        make = outlier_build if model.endswith(OUTLIERS) else float_build
+        directory = make(recipe, work / "accuracy", model.removesuffix(OUTLIERS))
         calibration = np.load(directory / "stages" / "quantize" / "calibration.npy")
         for backend in backends:
             made = _variants(
@@ -192,7 +199,7 @@ def latency(
             LowerRequest(onnx_path, "fp32", config, {}, None, None, checkpoint=checkpoint),
             root / backend / "fp32",
         )
-        made = _variants(backend, onnx_path, checkpoint, calibration, root / backend, failed)
+        made = _variants(backend, onnx_path, checkpoint, calibration, root / backend, failed, equalize=False)
         artifacts = {"fp32": fp32, **made}
         pruned_onnx, pruned_ckpt = exported["pruned"]
         (root / backend / PRUNED).mkdir(parents=True, exist_ok=True)
@@ -301,17 +308,18 @@ def main() -> int:
     _plot(rows, args.plot)
 
     print(f"\nINT8 vs FP32, batch 1, {args.threads} threads; accuracy against each float model")
-    print(
-        "| backend | variant | digits drop | digits SQNR dB | shapes drop | shapes SQNR dB | p50 ms | p50 / FP32 "
-        "| dominates edgevit |"
+    columns = [f"{m}:{k}" for m in ACCURACY_MODELS for k in ("top1_drop", "sqnr_db")]
+    heads = " | ".join(
+        f"{m} {'drop' if k == 'top1_drop' else 'SQNR dB'}" for m, k in (c.split(":") for c in columns)
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(f"| backend | variant | {heads} | p50 ms | p50 / FP32 | dominates edgevit |")
+    print("|---|---|" + "---|" * (len(columns) + 3))
     for backend, variants in rows.items():
-        print(f"| {backend} | fp32 |  |  |  |  | {p50[backend, 'fp32']:.1f} | 1.000 |  |")
+        fp32 = p50.get((backend, "fp32"))
+        blanks = " | " * len(columns)
+        print(f"| {backend} | fp32 |{blanks}{'—' if fp32 is None else f'{fp32:.1f}'} | 1.000 |  |")
         for variant, f in variants.items():
-            cells = [
-                f.get(k) for k in ("digits:top1_drop", "digits:sqnr_db", "shapes:top1_drop", "shapes:sqnr_db")
-            ]
+            cells = [f.get(k) for k in columns]
             text = ["—" if c is None else f"{c:g}" for c in cells]
             verdict = verdicts.get(backend, {}).get(variant)
             flag = "" if verdict is None else ("**yes**" if verdict["dominated"] else "no")

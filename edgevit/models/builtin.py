@@ -26,6 +26,12 @@ BUILTINS: dict[str, TrainConfig] = {
     ),
 }
 
+# Function-preserving outlier variants of the builtin models (edgevit.quant.outliers): per
+# LayerNorm feeding Linear layers, 2 output channels scaled x30-x60 and the consuming columns by
+# the inverse, as trained ViT-S/B models carry them. The same float function, hard for INT8.
+OUTLIER_VARIANTS: dict[str, str] = {"digits-outliers": "digits", "shapes-outliers": "shapes"}
+OUTLIERS_RECORD = "outliers.json"
+
 # How long a process waits for another one training the same builtin model (digits: ~2 min here).
 CACHE_WAIT_S = 3600.0
 
@@ -52,8 +58,11 @@ def resolve_builtin(
         def log(line: str) -> None:
             print(f"edgevit: {line}", file=sys.stderr, flush=True)
 
+    if name in OUTLIER_VARIANTS:
+        return _outlier_variant(name, resolve_builtin(OUTLIER_VARIANTS[name], progress, log), log)
     if name not in BUILTINS:
-        raise ModelLoadError(f"unknown builtin model {name!r}", f"use one of: {', '.join(sorted(BUILTINS))}")
+        names = sorted([*BUILTINS, *OUTLIER_VARIANTS])
+        raise ModelLoadError(f"unknown builtin model {name!r}", f"use one of: {', '.join(names)}")
     out = builtin_dir(name)
     if (out / LOG_FILE).is_file() and (out / "model.safetensors").is_file():
         return out
@@ -74,4 +83,27 @@ def resolve_builtin(
             result = train(BUILTINS[name], out, progress=progress)
             summary = {k: result[k] for k in ("val_top1", "test_top1", "seconds_this_run")}
             log(f"trained builtin:{name}: {json.dumps(summary)}")
+    return out
+
+
+def _outlier_variant(name: str, base: Path, log: Callable[[str], None]) -> Path:
+    """The cached outlier variant ``name`` of the builtin checkpoint ``base`` (made once)."""
+    out = base.parent / f"{name}-{base.name.rsplit('-', 1)[-1]}"
+    if (out / OUTLIERS_RECORD).is_file():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(
+        out.parent / f".{out.name}.lock", f"the model cache entry builtin:{name} ({out})", CACHE_WAIT_S, log
+    )
+    with lock:
+        if not (out / OUTLIERS_RECORD).is_file():
+            from edgevit.fileio import atomic_write_json
+            from edgevit.models.load import load, save
+            from edgevit.quant.outliers import add_outliers
+
+            loaded = load(checkpoint=base)
+            applied = add_outliers(loaded.model, channels=2, low=30.0, high=60.0, seed=0)
+            save(loaded.model, loaded.config, out)
+            atomic_write_json(out / OUTLIERS_RECORD, {"base": base.name, "channels": applied})
+            log(f"made builtin:{name} from {base.name} (function-preserving activation outliers)")
     return out

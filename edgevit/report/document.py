@@ -182,11 +182,36 @@ def render_markdown(doc: dict[str, Any]) -> str:
                 f"({len(f['tried'])} candidate build(s){left})"
             )
             sens = f.get("sensitivity") or []
+            how = {"simulated": "in the INT8 simulator, no build", "measured": "one build per layer"}
             if sens and "gain_db" in sens[0]:
+                note = f"; {f['ranking_note']}" if f.get("ranking_note") else ""
                 lines.append(
-                    "  - most sensitive (logit SQNR gained on calibration images with only that layer "
-                    "float): " + ", ".join(f"`{x['layer']}` {x['gain_db']:+.1f} dB" for x in sens[:5])
+                    f"  - most sensitive (logit SQNR gained on calibration images with only that layer "
+                    f"float; ranked {how.get(f.get('ranking', ''), f.get('ranking'))} in "
+                    f"{f.get('ranking_seconds', '?')} s{note}): "
+                    + ", ".join(f"`{x['layer']}` {x['gain_db']:+.1f} dB" for x in sens[:5])
                 )
+    equalized = [t for t in doc["targets"] if t.get("equalization")]
+    if equalized:
+        lines += [
+            "",
+            "Equalization (quantize.equalize: auto; folded into the float model before export):",
+            "",
+        ]
+        for t in equalized:
+            e = t["equalization"]
+            if e.get("alpha") is None:
+                why = e.get("reason") or "none measured best in the simulator"
+                lines.append(f"- **{t['name']}**: not applied ({why})")
+                continue
+            scales = [p for p in e.get("pairs", [])]
+            lo = min((p["scale_min"] for p in scales), default=1.0)
+            hi = max((p["scale_max"] for p in scales), default=1.0)
+            lines.append(
+                f"- **{t['name']}**: alpha {e['alpha']:g} on the {e['scheme']['backend']} grid, {len(scales)} "
+                f"producer/consumer pairs, scales {lo:.3g}–{hi:.3g}; simulated logit SQNR by alpha: "
+                + ", ".join(f"{k} {v:.1f} dB" for k, v in e.get("simulated_sqnr_db", {}).items())
+            )
     failing = {g["target"] for g in doc["gates"] if not g["passed"]}
     compared = [t for t in doc["targets"] if (t.get("layerwise") or {}).get("layers")]
     if compared:
