@@ -37,7 +37,8 @@ class Int8Scheme:
     @property
     def tag(self) -> str:
         """A short name for the grid, e.g. ``onnxruntime-w8`` (targets with the same grid share it)."""
-        return f"{self.backend}-w{self.weight_bits}{'' if self.per_channel else '-per-tensor'}"
+        smooth = "" if self.smooth_alpha is None else f"-sq{self.smooth_alpha:g}"
+        return f"{self.backend}-w{self.weight_bits}{'' if self.per_channel else '-per-tensor'}{smooth}"
 
     @property
     def weight_qmax(self) -> int:
