@@ -131,7 +131,9 @@ EQUALIZED: list[tuple[str, dict[str, Any], dict[str, Any], str]] = [
 ]
 
 
-def run_equalization(models: list[str], work: Path) -> list[dict[str, Any]]:
+def run_equalization(
+    models: list[str], work: Path, backends: list[str] | None = None
+) -> list[dict[str, Any]]:
     """The equalization rows (see the module): artifact and simulator per backend, off and auto."""
     from edgevit.quant.simulate import simulate
 
@@ -148,7 +150,9 @@ def run_equalization(models: list[str], work: Path) -> list[dict[str, Any]]:
             bundle = np.load(directory / "eval" / "bundle.npz")
             reference = load(checkpoint=directory / "reference")
             for i, (backend, options, settings, label) in enumerate(EQUALIZED):
-                if not TARGETS.get(backend).availability().available:
+                if not TARGETS.get(backend).availability().available or (
+                    backends and backend not in backends
+                ):
                     continue
                 for mode in ("off", "auto"):
                     stage = QuantizeStage(stage="quantize", equalize=mode, **settings)
@@ -210,6 +214,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="digits,shapes")
     parser.add_argument("--rows", default="calibration", help="calibration,equalization")
+    parser.add_argument(
+        "--backends", default="", help="equalization rows: only these backends (default: all)"
+    )
     parser.add_argument("--out", type=Path, default=None, help="scratch directory (default: a temporary one)")
     args = parser.parse_args()
     models = [m for m in args.models.split(",") if m]
@@ -221,7 +228,7 @@ def main() -> None:
         if "calibration" in kinds:
             rows = run(models, work)
         if "equalization" in kinds:
-            equalization = run_equalization(models, work)
+            equalization = run_equalization(models, work, [b for b in args.backends.split(",") if b])
     if equalization:
         print_equalization(equalization)
     if not rows:

@@ -11,7 +11,7 @@ images and run by the same runners:
 
 Accuracy: top-1 drop and logit SQNR against the float model, on the digits default and on the
 harder shapes model (their recipes' calibration and evaluation sets), and on their
-function-preserving outlier variants (``+outliers``: 2 LayerNorm-output channels per Linear input
+function-preserving outlier variants (``-outliers``: 2 LayerNorm-output channels per Linear input
 scaled x30-x60, as trained ViTs have them; edgevit.bench.outlier_build). Latency: p50 at batch 1 of
 ViT-Plus-base at 224 (random weights; latency does not depend on them), as a ratio to the
 backend's FP32, timed in interleaved rounds so drift hits all variants alike.

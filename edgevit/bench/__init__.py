@@ -54,13 +54,13 @@ def figures(acc: AccuracyResult) -> dict[str, float]:
     }
 
 
-OUTLIERS = "+outliers"  # the suffix of a model's function-preserving outlier variant
+OUTLIERS = "-outliers"  # the suffix of a model's function-preserving outlier variant
 
 
 def outlier_build(recipe_file: Path, work: Path, name: str) -> Path:
     """:func:`float_build` of ``name``'s function-preserving outlier variant (``edgevit.quant.
     outliers.add_outliers``: 2 LayerNorm-output channels per Linear input scaled x30-x60) into
-    ``work/<name>+outliers``; the plain build ``work/<name>`` is made first if missing."""
+    ``work/<name>-outliers``; the plain build ``work/<name>`` is made first if missing."""
     from edgevit.models.load import load, save
     from edgevit.quant.outliers import add_outliers
 

@@ -28,9 +28,10 @@ from edgevit.quant.scheme import Int8Scheme
 from edgevit.quant.simulate import channel_absmax, simulate
 
 BATCH = 64  # images per forward pass while choosing a strength: memory stays bounded
-# An alpha must beat no equalization by this much (simulated logit SQNR on the calibration images):
-# on digits, OpenVINO's 0.9 won by less there and lost 0.5 dB on the test images.
-MARGIN_DB = 0.5
+# An alpha must beat no equalization by this much (simulated logit SQNR on the calibration images,
+# which also set the ranges, so small wins there are optimistic): on digits, OpenVINO's 0.9 won by
+# 0.55 dB there and lost 0.5 dB on the test images. On outlier models the wins are ~20 dB.
+MARGIN_DB = 1.0
 
 
 @dataclass(frozen=True)
