@@ -241,7 +241,9 @@ def simulation(
                 if not active(n):
                     return None
                 pre = _pre_bias(m, out, scheme.output_after_bias)
-                return out - pre + scheme.quantize_activation(pre, lo, hi)
+                if pre is out:
+                    return scheme.quantize_activation(out, lo, hi)
+                return scheme.quantize_activation(pre, lo, hi).add_(out - pre)  # the bias, after Q/DQ
 
             module.register_forward_hook(quantize_output)
     result = Simulation(sim, layers, quantized)

@@ -119,3 +119,14 @@ def test_tflite_grid_folds_the_block_norms_into_their_linears(tiny_checkpoint: P
         assert torch.allclose(folded(x), model(x), rtol=1e-4, atol=1e-4)
         norm = folded.get_submodule(names[0])
         assert torch.equal(norm.weight, torch.ones_like(norm.weight))
+
+
+def test_fast_fake_quantization_equals_torchs_reference_op() -> None:
+    from edgevit.quant.scheme import fake_quantize
+
+    x = torch.randn(4, 17, 64) * 5  # past every range below: clipping included
+    for scale, zero, qmin, qmax in ((4 / 255, 100, 0, 255), (3 / 127, 0, -127, 127), (0.5, 0, -128, 127)):
+        expected = torch.fake_quantize_per_tensor_affine(x, scale, zero, qmin, qmax)
+        assert torch.equal(fake_quantize(x, scale, zero, qmin, qmax), expected), (scale, zero, qmin)
+    grad = x.clone().requires_grad_()  # the differentiable path (quantization-aware training)
+    assert fake_quantize(grad, 0.1, 0, -127, 127).requires_grad
