@@ -88,25 +88,21 @@ def simulated(
     the work on average."""
     sim = simulation(model, scheme, calibration, patch_embed, float_layers)
     reference = logits_of(model.eval(), images, BATCH)
-    blocks = getattr(sim.model, "blocks", None)
-    stepwise = isinstance(blocks, nn.Sequential | nn.ModuleList)
+    found_blocks = getattr(sim.model, "blocks", None)
+    blocks = list(found_blocks) if isinstance(found_blocks, nn.Sequential | nn.ModuleList) else []
     quantized: list[np.ndarray] = []
     floated: dict[str, list[np.ndarray]] = {name: [] for name in sim.layers}
     for start in range(0, len(images), batch):
         x = torch.from_numpy(images[start : start + batch])
         inputs: list[torch.Tensor] = []
-        handles = (
-            [b.register_forward_pre_hook(lambda _m, a, keep=inputs: keep.append(a[0])) for b in blocks]
-            if stepwise and blocks is not None
-            else []
-        )
+        handles = [b.register_forward_pre_hook(lambda _m, a, keep=inputs: keep.append(a[0])) for b in blocks]
         try:
             quantized.append(sim.model(x).numpy())
         finally:
             for h in handles:
                 h.remove()
         for name in sim.layers:
-            block = _block_of(name) if len(inputs) == len(blocks or ()) else None
+            block = _block_of(name) if len(inputs) == len(blocks) else None  # each block ran once
             with sim.floating([name]) as m:
                 out = m(x) if not block else _from_block(m, block, inputs[block], x)
             floated[name].append(out.numpy())
