@@ -28,6 +28,7 @@ from edgevit.models.config import ModelConfig
 from edgevit.models.load import LoadedModel, load, logits_of, save
 from edgevit.models.profile import count_macs, count_params
 from edgevit.quant.sensitivity import Ranking
+from edgevit.quant.simulate import Scope
 from edgevit.recipe.loader import load_recipe
 from edgevit.recipe.schema import DistillStage, PruneStage, Recipe, TargetSpec
 from edgevit.report.document import Report, render_markdown
@@ -608,9 +609,7 @@ class Build:
             scheme = scheme_for(spec.backend, request)
             if scheme is not None and request.checkpoint is not None and request.calibration is not None:
                 model = load(checkpoint=request.checkpoint).model
-                return sensitivity.simulated(
-                    model, scheme, request.calibration, images, q.patch_embed, q.float_layers
-                )
+                return sensitivity.simulated(model, scheme, request.calibration, images, Scope.of(q))
             method, note = "measured", f"the INT8 simulator does not model {spec.backend} with this scope"
         if artifact.suffix in layerwise.COMPARABLE_SUFFIXES:
             ranked = layerwise.summary(

@@ -54,6 +54,15 @@ def split_heads(
     return groups
 
 
+class MatMul(nn.Module):
+    """``a @ b`` as a module without parameters, so that the INT8 simulator (``edgevit.quant``) can
+    quantize the attention matmuls' inputs and outputs with hooks; it exports as a plain MatMul."""
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """The matrix product."""
+        return a @ b
+
+
 class MultiScaleAttention(nn.Module):
     """Multi-head self-attention whose head groups see keys/values pooled at several scales.
 
@@ -102,6 +111,9 @@ class MultiScaleAttention(nn.Module):
         self.norm = norm_layer(self.attn_dim, **dd) if scale_norm and norm_layer else nn.Identity()
         self.proj = nn.Linear(self.attn_dim, dim, bias=proj_bias, **dd)
         self.proj_drop = nn.Dropout(proj_drop)
+        # one pair per head group: each is its own MatMul node, with its own INT8 ranges
+        self.qk = nn.ModuleList(MatMul() for _ in self.groups)
+        self.av = nn.ModuleList(MatMul() for _ in self.groups)
 
     @property
     def scales(self) -> tuple[int, ...]:
@@ -139,12 +151,12 @@ class MultiScaleAttention(nn.Module):
         q, k = self.q_norm(q), self.k_norm(k)
         q = q * self.scale
         outs = []
-        for start, count, factor in self.groups:
+        for (start, count, factor), qk, av in zip(self.groups, self.qk, self.av, strict=True):
             qg, kg, vg = (t[:, start : start + count] for t in (q, k, v))
             if factor > 1:
                 kg, vg = self._pool(kg, factor), self._pool(vg, factor)
-            attn = self.attn_drop((qg @ kg.transpose(-2, -1)).softmax(dim=-1))
-            outs.append(attn @ vg)
+            attn = self.attn_drop(qk(qg, kg.transpose(-2, -1)).softmax(dim=-1))
+            outs.append(av(attn, vg))
         out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
         out = out.transpose(1, 2).reshape(b, n, self.attn_dim)
         return self.proj_drop(self.proj(self.norm(out)))

@@ -14,7 +14,6 @@ gets it.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,7 +24,7 @@ from edgevit.check.layerwise import sqnr_db
 from edgevit.models.load import logits_of
 from edgevit.quant.outliers import outlier_pairs
 from edgevit.quant.scheme import Int8Scheme
-from edgevit.quant.simulate import channel_absmax, simulate
+from edgevit.quant.simulate import LINEAR, Scope, channel_absmax, simulate
 
 BATCH = 64  # images per forward pass while choosing a strength: memory stays bounded
 # An alpha must beat no equalization by this much (simulated logit SQNR on the calibration images,
@@ -122,18 +121,16 @@ def choose_alpha(
     scheme: Int8Scheme,
     calibration: np.ndarray,
     alphas: tuple[float, ...] = (0.5, 0.75, 0.9),
-    patch_embed: bool = False,
-    float_layers: Iterable[str] = (),
+    scope: Scope = LINEAR,
 ) -> AlphaChoice:
     """The strength (or none) whose simulated INT8 model is closest to the float one on the
     calibration images, none unless a strength wins by ``MARGIN_DB``: what SmoothQuant's alpha
     sweep does, without a build per candidate.
-    ``patch_embed`` and ``float_layers``: the target's scope, as in the recipe."""
-    keep = list(float_layers)
+    ``scope``: the target's, as in the recipe."""
     reference = logits_of(model.eval(), calibration, BATCH)
 
     def score(candidate: nn.Module) -> float:
-        simulated = simulate(candidate, scheme, calibration, patch_embed, keep)
+        simulated = simulate(candidate, scheme, calibration, scope)
         return sqnr_db(reference, logits_of(simulated, calibration, BATCH))
 
     scores = {"off": score(model)}

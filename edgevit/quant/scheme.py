@@ -11,7 +11,8 @@ activation grid: ONNX Runtime and OpenVINO use asymmetric UINT8 (the range stret
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Literal
 
 import torch
 
@@ -34,6 +35,12 @@ class Int8Scheme:
     folds_norms: bool = False
     # NNCF's SmoothQuant on every MatMul input it quantizes, at this strength (OpenVINO).
     smooth_alpha: float | None = None
+    # What ``matmul_scope: all`` quantizes of the attention matmuls (q@kᵀ, attn@v): "all" both
+    # inputs of both (and their outputs with ``quantize_outputs``); "fused" OpenVINO's fused
+    # ScaledDotProductAttention: q, and k where it is not pooled, on symmetric INT8 grids (NNCF's
+    # rule for its inputs, read from the artifacts' FakeQuantize ranges); "none" nothing (coremltools
+    # quantizes the activations of conv, linear, pooling and add only).
+    attention: Literal["all", "fused", "none"] = "all"
 
     @property
     def tag(self) -> str:
@@ -58,6 +65,12 @@ class Int8Scheme:
         if scale == 0:
             return torch.zeros_like(x)
         return fake_quantize(x, scale, round(-lo / scale), 0, 255)
+
+    def quantize_attention_input(self, x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+        """``x``, an input of an attention matmul, fake-quantized as this backend does it."""
+        if self.attention == "fused":
+            return replace(self, activation_symmetric=True).quantize_activation(x, lo, hi)
+        return self.quantize_activation(x, lo, hi)
 
     def quantize_weight(self, w: torch.Tensor) -> torch.Tensor:
         """``w`` (output channels first) fake-quantized symmetrically, per channel or per tensor."""
@@ -95,13 +108,16 @@ def openvino_scheme(
 ) -> Int8Scheme:
     """NNCF's transformer preset: asymmetric UINT8 at the MatMul inputs only (outputs stay float),
     symmetric weights (7-bit with its overflow fix), SmoothQuant at ``smooth_alpha`` (None: off)."""
-    return Int8Scheme("openvino", False, 7 if seven_bit else 8, per_channel, smooth_alpha=smooth_alpha)
+    return Int8Scheme(
+        "openvino", False, 7 if seven_bit else 8, per_channel, smooth_alpha=smooth_alpha, attention="fused"
+    )
 
 
 def tflite_scheme(per_channel: bool = True) -> Int8Scheme:
     """ai-edge-quantizer's static INT8 (``static_wi8_ai8``): asymmetric INT8 activations at each
     FULLY_CONNECTED's input and output (after its bias), symmetric per-channel INT8 weights, on a
-    graph whose LayerNorm affines the converter folded into the next Linear."""
+    graph whose LayerNorm affines the converter folded into the next Linear; the attention matmuls
+    (BATCH_MATMUL) like the Linear layers when in scope."""
     return Int8Scheme(
         "tflite", False, 8, per_channel, quantize_outputs=True, output_after_bias=True, folds_norms=True
     )
@@ -111,7 +127,14 @@ def coreml_scheme(per_channel: bool = True) -> Int8Scheme:
     """coremltools W8A8: symmetric INT8 at each linear's input and output (after its bias; MIL's
     ``linear`` carries it) but the model's own output, symmetric per-channel INT8 weights."""
     return Int8Scheme(
-        "coreml", True, 8, per_channel, quantize_outputs=True, output_after_bias=True, head_output=False
+        "coreml",
+        True,
+        8,
+        per_channel,
+        quantize_outputs=True,
+        output_after_bias=True,
+        head_output=False,
+        attention="none",
     )
 
 

@@ -12,7 +12,7 @@ Three ways, from cheapest to dearest:
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +23,7 @@ from torch import nn
 from edgevit.check.layerwise import sqnr_db
 from edgevit.models.load import logits_of
 from edgevit.quant.scheme import Int8Scheme
-from edgevit.quant.simulate import simulation
+from edgevit.quant.simulate import LINEAR, Scope, simulation
 
 BATCH = 64
 
@@ -76,8 +76,7 @@ def simulated(
     scheme: Int8Scheme,
     calibration: np.ndarray,
     images: np.ndarray,
-    patch_embed: bool = False,
-    float_layers: Iterable[str] = (),
+    scope: Scope = LINEAR,
     batch: int = 32,
 ) -> Ranking:
     """Rank the layers ``scheme``'s INT8 quantizes in ``model`` (the float model the target
@@ -86,7 +85,7 @@ def simulated(
     Batch by batch, the all-INT8 run keeps each block's input; a layer inside block ``b`` is then
     scored by running from block ``b`` on (the blocks before it compute the same), which halves
     the work on average."""
-    sim = simulation(model, scheme, calibration, patch_embed, float_layers)
+    sim = simulation(model, scheme, calibration, scope)
     reference = logits_of(model.eval(), images, BATCH)
     found_blocks = getattr(sim.model, "blocks", None)
     blocks = list(found_blocks) if isinstance(found_blocks, nn.Sequential | nn.ModuleList) else []

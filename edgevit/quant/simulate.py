@@ -1,9 +1,9 @@
 """Fake quantization in torch of the layers a backend's INT8 artifact quantizes.
 
-``simulate(model, scheme, scope, calibration)`` returns a copy of ``model`` whose Linear layers in
-scope (and the patch-embedding Conv with ``patch_embed``) compute on fake-quantized inputs and
-weights: inputs on per-tensor grids calibrated by min/max over the calibration images, as the
-targets calibrate, weights per output channel. Layers named in ``float_layers`` stay float.
+``simulate(model, scheme, calibration, scope)`` returns a copy of ``model`` whose layers in
+``scope`` (Linear layers; the patch-embedding Conv and the attention matmuls when the recipe
+quantizes them) compute on fake-quantized inputs and weights: inputs on per-tensor grids calibrated
+by min/max over the calibration images, as the targets calibrate, weights per output channel.
 """
 
 from __future__ import annotations
@@ -11,26 +11,53 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from edgevit.models.vit_plus import MatMul
 from edgevit.quant.outliers import outlier_pairs
 from edgevit.quant.scheme import Int8Scheme
 
+if TYPE_CHECKING:
+    from edgevit.recipe.schema import QuantizeStage
 
-def in_scope(model: nn.Module, patch_embed: bool, float_layers: Iterable[str] = ()) -> list[str]:
-    """Module paths of the layers INT8 quantizes: every Linear (the MatMul/Gemm layers with weights)
-    and, with ``patch_embed``, the patch-embedding Conv; none of ``float_layers``."""
-    keep = set(float_layers)
-    return [
-        name
-        for name, module in model.named_modules()
-        if name not in keep
-        and (isinstance(module, nn.Linear) or (patch_embed and isinstance(module, nn.Conv2d)))
-    ]
+
+@dataclass(frozen=True)
+class Scope:
+    """The layers an INT8 artifact quantizes: every Linear (the MatMul/Gemm layers with weights),
+    with ``patch_embed`` the patch-embedding Conv, with ``matmuls`` the attention matmuls (q@kᵀ and
+    attn@v: ``matmul_scope: all``), none of ``float_layers``."""
+
+    patch_embed: bool = False
+    matmuls: bool = False
+    float_layers: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, stage: QuantizeStage) -> Scope:
+        """The scope a recipe's quantize stage sets."""
+        return cls(stage.patch_embed, stage.matmul_scope == "all", tuple(stage.float_layers))
+
+    def layers(self, model: nn.Module) -> list[str]:
+        """Module paths of the layers in scope, in model order."""
+        keep = set(self.float_layers)
+        return [
+            name
+            for name, module in model.named_modules()
+            if name not in keep
+            and (
+                isinstance(module, nn.Linear)
+                or (self.patch_embed and isinstance(module, nn.Conv2d))
+                or (self.matmuls and isinstance(module, MatMul))
+            )
+        ]
+
+
+LINEAR = Scope()  # the default: Linear layers only
 
 
 def _pre_bias(module: nn.Module, out: torch.Tensor, after_bias: bool = False) -> torch.Tensor:
@@ -43,31 +70,53 @@ def _pre_bias(module: nn.Module, out: torch.Tensor, after_bias: bool = False) ->
 
 
 Ranges = dict[str, tuple[float, float]]
-HEADS = ("head", "head_dist")
-EPS32 = float(torch.finfo(torch.float32).eps)  # the classifier layers, whose outputs are the model's
+InputRanges = dict[str, list[tuple[float, float]]]  # per quantized input: two for an attention matmul
+HEADS = ("head", "head_dist")  # the classifier layers, whose outputs are the model's
+EPS32 = float(torch.finfo(torch.float32).eps)
+
+
+def _inputs(module: nn.Module) -> int:
+    """How many of a layer's inputs are activations: both of a matmul's, a Linear's or Conv's one."""
+    return 2 if isinstance(module, MatMul) else 1
+
+
+def quantized_inputs(model: nn.Module, name: str, scheme: Int8Scheme) -> tuple[int, ...]:
+    """Which inputs of layer ``name`` ``scheme``'s artifact quantizes (see ``Int8Scheme.attention``)."""
+    if not isinstance(model.get_submodule(name), MatMul) or scheme.attention == "all":
+        return tuple(range(_inputs(model.get_submodule(name))))
+    parent, kind, index = name.rsplit(".", 2)
+    if scheme.attention == "none" or kind != "qk":
+        return ()
+    groups = getattr(model.get_submodule(parent), "groups", [])
+    return (0, 1) if groups[int(index)][2] == 1 else (0,)  # pooled keys reach it unquantized
 
 
 @torch.no_grad()
 def calibrate(
     model: nn.Module, layers: list[str], calibration: np.ndarray, after_bias: bool = False, batch: int = 64
-) -> tuple[Ranges, Ranges]:
-    """Global min and max of each layer's input and output (before the bias unless ``after_bias``,
+) -> tuple[InputRanges, Ranges]:
+    """Global min and max of each layer's inputs and output (before the bias unless ``after_bias``,
     see ``_pre_bias``) over the calibration images, on the float model: the targets' MinMax rule."""
-    inputs: Ranges = {}
+    inputs: InputRanges = {}
     outputs: Ranges = {}
 
-    def widen(ranges: Ranges, name: str, t: torch.Tensor) -> None:
+    def span(t: torch.Tensor, old: tuple[float, float] | None) -> tuple[float, float]:
         lo, hi = float(t.min()), float(t.max())
-        old = ranges.get(name)
-        ranges[name] = (lo, hi) if old is None else (min(old[0], lo), max(old[1], hi))
+        return (lo, hi) if old is None else (min(old[0], lo), max(old[1], hi))
+
+    def observe_inputs(module: nn.Module, args: tuple[torch.Tensor, ...], name: str) -> None:
+        old = inputs.get(name)
+        inputs[name] = [span(args[i], old[i] if old else None) for i in range(_inputs(module))]
 
     handles = []
     for name in layers:
         module = model.get_submodule(name)
-        handles.append(module.register_forward_pre_hook(lambda _m, a, n=name: widen(inputs, n, a[0])))
+        handles.append(module.register_forward_pre_hook(lambda m, a, n=name: observe_inputs(m, a, n)))
         handles.append(
             module.register_forward_hook(
-                lambda m, _a, o, n=name: widen(outputs, n, _pre_bias(m, o, after_bias))
+                lambda m, _a, o, n=name: outputs.__setitem__(
+                    n, span(_pre_bias(m, o, after_bias), outputs.get(n))
+                )
             )
         )
     run_calibration(model, calibration, handles, batch)
@@ -159,25 +208,105 @@ def smooth(model: nn.Module, layers: list[str], calibration: np.ndarray, alpha: 
         module.register_forward_pre_hook(lambda _m, args, inv=inverse: (args[0] * inv, *args[1:]))
 
 
-def _weight(model: nn.Module, name: str) -> torch.Tensor:
-    module = model.get_submodule(name)
-    assert isinstance(module, nn.Linear | nn.Conv2d)
-    return module.weight.data
+def _weight(model: nn.Module, name: str) -> torch.Tensor | None:
+    weight = getattr(model.get_submodule(name), "weight", None)
+    return weight.data if isinstance(weight, torch.Tensor) else None
+
+
+class _FakeQuantizedWeight(nn.Module):
+    """A weight parametrization for quantization-aware training: the weight on the INT8 grid in the
+    forward pass, its gradient passed straight through to the float weight (STE)."""
+
+    def __init__(self, simulation: Simulation, name: str) -> None:
+        super().__init__()
+        self._simulation = [simulation]  # a list: not a submodule
+        self._name = name
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        """``w`` fake-quantized unless its layer is floating."""
+        if self._name in self._simulation[0].floating_now:
+            return w
+        return w + (self._simulation[0].scheme.quantize_weight(w.detach()) - w).detach()
 
 
 class Simulation:
     """A model computing as an INT8 artifact would, whose layers can be switched back to float one
     at a time (:meth:`floating`) without recalibrating: the targets calibrate every range on the
-    float model, so a layer kept float leaves the others' grids as they are."""
+    float model, so a layer kept float leaves the others' grids as they are.
 
-    def __init__(self, model: nn.Module, layers: list[str], quantized: dict[str, torch.Tensor]) -> None:
+    With ``trainable`` the weights stay float parameters, fake-quantized in each forward pass with a
+    straight-through gradient, and :meth:`recalibrate` re-estimates the activation ranges on the
+    current weights: quantization-aware training (``edgevit.stages.qat``).
+    """
+
+    def __init__(
+        self, model: nn.Module, scheme: Int8Scheme, layers: list[str], trainable: bool = False
+    ) -> None:
         self.model = model
-        self.layers = layers  # the quantized layers' module paths, in model order
-        self._quantized = quantized
-        self._float = {n: _weight(model, n).clone() for n in layers}
+        self.scheme = scheme
+        which = {n: quantized_inputs(model, n, scheme) for n in layers}
+        self.layers = [n for n in layers if which[n]]  # the quantized layers' module paths, in model order
+        self._which = which
+        self._attention = {n for n in self.layers if isinstance(model.get_submodule(n), MatMul)}
+        self.trainable = trainable
         self.floating_now: frozenset[str] = frozenset()
-        for name in layers:
-            _weight(model, name).copy_(quantized[name])
+        self.inputs: InputRanges = {}
+        self.outputs: Ranges = {}
+        self._float: dict[str, torch.Tensor] = {}
+        self._quantized: dict[str, torch.Tensor] = {}
+        weighted = [n for n in self.layers if _weight(model, n) is not None]
+        if trainable:
+            from torch.nn.utils import parametrize
+
+            for name in weighted:
+                parametrize.register_parametrization(
+                    model.get_submodule(name), "weight", _FakeQuantizedWeight(self, name)
+                )
+        else:
+            with torch.no_grad():
+                for name in weighted:
+                    weight = _weight(model, name)
+                    assert weight is not None
+                    self._float[name] = weight.clone()
+                    self._quantized[name] = scheme.quantize_weight(weight)
+                    weight.copy_(self._quantized[name])
+        for name in self.layers:
+            module = model.get_submodule(name)
+            module.register_forward_pre_hook(lambda _m, a, n=name: self._quantize_inputs(n, a))
+            if (
+                scheme.quantize_outputs
+                and (scheme.head_output or name not in HEADS)
+                and (scheme.attention == "all" or not isinstance(module, MatMul))
+            ):
+                module.register_forward_hook(lambda m, _a, out, n=name: self._quantize_output(n, m, out))
+
+    def _quantize_inputs(self, name: str, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...] | None:
+        if name in self.floating_now:
+            return None
+        ranges, which = self.inputs[name], self._which[name]
+        quantize = (
+            self.scheme.quantize_attention_input
+            if name in self._attention
+            else self.scheme.quantize_activation
+        )
+        return tuple(quantize(a, *ranges[i]) if i in which else a for i, a in enumerate(args))
+
+    def _quantize_output(self, name: str, module: nn.Module, out: torch.Tensor) -> torch.Tensor | None:
+        if name in self.floating_now:
+            return None
+        lo, hi = self.outputs[name]
+        pre = _pre_bias(module, out, self.scheme.output_after_bias)
+        if pre is out:
+            return self.scheme.quantize_activation(out, lo, hi)
+        return self.scheme.quantize_activation(pre, lo, hi) + (out - pre)  # the bias, after Q/DQ
+
+    def recalibrate(self, calibration: np.ndarray, batch: int = 64) -> None:
+        """Set every activation range to its min/max over ``calibration`` on the float model (every
+        layer floating meanwhile), as the targets calibrate."""
+        with self.floating(self.layers) as model:
+            self.inputs, self.outputs = calibrate(
+                model, self.layers, calibration, self.scheme.output_after_bias, batch
+            )
 
     @contextmanager
     def floating(self, names: Iterable[str]) -> Iterator[nn.Module]:
@@ -192,9 +321,10 @@ class Simulation:
 
     @torch.no_grad()
     def _set(self, names: frozenset[str]) -> None:
-        for name in self.layers:
-            source = self._float if name in names else self._quantized
-            _weight(self.model, name).copy_(source[name])
+        for name, quantized in self._quantized.items():
+            weight = _weight(self.model, name)
+            assert weight is not None
+            weight.copy_(self._float[name] if name in names else quantized)
         self.floating_now = names
 
 
@@ -203,50 +333,23 @@ def simulation(
     model: nn.Module,
     scheme: Int8Scheme,
     calibration: np.ndarray,
-    patch_embed: bool = False,
-    float_layers: Iterable[str] = (),
+    scope: Scope = LINEAR,
+    trainable: bool = False,
 ) -> Simulation:
     """A copy of ``model`` computing as ``scheme``'s INT8 artifact would (see the module)."""
     sim = copy.deepcopy(model).eval()
     if scheme.folds_norms:
         fold_norms(sim)
-    layers = in_scope(sim, patch_embed, float_layers)
+    layers = scope.layers(sim)
     if scheme.smooth_alpha is not None:
-        smooth(sim, layers, calibration, scheme.smooth_alpha)
-    in_ranges, out_ranges = calibrate(sim, layers, calibration, scheme.output_after_bias)
-    quantized: dict[str, torch.Tensor] = {}
-    result: Simulation
-
-    def active(name: str) -> bool:
-        return name not in result.floating_now
-
-    for name in layers:
-        module = sim.get_submodule(name)
-        assert isinstance(module, nn.Linear | nn.Conv2d)
-        quantized[name] = scheme.quantize_weight(module.weight.detach())
-        lo, hi = in_ranges[name]
-
-        def quantize_input(
-            _m: nn.Module, a: tuple[torch.Tensor, ...], n: str = name, lo: float = lo, hi: float = hi
-        ) -> tuple[torch.Tensor, ...] | None:
-            return (scheme.quantize_activation(a[0], lo, hi), *a[1:]) if active(n) else None
-
-        module.register_forward_pre_hook(quantize_input)
-        if scheme.quantize_outputs and (scheme.head_output or name not in HEADS):
-            olo, ohi = out_ranges[name]
-
-            def quantize_output(
-                m: nn.Module, _a: object, out: torch.Tensor, n: str = name, lo: float = olo, hi: float = ohi
-            ) -> torch.Tensor | None:
-                if not active(n):
-                    return None
-                pre = _pre_bias(m, out, scheme.output_after_bias)
-                if pre is out:
-                    return scheme.quantize_activation(out, lo, hi)
-                return scheme.quantize_activation(pre, lo, hi).add_(out - pre)  # the bias, after Q/DQ
-
-            module.register_forward_hook(quantize_output)
-    result = Simulation(sim, layers, quantized)
+        smooth(
+            sim,
+            [n for n in layers if isinstance(sim.get_submodule(n), nn.Linear)],
+            calibration,
+            scheme.smooth_alpha,
+        )
+    result = Simulation(sim, scheme, layers, trainable)
+    result.recalibrate(calibration)
     return result
 
 
@@ -254,8 +357,7 @@ def simulate(
     model: nn.Module,
     scheme: Int8Scheme,
     calibration: np.ndarray,
-    patch_embed: bool = False,
-    float_layers: Iterable[str] = (),
+    scope: Scope = LINEAR,
 ) -> nn.Module:
     """A copy of ``model`` computing as ``scheme``'s INT8 artifact would (see the module)."""
-    return simulation(model, scheme, calibration, patch_embed, float_layers).model
+    return simulation(model, scheme, calibration, scope).model

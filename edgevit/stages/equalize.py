@@ -3,7 +3,7 @@
 Runs once per (model, calibration, backend scheme) as a cached build step; the target then
 lowers the equalized ONNX (and TFLite and Core ML convert the equalized checkpoint) instead of the
 plain export. A request whose INT8 grid the simulator does not model (``scheme_for`` returns
-None: attention matmuls in scope, TFLite's dynamic/weight-only/full modes, Core ML weight-only)
+None: TFLite's dynamic/weight-only/full modes, Core ML weight-only, hand-set ranges)
 gets no step and is reported as such.
 """
 
@@ -22,6 +22,7 @@ from edgevit.models.config import ModelConfig
 from edgevit.models.load import save
 from edgevit.quant.equalize import choose_alpha, equalize
 from edgevit.quant.scheme import Int8Scheme
+from edgevit.quant.simulate import Scope
 from edgevit.recipe.schema import QuantizeStage
 from edgevit.stages.export import export_onnx
 from edgevit.targets.base import LowerRequest
@@ -31,11 +32,11 @@ RECORD = "equalize.json"
 
 def scheme_for(backend: str, request: LowerRequest) -> Int8Scheme | None:
     """The INT8 grid ``backend`` builds for ``request`` (the target's own ``int8_scheme``), where the
-    simulator models it: Linear layers (and the patch embedding), not the attention matmuls."""
+    simulator models it (every static INT8 grid, any scope)."""
     from edgevit.targets import TARGETS
 
     q = request.quantize
-    if q is None or request.precision != "int8" or q.matmul_scope != "weights":
+    if q is None or request.precision != "int8":
         return None
     target = TARGETS.get(backend)
     options = target.parse_options(request.options, request.precision)
@@ -53,9 +54,7 @@ def run_equalize(
     out_dir: Path,
 ) -> dict[str, Any]:
     """Write the equalized checkpoint, its ONNX export and ``equalize.json`` into ``out_dir``."""
-    choice = choose_alpha(
-        model, scheme, calibration, patch_embed=stage.patch_embed, float_layers=stage.float_layers
-    )
+    choice = choose_alpha(model, scheme, calibration, scope=Scope.of(stage))
     equalized = copy.deepcopy(model)
     pairs = [] if choice.alpha is None else equalize(equalized, calibration, choice.alpha)
     save(equalized, config, out_dir)

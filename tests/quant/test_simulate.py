@@ -13,7 +13,7 @@ from edgevit.check.layerwise import sqnr_db
 from edgevit.models.load import load, save
 from edgevit.quant.outliers import add_outliers
 from edgevit.quant.scheme import Int8Scheme
-from edgevit.quant.simulate import simulate
+from edgevit.quant.simulate import Scope, simulate
 from edgevit.recipe.schema import QuantizeStage
 from edgevit.stages.export import export_onnx
 from edgevit.targets import TARGETS, LowerRequest
@@ -33,8 +33,15 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("outliers", [False, True], ids=["original", "outliers"])
-def test_simulator_matches_the_artifacts(outliers: bool, tiny_checkpoint: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("outliers", "widest"),
+    [(False, False), (True, False), (False, True)],
+    ids=["original", "outliers", "widest"],
+)
+def test_simulator_matches_the_artifacts(
+    outliers: bool, widest: bool, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """Widest: the attention matmuls and the patch embedding quantized too (``matmul_scope: all``)."""
     loaded = load(checkpoint=tiny_checkpoint)
     model = copy.deepcopy(loaded.model).eval()
     if outliers:
@@ -45,7 +52,12 @@ def test_simulator_matches_the_artifacts(outliers: bool, tiny_checkpoint: Path, 
     with torch.no_grad():
         reference = model(torch.from_numpy(images)).numpy()
     onnx_path = export_onnx(model, loaded.config.input_size, tmp_path / "model.onnx")
-    stage = QuantizeStage(stage="quantize", calibration_batch=16)
+    stage = QuantizeStage(
+        stage="quantize",
+        calibration_batch=16,
+        matmul_scope="all" if widest else "weights",
+        patch_embed=widest,
+    )
     checkpoint = tmp_path / "checkpoint"
     checkpoint.mkdir()
     save(model, loaded.config, checkpoint)
@@ -65,7 +77,8 @@ def test_simulator_matches_the_artifacts(outliers: bool, tiny_checkpoint: Path, 
             built = sqnr_db(reference, runner.infer_all(images, 16))
         with torch.no_grad():
             simulated = sqnr_db(
-                reference, simulate(model, scheme, calibration)(torch.from_numpy(images)).numpy()
+                reference,
+                simulate(model, scheme, calibration, Scope.of(stage))(torch.from_numpy(images)).numpy(),
             )
         assert abs(simulated - built) < tolerance, (backend, scheme, built, simulated)
 
@@ -130,3 +143,24 @@ def test_fast_fake_quantization_equals_torchs_reference_op() -> None:
         assert torch.equal(fake_quantize(x, scale, zero, qmin, qmax), expected), (scale, zero, qmin)
     grad = x.clone().requires_grad_()  # the differentiable path (quantization-aware training)
     assert fake_quantize(grad, 0.1, 0, -127, 127).requires_grad
+
+
+def test_each_grid_quantizes_the_attention_inputs_its_backend_does() -> None:
+    from edgevit.models.load import create
+    from edgevit.quant.scheme import coreml_scheme, onnxruntime_scheme, openvino_scheme
+    from edgevit.quant.simulate import quantized_inputs
+
+    model = create("vit_plus_tiny_patch8_32", num_classes=10, depth=1, ms_scales=(1, 2))
+    attn = model.blocks[0].attn
+    assert [scale for _, _, scale in attn.groups] == [1, 2]
+    ort, ov, coreml = onnxruntime_scheme(False), openvino_scheme(False), coreml_scheme()
+    assert quantized_inputs(model, "blocks.0.attn.av.1", ort) == (0, 1)
+    # OpenVINO's fused attention: q always, k where it is not pooled, v and the weights never
+    assert quantized_inputs(model, "blocks.0.attn.qk.0", ov) == (0, 1)
+    assert quantized_inputs(model, "blocks.0.attn.qk.1", ov) == (0,)
+    assert quantized_inputs(model, "blocks.0.attn.av.0", ov) == ()
+    assert quantized_inputs(model, "blocks.0.attn.qk.0", coreml) == ()
+    assert quantized_inputs(model, "blocks.0.attn.qkv", coreml) == (0,)
+    x = torch.tensor([-1.0, 0.5, 2.0])  # NNCF quantizes those inputs on a symmetric grid
+    assert float(ov.quantize_attention_input(x, -1.0, 2.0)[0]) == pytest.approx(-1.0, abs=1 / 127)
+    assert float(ov.quantize_activation(torch.tensor([-1.0]), 0.5, 2.0)[0]) == 0.0
