@@ -81,8 +81,9 @@ def weighted_layers(onnx_path: Path) -> list[str]:
 
 def module_name(node: Any) -> tuple[str, str]:
     """(layer, block) of an exported ONNX node, from the name scopes torch's exporter records:
-    ``blocks.1.mlp.fc1`` for a Linear, ``blocks.0.attn/matmul_3`` for an attention matmul; the
-    node's own name when the graph carries no scopes."""
+    ``blocks.1.mlp.fc1`` for a Linear, ``blocks.0.attn.qk.0`` for a ViT-Plus attention matmul (a
+    ``MatMul`` module), ``blocks.0.attn/matmul_3`` for another model's; the node's own name when the
+    graph carries no scopes."""
     meta = {p.key: p.value for p in node.metadata_props}
     try:
         scopes = [str(s) for s in ast.literal_eval(meta.get("pkg.torch.onnx.name_scopes", "[]")) if s]
@@ -91,7 +92,10 @@ def module_name(node: Any) -> tuple[str, str]:
     name = node.name
     if len(scopes) >= 2:
         module, local = scopes[-2], scopes[-1]
-        name = module if re.match(r"(linear|conv\d*d?)(_\d+)?$", local) else f"{module}/{local}"
+        own = re.match(r"(linear|conv\d*d?)(_\d+)?$", local) or (
+            re.match(r"matmul(_\d+)?$", local) and re.search(r"\.(qk|av)\.\d+$", module)
+        )
+        name = module if own else f"{module}/{local}"
     block = next((s for s in scopes if re.fullmatch(r"blocks\.\d+", s)), scopes[0] if scopes else "")
     return name, block
 

@@ -30,9 +30,13 @@ def test_module_names_from_name_scopes() -> None:
     linear = _node("MatMul", "node_MatMul_1", scopes)
     attn = _node("MatMul", "node_matmul_3", ["", "blocks", "blocks.0", "blocks.0.attn", "matmul_3"])
     conv = _node("Conv", "node_conv2d", ["", "patch_embed", "patch_embed.proj", "conv2d"])
+    own = _node(
+        "MatMul", "node_matmul", ["", "blocks", "blocks.0", "blocks.0.attn", "blocks.0.attn.qk.1", "matmul"]
+    )
     bare = helper.make_node("Gemm", ["a", "w"], ["y"], name="gemm_0")
     assert module_name(linear) == ("blocks.1.mlp.fc1", "blocks.1")
-    assert module_name(attn) == ("blocks.0.attn/matmul_3", "blocks.0")
+    assert module_name(attn) == ("blocks.0.attn/matmul_3", "blocks.0")  # timm's attention: no module
+    assert module_name(own) == ("blocks.0.attn.qk.1", "blocks.0")  # ViT-Plus's MatMul modules
     assert module_name(conv) == ("patch_embed.proj", "patch_embed")
     assert module_name(bare) == ("gemm_0", "")
 
