@@ -249,6 +249,110 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_config(path: Path, kind: type[Any], command: str) -> Any:
+    """A stage's JSON config file (what a build hands to torchrun's processes), validated."""
+    from edgevit.recipe.loader import format_validation_error
+
+    try:
+        text = path.read_text()
+        return kind.model_validate_json(text)
+    except OSError as exc:
+        raise EdgeVitError(f"{command} config {path}: {exc.strerror or exc}") from None
+    except ValidationError as exc:
+        try:
+            doc = json.loads(text)
+        except ValueError as bad:
+            raise EdgeVitError(f"{command} config {path} is not valid JSON ({bad})") from None
+        raise EdgeVitError(f"{command} config {path}: {format_validation_error(exc, doc)}") from None
+
+
+def cmd_qat(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    import numpy as np
+
+    from edgevit.data import DataSpec, load_data
+    from edgevit.data.transforms import preprocess
+    from edgevit.devices import resolve_device
+    from edgevit.models.load import load
+    from edgevit.recipe.schema import QatStage, QuantizeStage
+    from edgevit.stages.qat import QatConfig, qat
+    from edgevit.targets import TARGETS, LowerRequest
+
+    out = Path(args.output)
+    if args.config:
+        cfg = _read_config(Path(args.config), QatConfig, "qat")
+    else:
+        if not args.model:
+            raise EdgeVitError("qat needs --model (or --config)", "see `edgevit qat -h`")
+        fields = _given(
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            temperature=args.temperature,
+            alpha=args.alpha,
+            freeze_ranges=args.freeze_ranges,
+            seed=args.seed,
+        )
+        try:
+            settings = QatStage(stage="qat", nproc=1 if args.nproc is None else args.nproc, **fields)
+            stage = QuantizeStage(
+                stage="quantize", matmul_scope=args.matmul_scope, patch_embed=args.patch_embed
+            )
+        except ValidationError as exc:
+            raise _options_error(exc, "qat") from None
+        loaded = load(checkpoint=Path(args.model))
+        ensure_dir(out, "-o")
+        calibration_file = out / "calibration.npy"
+        if not calibration_file.is_file():  # a resumed run keeps the images it started with
+            from edgevit.fileio import atomic_path
+
+            calib = load_data(
+                DataSpec(source=args.calibration or args.data, split="train", count=args.calibration_count),
+                loaded.config.class_names,
+            )
+            with atomic_path(calibration_file) as tmp, open(tmp, "wb") as f:
+                np.save(f, preprocess(calib, loaded.config))
+        target = TARGETS.get(args.backend)
+        request = LowerRequest(
+            Path(args.model) / "model.onnx",
+            "int8",
+            loaded.config,
+            {},
+            stage,
+            None,
+            checkpoint=Path(args.model),
+            device=resolve_device(None),
+        )
+        scheme = target.int8_scheme(request)
+        if scheme is None:
+            raise EdgeVitError(
+                f"--backend {args.backend} has no INT8 grid to train against", "pick another backend"
+            )
+        cfg = QatConfig(
+            model=str(Path(args.model).resolve()),
+            scheme=asdict(scheme),
+            patch_embed=args.patch_embed,
+            matmuls=args.matmul_scope == "all",
+            calibration=str(calibration_file.resolve()),
+            data=DataSpec(source=args.data, split="train"),
+            settings=settings,
+        )
+        if _relaunch(args):
+            return 0
+    result = qat(cfg, out, progress=not args.quiet)
+    if not _main_process() or (args.quiet and not args.json):
+        return 0
+    sim = result["simulated_sqnr_db"]
+    print(
+        json.dumps({"output": args.output, "simulated_sqnr_db": sim, "processes": result["processes"]})
+        if args.json
+        else f"qat against {Path(cfg.model).name} on the {cfg.scheme['backend']} grid: simulated INT8 logit "
+        f"SQNR {sim['before']} -> {sim['after']} dB ({result['processes']} process(es)) -> {args.output}"
+    )
+    return 0
+
+
 def cmd_distill(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
@@ -257,19 +361,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     from edgevit.stages.distill import DistillConfig, distill
 
     if args.config:
-        from edgevit.recipe.loader import format_validation_error
-
-        try:
-            text = Path(args.config).read_text()
-            cfg = DistillConfig.model_validate_json(text)
-        except OSError as exc:
-            raise EdgeVitError(f"distill config {args.config}: {exc.strerror or exc}") from None
-        except ValidationError as exc:
-            try:
-                doc = json.loads(text)
-            except ValueError as bad:
-                raise EdgeVitError(f"distill config {args.config} is not valid JSON ({bad})") from None
-            raise EdgeVitError(f"distill config {args.config}: {format_validation_error(exc, doc)}") from None
+        cfg = _read_config(Path(args.config), DistillConfig, "distill")
     else:
         if not (args.teacher and args.student):
             raise EdgeVitError(
@@ -433,6 +525,29 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--nproc", type=int, help="distill with N processes (torchrun + DistributedDataParallel)")
     d.add_argument("-o", "--output", required=True, help="output directory (re-run to resume)")
     d.set_defaults(func=cmd_distill)
+
+    qa = sub.add_parser(
+        "qat",
+        help="quantization-aware distillation of a checkpoint against one backend's simulated INT8 grid",
+    )
+    qa.add_argument("--model", help="float checkpoint to start from (also the teacher)")
+    qa.add_argument("--backend", default="onnxruntime", help="whose INT8 grid to train against")
+    qa.add_argument("--data", default="digits", help="training images: 'digits', 'shapes' or an ImageFolder")
+    qa.add_argument("--calibration", help="calibration images (default: --data), train split")
+    qa.add_argument("--calibration-count", type=int, default=256)
+    qa.add_argument("--matmul-scope", choices=["weights", "all"], default="weights")
+    qa.add_argument("--patch-embed", action="store_true", help="quantize the patch-embedding Conv too")
+    qa.add_argument("--epochs", type=int)
+    qa.add_argument("--batch-size", type=int)
+    qa.add_argument("--lr", type=float)
+    qa.add_argument("--temperature", type=float)
+    qa.add_argument("--alpha", type=float, help="weight of the soft (teacher) loss; 1 - alpha goes to labels")
+    qa.add_argument("--freeze-ranges", type=float, help="fraction of epochs, at the end, with ranges frozen")
+    qa.add_argument("--seed", type=int)
+    qa.add_argument("--config", help="a QatConfig JSON file instead of the options above")
+    qa.add_argument("--nproc", type=int, help="train with N processes (torchrun + DistributedDataParallel)")
+    qa.add_argument("-o", "--output", required=True, help="output directory (re-run to resume)")
+    qa.set_defaults(func=cmd_qat)
 
     v = sub.add_parser(
         "validate", help="re-check a build's artifacts against its float reference and gates (for CI)"

@@ -38,6 +38,8 @@ from edgevit.stages.equalize import RECORD as EQUALIZE_RECORD
 from edgevit.stages.equalize import run_equalize, scheme_for
 from edgevit.stages.export import OPSET, export_onnx
 from edgevit.stages.prune import run_prune
+from edgevit.stages.qat import LOG_FILE as QAT_LOG
+from edgevit.stages.qat import QatConfig, run_qat
 from edgevit.targets import TARGETS, LowerRequest
 from edgevit.workspace import DEFAULT_WAIT_S, LOWERED_BUNDLE, StepResult, Workspace
 
@@ -124,6 +126,7 @@ class Build:
         self.log = log
         self.versions = library_versions()
         self._agent_bundle: Path | None = None  # the evaluation bundle the profiling agent scores against
+        self._calibration_file: Path | None = None  # the quantize stage's preprocessed calibration images
 
     def run(self) -> Report:
         """Build every target, check it, write the report files, and return the report."""
@@ -215,6 +218,7 @@ class Build:
             )
             calibration = np.load(calib_step.path("calibration.npy"))
             calib_sha = calib_step.outputs["calibration.npy"]
+            self._calibration_file = calib_step.path("calibration.npy")
             self.log(f"calibration: {len(calibration)} images ({calib_raw.description})")
 
         export_step = self.ws.step(
@@ -244,13 +248,20 @@ class Build:
                 checkpoint=prev_step.directory,
                 device=resolve_device(spec.device),
             )
-            onnx_sha, equalized = export_step.outputs["model.onnx"], None
+            onnx_sha, equalized, trained = export_step.outputs["model.onnx"], None, None
             if q is not None and q.equalize == "auto" and spec.precision == "int8":
                 equalized_sha, equalized = self._equalize(spec, request, model, cfg, weights_sha, calib_sha)
                 onnx_sha = equalized_sha or onnx_sha
-            entry = self._target(spec, request, onnx_sha, calib_sha, x_eval, labels, src_logits, ref_top1)
+            if r.qat() is not None and spec.precision == "int8":
+                onnx_sha, trained = self._qat(spec, request, onnx_sha, calib_sha, x_eval, labels)
+            qat_logits = trained.pop("float_logits", None) if trained else None
+            entry = self._target(
+                spec, request, onnx_sha, calib_sha, x_eval, labels, src_logits, ref_top1, qat_logits
+            )
             if equalized is not None:
                 entry["equalization"] = equalized
+            if trained is not None:
+                entry["qat"] = trained
             results.append(entry)
 
         gate_results = gates.evaluate_stages(stage_records, r.gates)
@@ -321,6 +332,76 @@ class Build:
         )
         return step.outputs["model.onnx"], {"applied": record["alpha"] is not None, **record}
 
+    def _qat(
+        self,
+        spec: TargetSpec,
+        request: LowerRequest,
+        onnx_sha: str,
+        calib_sha: str | None,
+        x_eval: np.ndarray,
+        labels: np.ndarray,
+    ) -> tuple[str, dict[str, Any]]:
+        """Point ``request`` at the model trained against ``spec``'s INT8 grid (one cached,
+        resumable step per grid and input model); return its ONNX's sha256 and the stage's record."""
+        r, stage = self.recipe, self.recipe.qat()
+        assert stage is not None and r.data.train is not None and request.checkpoint is not None
+        scheme = scheme_for(spec.backend, request)
+        if scheme is None:
+            note = f"not applied: the INT8 simulator does not model {spec.backend} with these options"
+            self.log(f"{spec.name}: qat {note}")
+            return onnx_sha, {"applied": False, "reason": note}
+        assert request.quantize is not None
+        scope = Scope.of(request.quantize)
+        train_raw = load_data(r.data.train, request.model_config.class_names, r.base_dir)
+        job = QatConfig(
+            model=str(request.checkpoint),
+            scheme=asdict(scheme),
+            patch_embed=scope.patch_embed,
+            matmuls=scope.matmuls,
+            float_layers=scope.float_layers,
+            calibration=str(self._calibration_file),
+            data=r.data.train,
+            base_dir=str(r.base_dir),
+            settings=stage,
+        )
+        self.log(
+            f"{spec.name}: qat against {scheme.tag}, {stage.epochs} epochs on {train_raw.description}, "
+            f"{stage.nproc} process(es)"
+        )
+        step = self.ws.step(
+            f"qat/{scheme.tag}{'-widest' if scope.matmuls else ''}",
+            {
+                "input_onnx": onnx_sha,  # the equalized or plain export of the model it starts from
+                "scheme": asdict(scheme),
+                "scope": asdict(scope),
+                "calibration": calib_sha,
+                "data": train_raw.sha256(),
+                "stage": stage.model_dump(mode="json"),
+                "torch": self.versions["torch"],
+            },
+            lambda d: run_qat(job, d, self.progress),
+            {"producer": "stages.qat", "data": train_raw.description},
+            resumable=True,
+        )
+        record = json.loads(step.path(QAT_LOG).read_text())
+        request.onnx_path, request.checkpoint = step.path("model.onnx"), step.directory
+        trained = load(checkpoint=step.directory).model
+        float_logits = logits_of(trained, x_eval, r.check.eval_batch)
+        sim = record["simulated_sqnr_db"]
+        self.log(
+            f"{spec.name}: qat simulated INT8 SQNR {sim['before']} -> {sim['after']} dB in "
+            f"{record['seconds_this_run']} s{' (reused)' if step.reused else ''}"
+        )
+        return step.outputs["model.onnx"], {
+            "applied": True,
+            "step": step.name,
+            "reused": step.reused,
+            "float_top1": round(accuracy.top1(float_logits, labels), 4),
+            "float_logits": float_logits,
+            **{k: v for k, v in record.items() if k not in ("history", "model", "settings")},
+            "epochs": stage.epochs,
+        }
+
     def _target(
         self,
         spec: TargetSpec,
@@ -331,8 +412,10 @@ class Build:
         labels: np.ndarray,
         src_logits: np.ndarray,
         ref_top1: float,
+        qat_logits: np.ndarray | None = None,
     ) -> dict[str, Any]:
-        """Lower, run and measure one target; accuracy is compared with the float model lowered."""
+        """Lower, run and measure one target; accuracy is compared with the float model before any
+        qat stage (and, after one, also with the float model it trained: ``vs_qat_float``)."""
         r = self.recipe
         target = TARGETS.get(spec.backend)
         entry: dict[str, Any] = {
@@ -491,9 +574,12 @@ class Build:
             f"{acc.agreement:.4f}, cosine {acc.cosine:.5f}, {timing}"
             f"{' on ' + entry['where'] if measured else ''}{' (artifact reused)' if step.reused else ''}"
         )
+        scores: dict[str, Any] = {**acc.to_dict(), "reference_top1_drop": round(ref_top1 - acc.top1, 4)}
+        if qat_logits is not None:
+            scores["vs_qat_float"] = accuracy.compare(logits, labels, qat_logits).to_dict()
         return {
             **entry,
-            "accuracy": {**acc.to_dict(), "reference_top1_drop": round(ref_top1 - acc.top1, 4)},
+            "accuracy": scores,
             "latency_ms": latency_ms,
             **findings,
             **built,

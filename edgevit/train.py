@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
@@ -99,6 +99,14 @@ class Optim:
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+class Stateful(Protocol):
+    """State beside the model's that a resumed run needs (quantization-aware training's ranges)."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
 def fit(
     model: nn.Module,
     x: torch.Tensor,
@@ -110,12 +118,16 @@ def fit(
     desc: str,
     progress: bool = True,
     after_epoch: Callable[[nn.Module], dict[str, float]] | None = None,
+    before_epoch: Callable[[int], None] | None = None,
+    extra_state: Stateful | None = None,
 ) -> list[dict[str, float]]:
     """Train ``model`` in place with AdamW and a warm-up + cosine schedule; returns the history.
 
     After every epoch the state goes to ``out_dir/train_state.pt`` (by rank 0), so a run that
     stops resumes where it left off when called again with the same ``key``. Under torchrun each
     process takes its slice of every global batch and DistributedDataParallel averages gradients.
+    ``before_epoch(epoch)`` runs at the start of each epoch; ``extra_state`` is saved and restored
+    with the model's.
     """
     from tqdm import tqdm
 
@@ -126,7 +138,8 @@ def fit(
         from torch.nn.parallel import DistributedDataParallel
 
         net = DistributedDataParallel(model)
-    opt = torch.optim.AdamW(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trained, lr=optim.lr, weight_decay=optim.weight_decay)
     steps_per_epoch = math.ceil(len(x) / optim.batch_size)
     total, warm = optim.epochs * steps_per_epoch, optim.warmup_epochs * steps_per_epoch
 
@@ -151,6 +164,8 @@ def fit(
         sched.load_state_dict(state["scheduler"])
         start_epoch = int(state["epoch"])
         history = json.loads(state["history"])
+        if extra_state is not None:
+            extra_state.load_state_dict(state["extra"])
 
     bar = tqdm(
         range(start_epoch, optim.epochs),
@@ -161,6 +176,8 @@ def fit(
         unit="epoch",
     )
     for epoch in bar:
+        if before_epoch is not None:
+            before_epoch(epoch)
         model.train()
         gen = torch.Generator().manual_seed(optim.seed * 100_003 + epoch)
         order = torch.randperm(len(x), generator=gen)
@@ -190,6 +207,7 @@ def fit(
                 "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(),
                 "history": json.dumps(history),
+                "extra": extra_state.state_dict() if extra_state is not None else {},
             }
             with atomic_path(state_path) as tmp:
                 torch.save(state, tmp)

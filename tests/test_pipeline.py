@@ -211,3 +211,44 @@ def test_tensorrt_build_is_simulated_and_passes_on_accuracy_gates(
         assert "device jetson-orin-nano could not be profiled" in t["reason"] and "unreachable" in t["reason"]
         assert (tmp_path / "b" / "targets" / name / "build_engine.json").is_file()
     assert report.target("trt-int8")["tensorrt"]["qdq"]["symmetric"]
+
+
+def test_qat_stage_trains_once_per_int8_grid(fresh_builtin: Path, tmp_path: Path) -> None:
+    import yaml
+
+    recipe = {
+        "name": "qad",
+        "model": {"checkpoint": "builtin:digits"},
+        "data": {
+            "calibration": {"source": "digits", "split": "train", "count": 32},
+            "evaluation": {"source": "digits", "split": "test", "count": 64},
+            "train": {"source": "digits", "split": "train", "count": 64},
+        },
+        "stages": [
+            {"stage": "qat", "epochs": 1, "batch_size": 32, "warmup_epochs": 0},
+            {"stage": "quantize", "matmul_scope": "all", "patch_embed": True},
+        ],
+        "targets": [
+            {"name": "ort-a", "backend": "onnxruntime", "precision": "int8"},
+            {"name": "ort-b", "backend": "onnxruntime", "precision": "int8", "threads": 1},
+            {"name": "trt", "backend": "tensorrt", "precision": "int8"},
+        ],
+        "check": {"runs": 5, "layerwise_samples": 0},
+        "gates": {"max_top1_drop": None},
+    }
+    path = tmp_path / "qad.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    lines: list[str] = []
+    doc = edgevit.build(path, tmp_path / "b", log=lines.append).data
+    a, b, trt = doc["targets"]
+    assert {t["status"] for t in doc["targets"]} == {"ok"}
+    # targets with the same grid share one run; another grid gets its own
+    assert a["qat"]["step"] == b["qat"]["step"] != trt["qat"]["step"]
+    assert b["qat"]["reused"] and not a["qat"]["reused"]
+    sim = a["qat"]["simulated_sqnr_db"]
+    assert {"before", "after", "where"} <= set(sim) and sim["where"].startswith("simulated:")
+    assert a["qat"]["images_per_second"] > 0 and a["qat"]["ranges"]["per_layer"]
+    assert "vs_qat_float" in a["accuracy"] and "float_top1" in a["qat"]
+    assert any(line.startswith("ort-a: qat simulated INT8 SQNR") for line in lines)
+    again = edgevit.build(path, tmp_path / "b").data
+    assert all(t["qat"]["reused"] for t in again["targets"])

@@ -12,7 +12,7 @@ import copy
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -189,12 +189,15 @@ def fold_norms(model: nn.Module) -> list[str]:
 
 
 @torch.no_grad()
-def smooth(model: nn.Module, layers: list[str], calibration: np.ndarray, alpha: float) -> None:
+def smooth(
+    model: nn.Module, layers: list[str], calibration: np.ndarray, alpha: float
+) -> dict[str, torch.Tensor]:
     """NNCF's SmoothQuant as OpenVINO's INT8 computes it: each layer's input divided per channel by
     ``s = a**alpha / w**(1 - alpha)``, clipped to [its 10th percentile, 100] as NNCF clips it (a
     hook, as NNCF's inserted Multiply), and its weight columns multiplied by ``s``; the function is
-    unchanged."""
+    unchanged. Returns each layer's ``s``."""
     stats = channel_absmax(model, layers, calibration)
+    scales: dict[str, torch.Tensor] = {}
     for name in layers:
         module = model.get_submodule(name)
         if not isinstance(module, nn.Linear):
@@ -206,6 +209,8 @@ def smooth(model: nn.Module, layers: list[str], calibration: np.ndarray, alpha: 
         module.weight.copy_((module.weight.double() * s).to(module.weight.dtype))
         inverse = (1 / s).to(module.weight.dtype)
         module.register_forward_pre_hook(lambda _m, args, inv=inverse: (args[0] * inv, *args[1:]))
+        scales[name] = s
+    return scales
 
 
 def _weight(model: nn.Module, name: str) -> torch.Tensor | None:
@@ -252,6 +257,7 @@ class Simulation:
         self.floating_now: frozenset[str] = frozenset()
         self.inputs: InputRanges = {}
         self.outputs: Ranges = {}
+        self.smoothed: dict[str, torch.Tensor] = {}  # OpenVINO: each layer's SmoothQuant scales
         self._float: dict[str, torch.Tensor] = {}
         self._quantized: dict[str, torch.Tensor] = {}
         weighted = [n for n in self.layers if _weight(model, n) is not None]
@@ -308,6 +314,35 @@ class Simulation:
                 model, self.layers, calibration, self.scheme.output_after_bias, batch
             )
 
+    def state_dict(self) -> dict[str, Any]:
+        """The activation ranges (what a resumed quantization-aware training run needs besides the
+        weights)."""
+        return {
+            "inputs": {n: [list(r) for r in rs] for n, rs in self.inputs.items()},
+            "outputs": {n: list(r) for n, r in self.outputs.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the ranges :meth:`state_dict` returned."""
+        self.inputs = {n: [(float(lo), float(hi)) for lo, hi in rs] for n, rs in state["inputs"].items()}
+        self.outputs = {n: (float(lo), float(hi)) for n, (lo, hi) in state["outputs"].items()}
+
+    @torch.no_grad()
+    def float_state(self) -> dict[str, torch.Tensor]:
+        """The float weights of the simulated model as a state dict of the model it was made from:
+        trained weights without their fake quantization, SmoothQuant's scales divided back out (the
+        backend applies its own). A LayerNorm folded for TFLite stays folded: the same function."""
+        state = {}
+        for key, value in self.model.state_dict().items():
+            key = key.replace(".parametrizations.weight.original", ".weight")
+            state[key] = value.clone()
+        for name, weight in self._float.items():  # not trainable: the weights hold the INT8 grid
+            state[f"{name}.weight"] = weight.clone()
+        for name, s in self.smoothed.items():
+            weight = state[f"{name}.weight"]
+            state[f"{name}.weight"] = (weight.double() / s).to(weight.dtype)
+        return state
+
     @contextmanager
     def floating(self, names: Iterable[str]) -> Iterator[nn.Module]:
         """The model with ``names`` computing in float (inputs, weights and outputs) meanwhile."""
@@ -341,14 +376,16 @@ def simulation(
     if scheme.folds_norms:
         fold_norms(sim)
     layers = scope.layers(sim)
+    smoothed: dict[str, torch.Tensor] = {}
     if scheme.smooth_alpha is not None:
-        smooth(
+        smoothed = smooth(
             sim,
             [n for n in layers if isinstance(sim.get_submodule(n), nn.Linear)],
             calibration,
             scheme.smooth_alpha,
         )
     result = Simulation(sim, scheme, layers, trainable)
+    result.smoothed = smoothed
     result.recalibrate(calibration)
     return result
 

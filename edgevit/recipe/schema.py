@@ -132,6 +132,42 @@ class DistillStage(Strict):
     nproc: int = Field(default=1, ge=1, le=64)
 
 
+class QatStage(Strict):
+    """Quantization-aware distillation (QAD): fine-tune the float model under each INT8 target's
+    simulated grid (``edgevit.quant``: fake quantization with straight-through gradients) to match
+    the float model it starts from (the teacher), on ``data.train``.
+
+    Runs once per INT8 grid the recipe's targets build (targets that share a grid share the run),
+    after equalization. Activation ranges are re-estimated on the calibration images (min/max, as
+    the targets calibrate) at the start of every epoch, then frozen for the last
+    ``freeze_ranges`` fraction of the epochs. The output is a float checkpoint that each target's
+    own INT8 path quantizes. Loss as the distill stage's: ``alpha`` x KL at ``temperature`` +
+    (1 - alpha) x cross-entropy on the labels.
+    """
+
+    order: ClassVar[int] = 25
+    stage: Literal["qat"]
+    epochs: int = Field(default=3, gt=0)
+    batch_size: int = Field(default=64, gt=0)
+    # measured on the shapes model (tools/bench_qat.py): Adam steps past 3e-5 undo more than they
+    # gain on a trained model, and its first steps need the warm-up
+    lr: float = Field(default=1e-5, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    warmup_epochs: int = Field(default=1, ge=0)
+    temperature: float = Field(default=4.0, gt=0)
+    alpha: float = Field(default=1.0, ge=0, le=1)
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    shift_pixels: int = Field(default=2, ge=0)
+    freeze_ranges: float = Field(
+        default=0.34,
+        ge=0,
+        lt=1,
+        description="fraction of the epochs, at the end, with activation ranges frozen",
+    )
+    seed: int = 0
+    nproc: int = Field(default=1, ge=1, le=64)
+
+
 class AccuracyBudget(Strict):
     """What an INT8 target must keep against the float model it is built from: edgevit keeps the
     most sensitive layers float, fewest first, until it does (every backend)."""
@@ -226,7 +262,7 @@ class QuantizeStage(Strict):
     )
 
 
-Stage = Annotated[PruneStage | DistillStage | QuantizeStage, Field(discriminator="stage")]
+Stage = Annotated[PruneStage | DistillStage | QatStage | QuantizeStage, Field(discriminator="stage")]
 
 
 class Gates(Strict):
@@ -353,6 +389,10 @@ class Recipe(Strict):
         """The quantize stage, if any."""
         return next((s for s in self.stages if isinstance(s, QuantizeStage)), None)
 
+    def qat(self) -> QatStage | None:
+        """The quantization-aware distillation stage, if any."""
+        return next((s for s in self.stages if isinstance(s, QatStage)), None)
+
     def compression(self) -> list[PruneStage | DistillStage]:
         """The stages that change the float model, in order (prune, distill)."""
         return [s for s in self.stages if isinstance(s, PruneStage | DistillStage)]
@@ -369,7 +409,7 @@ class Recipe(Strict):
         orders = [s.order for s in self.stages]
         if orders != sorted(orders):
             raise ValueError(
-                f"stages are out of order ({', '.join(kinds)}): the order is prune, distill, quantize"
+                f"stages are out of order ({', '.join(kinds)}): the order is prune, distill, qat, quantize"
             )
         q = self.quantize()
         if q is not None:
@@ -382,6 +422,13 @@ class Recipe(Strict):
                         f"targets[{i}]: backend {t.backend} calibrates with {', '.join(methods)}, "
                         f"not {q.method}: set the quantize stage's method to one of those"
                     )
+        if self.qat() is not None:
+            if self.data.train is None:
+                raise ValueError("a qat stage needs training images: set data.train (e.g. shapes-train)")
+            if q is None or not any(t.precision == "int8" for t in self.targets):
+                raise ValueError(
+                    "a qat stage trains for INT8 targets: add a quantize stage and an int8 target"
+                )
         distill = next((s for s in self.stages if isinstance(s, DistillStage)), None)
         if distill is not None:
             if self.data.train is None:

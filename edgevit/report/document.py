@@ -100,6 +100,41 @@ def _settings_text(settings: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def _qat_lines(doc: dict[str, Any]) -> list[str]:
+    """The qat stage per INT8 target: the grid it trained against, simulated SQNR before and after,
+    the artifact against the original float model and against the one QAD made, time."""
+    trained = [t for t in doc["targets"] if t.get("qat")]
+    if not trained:
+        return []
+    lines = [
+        "",
+        "Quantization-aware distillation (qat stage; one run per INT8 grid, then each backend's own INT8):",
+        "",
+    ]
+    for t in trained:
+        q = t["qat"]
+        if not q.get("applied"):
+            lines.append(f"- **{t['name']}**: not applied ({q.get('reason')})")
+            continue
+        sim = q["simulated_sqnr_db"]
+        acc = t.get("accuracy") or {}
+        vs = acc.get("vs_qat_float") or {}
+        artifact = (
+            f"; artifact SQNR {acc['sqnr_db']:.1f} dB against the original float model, "
+            f"{vs['sqnr_db']:.1f} dB against QAD's own (float top-1 {q.get('float_top1')}%)"
+            if "sqnr_db" in acc and "sqnr_db" in vs
+            else ""
+        )
+        lines.append(
+            f"- **{t['name']}**: `{q['step']}` on the {q['scheme']['backend']} grid, {q['epochs']} epochs "
+            f"({q['seconds_this_run']} s, {q['images_per_second']} images/s, {q['processes']} process(es)); "
+            f"simulated INT8 SQNR {sim['before']} → {sim['after']} dB{artifact}; trained ranges within "
+            f"{100 * q['ranges']['max_relative_difference']:.2g}% of calibration's on the output"
+            f"{' (reused)' if q.get('reused') else ''}"
+        )
+    return lines
+
+
 def render_markdown(doc: dict[str, Any]) -> str:
     """A people-readable summary with one row per target and one per gate."""
     ref = doc["reference"]
@@ -212,6 +247,7 @@ def render_markdown(doc: dict[str, Any]) -> str:
                 f"producer/consumer pairs, scales {lo:.3g}–{hi:.3g}; simulated logit SQNR by alpha: "
                 + ", ".join(f"{k} {v:.1f} dB" for k, v in e.get("simulated_sqnr_db", {}).items())
             )
+    lines += _qat_lines(doc)
     failing = {g["target"] for g in doc["gates"] if not g["passed"]}
     compared = [t for t in doc["targets"] if (t.get("layerwise") or {}).get("layers")]
     if compared:

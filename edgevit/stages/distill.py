@@ -19,7 +19,7 @@ from edgevit.fileio import atomic_write_json, ensure_dir
 from edgevit.models.config import ModelConfig
 from edgevit.models.load import create, create_configured, load
 from edgevit.models.vit_plus import VisionTransformerPlus, add_distill_token
-from edgevit.recipe.schema import DistillStage
+from edgevit.recipe.schema import DistillStage, QatStage
 from edgevit.train import Optim, finish, fit
 
 LOG_FILE = "distill.json"
@@ -39,7 +39,7 @@ class DistillConfig(BaseModel):
 
 
 def kd_loss(
-    student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, s: DistillStage
+    student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, s: DistillStage | QatStage
 ) -> torch.Tensor:
     """alpha * T^2 * KL(teacher || student at temperature T) + (1 - alpha) * cross-entropy."""
     t = s.temperature

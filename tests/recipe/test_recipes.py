@@ -70,7 +70,27 @@ def test_shipped_default_recipes_exist() -> None:
         ),
         (
             lambda d: d["stages"].append({"stage": "prune", "target": {"macs": 0.5}}),
-            r"stages are out of order \(quantize, prune\): the order is prune, distill, quantize",
+            r"stages are out of order \(quantize, prune\): the order is prune, distill, qat, quantize",
+        ),
+        (
+            lambda d: d["stages"].insert(0, {"stage": "qat"}),
+            r"a qat stage needs training images: set data.train",
+        ),
+        (
+            lambda d: (d["data"].update(train="digits-train"), d["stages"].append({"stage": "qat"})),
+            r"stages are out of order \(quantize, qat\)",
+        ),
+        (
+            lambda d: (
+                d["data"].update(train="digits-train"),
+                d["stages"].insert(0, {"stage": "qat"}),
+                d["targets"][0].update(precision="fp32"),
+            ),
+            r"a qat stage trains for INT8 targets",
+        ),
+        (
+            lambda d: d["stages"].insert(0, {"stage": "qat", "freeze_ranges": 1.0}),
+            r"stages\[0\]\.freeze_ranges: .*less than 1",
         ),
         (
             lambda d: d["stages"].insert(0, {"stage": "distill", "student": "vit_plus_tiny_patch8_32"}),

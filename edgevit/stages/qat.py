@@ -1,0 +1,207 @@
+"""The qat stage: quantization-aware distillation against one backend's simulated INT8 grid.
+
+The float model the INT8 target would lower is both the teacher (frozen) and the start of the
+student; the student computes through ``edgevit.quant``'s simulation of the target's grid with
+straight-through gradients, so training moves its weights to where the backend's own rounding
+hurts least. The output is a float checkpoint (and its ONNX) that the target then quantizes with
+its own tooling, as it would any model: no backend-specific fork. Resumable and multi-process
+through ``train.fit`` like distillation.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+from edgevit import distributed
+from edgevit.check.layerwise import sqnr_db
+from edgevit.data import DataSpec, load_data
+from edgevit.data.transforms import preprocess
+from edgevit.fileio import atomic_write_json, ensure_dir
+from edgevit.models.load import load, logits_of
+from edgevit.quant.outliers import outlier_pairs
+from edgevit.quant.scheme import Int8Scheme
+from edgevit.quant.simulate import Scope, Simulation, simulation
+from edgevit.recipe.schema import QatStage
+from edgevit.stages.distill import kd_loss
+from edgevit.stages.export import export_onnx
+from edgevit.train import Optim, finish, fit
+
+LOG_FILE = "qat.json"
+CONFIG_FILE = "qat_config.json"
+
+
+class QatConfig(BaseModel):
+    """One quantization-aware distillation run (serializable: torchrun's processes read it)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    model: str  # the float checkpoint to start from; also the teacher
+    scheme: dict[str, Any]  # an Int8Scheme's fields
+    patch_embed: bool = False
+    matmuls: bool = False
+    float_layers: tuple[str, ...] = ()
+    calibration: str  # a .npy of preprocessed calibration images
+    data: DataSpec
+    base_dir: str | None = None
+    settings: QatStage
+
+    @property
+    def scope(self) -> Scope:
+        """The layers the target quantizes."""
+        return Scope(self.patch_embed, self.matmuls, self.float_layers)
+
+
+def freeze_epoch(settings: QatStage) -> int:
+    """The first epoch whose activation ranges stay as the previous epoch left them."""
+    return settings.epochs - math.floor(settings.epochs * settings.freeze_ranges + 1e-9)
+
+
+def _freeze_folded_norms(sim: Simulation) -> None:
+    """TFLite's grid folds the block LayerNorms into the next Linear (γ=1, β=0 in the simulated
+    model): they stay identities, or the converter would fold a changed γ onto the trained grid."""
+    if not sim.scheme.folds_norms:
+        return
+    for pair in outlier_pairs(sim.model):
+        if pair.norm.startswith("blocks."):
+            for p in sim.model.get_submodule(pair.norm).parameters():
+                p.requires_grad_(False)
+
+
+def _range_report(sim: Simulation, model: nn.Module, scope: Scope, calibration: np.ndarray) -> dict[str, Any]:
+    """How far the ranges the run trained with are from those calibration gives on its output
+    (what each backend computes): per layer, the largest difference of a range's ends relative to
+    the range's width."""
+    fresh = simulation(model, sim.scheme, calibration, scope)
+
+    def rel(a: tuple[float, float], b: tuple[float, float]) -> float:
+        return max(abs(a[0] - b[0]), abs(a[1] - b[1])) / max(a[1] - a[0], 1e-12)
+
+    layers = {}
+    for name in sim.layers:
+        diffs = [rel(a, b) for a, b in zip(sim.inputs[name], fresh.inputs[name], strict=True)]
+        if name in sim.outputs:
+            diffs.append(rel(sim.outputs[name], fresh.outputs[name]))
+        layers[name] = round(max(diffs), 5)
+    worst = max(layers, key=lambda n: layers[n]) if layers else None
+    return {
+        "max_relative_difference": layers[worst] if worst else 0.0,
+        "worst_layer": worst,
+        "per_layer": layers,
+    }
+
+
+def simulated_sqnr(
+    model: nn.Module, reference: np.ndarray, scheme: Int8Scheme, scope: Scope, calibration: np.ndarray
+) -> float:
+    """Logit SQNR against ``reference`` (logits on the calibration images) of ``model`` under
+    ``scheme``'s INT8, calibrated afresh on those images as the backend calibrates."""
+    sim = simulation(model, scheme, calibration, scope)
+    return sqnr_db(reference, logits_of(sim.model, calibration, 64))
+
+
+def qat(cfg: QatConfig, out_dir: Path, progress: bool = True) -> dict[str, Any]:
+    """Train into ``out_dir`` (model.safetensors, config.json, model.onnx, ranges.json, qat.json);
+    resumable. Run it once per process under torchrun to train with DistributedDataParallel."""
+    world = distributed.init()
+    s = cfg.settings
+    ensure_dir(out_dir, "output directory")
+    loaded = load(checkpoint=Path(cfg.model))
+    config, teacher = loaded.config, loaded.model.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    scheme, scope = Int8Scheme(**cfg.scheme), cfg.scope
+    calibration = np.load(cfg.calibration)
+    reference = logits_of(teacher, calibration, 64)  # the scores below: on the calibration images
+    before = simulated_sqnr(teacher, reference, scheme, scope, calibration)
+    sim = simulation(teacher, scheme, calibration, scope, trainable=True)
+    for p in sim.model.parameters():
+        p.requires_grad_(True)
+    _freeze_folded_norms(sim)
+    base = Path(cfg.base_dir) if cfg.base_dir else None
+    raw = load_data(cfg.data, config.class_names, base)
+    x = torch.from_numpy(preprocess(raw, config))
+    y = torch.from_numpy(raw.labels).long()
+    frozen_from = freeze_epoch(s)
+    started: list[int] = []  # the epochs this run trains (a resumed run starts past 0)
+
+    def before_epoch(epoch: int) -> None:
+        started.append(epoch)
+        if epoch < frozen_from:
+            sim.recalibrate(calibration)
+
+    def loss_fn(net: nn.Module, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            target = teacher(xb)
+        return kd_loss(net(xb), target, yb, s)
+
+    optim = Optim(s.epochs, s.batch_size, s.lr, s.weight_decay, s.warmup_epochs, s.shift_pixels, s.seed)
+    t0 = time.perf_counter()
+    history = fit(
+        sim.model,
+        x,
+        y,
+        optim,
+        loss_fn,
+        out_dir,
+        cfg.model_dump_json(),
+        f"qat {scheme.tag}",
+        progress,
+        before_epoch=before_epoch,
+        extra_state=sim,
+    )
+    seconds = time.perf_counter() - t0
+    trained = logits_of(sim.model.eval(), calibration, 64)
+    student = copy.deepcopy(teacher)  # the same module tree, given the trained float weights
+    student.load_state_dict(sim.float_state(), strict=True)
+    student.eval()
+    result: dict[str, Any] = {
+        "model": cfg.model,
+        "scheme": cfg.scheme,
+        "scope": {
+            "patch_embed": cfg.patch_embed,
+            "matmuls": cfg.matmuls,
+            "float_layers": list(cfg.float_layers),
+        },
+        "data": raw.description,
+        "settings": s.model_dump(mode="json"),
+        "history": history,
+        "ranges_frozen_from_epoch": frozen_from + 1,
+        "processes": world.size,
+        "seconds_this_run": round(seconds, 1),
+        "images_per_second": round(len(x) * len(started) / seconds, 1) if started else None,
+        "simulated_sqnr_db": {
+            "where": f"simulated:edgevit.quant ({scheme.tag}), {len(calibration)} calibration images",
+            "before": round(before, 2),
+            "after": round(simulated_sqnr(student, reference, scheme, scope, calibration), 2),
+            "after_with_trained_ranges": round(sqnr_db(reference, trained), 2),
+            "float_after_vs_before": round(sqnr_db(reference, logits_of(student, calibration, 64)), 2),
+        },
+        "ranges": _range_report(sim, student, scope, calibration),
+    }
+    if world.main:
+        export_onnx(student, config.input_size, out_dir / "model.onnx")
+        atomic_write_json(out_dir / "ranges.json", sim.state_dict())
+    return finish(student, config, out_dir, LOG_FILE, result)
+
+
+def run_qat(cfg: QatConfig, out_dir: Path, progress: bool = False) -> dict[str, Any]:
+    """Train in this process, or in ``settings.nproc`` processes under torchrun."""
+    if cfg.settings.nproc == 1:
+        return qat(cfg, out_dir, progress)
+    ensure_dir(out_dir, "output directory")
+    config_path = out_dir / CONFIG_FILE
+    atomic_write_json(config_path, cfg.model_dump(mode="json"))
+    args = ["edgevit.cli", "qat", "--config", str(config_path), "-o", str(out_dir)]
+    distributed.run_under_torchrun(args if progress else [*args, "--quiet"], cfg.settings.nproc)
+    config_path.unlink()
+    return dict(json.loads((out_dir / LOG_FILE).read_text()))
