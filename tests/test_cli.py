@@ -138,6 +138,12 @@ def test_bad_train_and_distill_options_name_the_option_and_rule(tmp_path, tiny_c
         ((*distill, "--temperature", "-2"), "--temperature: must be greater than 0, got -2.0"),
         ((*distill, "--nproc", "0"), "--nproc: must be at least 1, got 0"),
         (("distill", "--config", str(config), "-o", out), "settings.epochs: must be at least 1, got -3"),
+        (("qat", "-o", out), "qat needs --model (or --config)"),
+        (
+            ("qat", "--model", str(tiny_checkpoint), "--freeze-ranges", "1", "-o", out),
+            "--freeze-ranges: must be less than 1",
+        ),
+        (("qat", "--model", str(tiny_checkpoint), "--lr", "0", "-o", out), "--lr: must be greater than 0"),
     ]
     for args, message in cases:
         line = _one_line_exit_2(capsys, *args)
@@ -158,3 +164,29 @@ def test_a_refused_pickled_checkpoint_is_one_line(tmp_path, capsys) -> None:
     args = ("train", "--init", str(path), "--epochs", "1", "-o", str(tmp_path / "out"))
     line = _one_line_exit_2(capsys, *args)
     assert "not loaded for safety" in line and "_Pickled" in line, line
+
+
+def test_qat_command_trains_against_a_backends_grid(tmp_path, tiny_checkpoint, capsys) -> None:
+    from edgevit.cli import main
+
+    out = tmp_path / "qat"
+    args = ["qat", "--model", str(tiny_checkpoint), "--backend", "tensorrt", "--matmul-scope", "all"]
+    args += [
+        "--calibration-count",
+        "16",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "64",
+        "-o",
+        str(out),
+        "--json",
+        "--quiet",
+    ]
+    assert main(args) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["simulated_sqnr_db"]["where"].startswith("simulated:edgevit.quant (tensorrt-w8)")
+    assert {"model.safetensors", "config.json", "model.onnx", "qat.json", "ranges.json"} <= {
+        p.name for p in out.iterdir()
+    }
+    assert not (out / "train_state.pt").exists()  # finished: no resume state left
