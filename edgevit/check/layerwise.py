@@ -57,6 +57,7 @@ class _Layer:
     node: str
     input: str
     output: str
+    others: tuple[str, ...] = ()  # further activation inputs: an attention matmul's second operand
 
 
 def sqnr_db(reference: np.ndarray, other: np.ndarray) -> float:
@@ -78,11 +79,14 @@ def layers(model: Any) -> list[_Layer]:
     """A loaded float graph's MatMul/Gemm/Conv nodes, named by the torch module they came from."""
     from edgevit.targets.graph import module_name
 
+    consts = {i.name for i in model.graph.initializer}
+    consts |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
     found = []
     for node in model.graph.node:
         if node.op_type in LAYER_OPS:
             name, block = module_name(node)
-            found.append(_Layer(name, block, node.op_type, node.name, node.input[0], node.output[0]))
+            others = tuple(i for i in node.input[1:] if i and i not in consts)
+            found.append(_Layer(name, block, node.op_type, node.name, node.input[0], node.output[0], others))
     return found
 
 
@@ -125,11 +129,11 @@ def _onnx_tensors(model: Any, wanted: list[str], x: np.ndarray) -> tuple[dict[st
 
 
 def _onnx_local(
-    model: Any, pairs: list[tuple[str, str]], inputs: dict[str, np.ndarray], fake_quant: bool
+    model: Any, pairs: list[tuple[tuple[str, ...], str]], inputs: dict[str, np.ndarray], fake_quant: bool
 ) -> dict[str, np.ndarray]:
-    """Run each (input, output) span of a loaded ONNX alone (onnx.utils.Extractor) on the float
-    model's value of its input, with ONNX Runtime's integer kernels or (``fake_quant``) its Q/DQ as
-    written; {output name: value}."""
+    """Run each (inputs, output) span of a loaded ONNX alone (onnx.utils.Extractor) on the float
+    model's values of its inputs, with ONNX Runtime's integer kernels or (``fake_quant``) its Q/DQ
+    as written; {output name: value}."""
     import onnx
     import onnxruntime as ort
 
@@ -140,13 +144,13 @@ def _onnx_local(
     if fake_quant:
         opts.add_session_config_entry("session.disable_quant_qdq", "1")
     out = {}
-    for src, dst in pairs:
+    for srcs, dst in pairs:
         actual = _actual(dst, produced)
         if actual is None:
             continue
-        sub = extractor.extract_model([src], [actual])
+        sub = extractor.extract_model(list(srcs), [actual])
         session = ort.InferenceSession(sub.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        out[dst] = np.asarray(session.run(None, {src: inputs[src]})[0], np.float32)
+        out[dst] = np.asarray(session.run(None, {s: inputs[s] for s in srcs})[0], np.float32)
     return out
 
 
@@ -260,13 +264,17 @@ def compare(float_onnx: Path, artifact: Path, x: np.ndarray, fake_quant: bool = 
 
     float_model = onnx.load(str(float_onnx))
     found = layers(float_model)
-    wanted = sorted({t for layer in found for t in (layer.input, layer.output)})
+    wanted = sorted({t for layer in found for t in (layer.input, layer.output, *layer.others)})
     x = np.ascontiguousarray(x, np.float32)
     reference, _ = _onnx_tensors(float_model, wanted, x)
     if artifact.suffix == ".onnx":
         model = onnx.load(str(artifact))
         other, quantized = _onnx_tensors(model, wanted, x)  # adds the probed tensors to its outputs
-        spans = [(la.input, la.output) for la in found if la.input in quantized and la.input in reference]
+        spans = [
+            ((la.input, *la.others), la.output)
+            for la in found
+            if la.input in quantized and all(t in reference for t in (la.input, *la.others))
+        ]
         local = _onnx_local(model, spans, reference, fake_quant)
     elif artifact.suffix == ".xml":
         other, quantized = _openvino_tensors(artifact, found, x)

@@ -46,3 +46,20 @@ def test_layers_of_an_exported_model(tiny_onnx) -> None:
     names = [f.name for f in found]
     assert names[0] == "patch_embed.proj" and names[-1] == "head"
     assert {"blocks.0.attn.qkv", "blocks.0.attn.proj", "blocks.0.mlp.fc1", "blocks.0.mlp.fc2"} <= set(names)
+
+
+def test_attention_matmuls_run_alone_on_both_operands(tiny_checkpoint, tiny_onnx, tmp_path) -> None:
+    """With matmul_scope: all an attention matmul's two inputs are activations: the layer run alone
+    gets both (before, the extracted span lacked its second operand and the comparison failed)."""
+    from edgevit.check import layerwise
+    from edgevit.models.load import load
+    from edgevit.recipe.schema import QuantizeStage
+    from edgevit.targets import TARGETS, LowerRequest
+
+    cfg = load(checkpoint=tiny_checkpoint).config
+    x = np.random.default_rng(0).uniform(-1, 1, (8, 3, 32, 32)).astype(np.float32)
+    stage = QuantizeStage(stage="quantize", matmul_scope="all", equalize="off")
+    artifact = TARGETS.get("onnxruntime").lower(LowerRequest(tiny_onnx, "int8", cfg, {}, stage, x), tmp_path)
+    found = layerwise.summary(tiny_onnx, artifact, x[:4], "onnxruntime")["layers"]
+    attention = [row for row in found if row["layer"] == "blocks.0.attn.qk.0"]
+    assert attention and attention[0]["quantized"] and attention[0]["local_sqnr_db"] < 150
