@@ -149,7 +149,7 @@ class QatStage(Strict):
     stage: Literal["qat"]
     epochs: int = Field(default=3, gt=0)
     batch_size: int = Field(default=64, gt=0)
-    # measured on the shapes model (tools/bench_qat.py): Adam steps past 3e-5 undo more than they
+    # measured on the shapes model (README, qat stage: a 256-step sweep): Adam steps past 3e-5 undo more than they
     # gain on a trained model, and its first steps need the warm-up
     lr: float = Field(default=1e-5, gt=0)
     weight_decay: float = Field(default=0.0, ge=0)
