@@ -8,10 +8,13 @@ the same optimisation as one process with the same global batch.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -81,3 +84,19 @@ def run_under_torchrun(module_args: list[str], nproc: int) -> None:
         raise EdgeVitError(
             f"{nproc}-process run under torchrun failed (exit {code})", "see the worker errors printed above"
         )
+
+
+def run_stage_under_torchrun(
+    command: str, config: dict[str, Any], out_dir: Path, nproc: int, log_file: str, progress: bool
+) -> dict[str, Any]:
+    """Run ``edgevit <command> --config`` (distill, qat) as ``nproc`` processes under torchrun on
+    ``config`` (written into ``out_dir`` meanwhile); return the log rank 0 wrote there."""
+    from edgevit.fileio import atomic_write_json, ensure_dir
+
+    ensure_dir(out_dir, "output directory")
+    config_path = out_dir / f"{command}_config.json"
+    atomic_write_json(config_path, config)
+    args = ["edgevit.cli", command, "--config", str(config_path), "-o", str(out_dir)]
+    run_under_torchrun(args if progress else [*args, "--quiet"], nproc)
+    config_path.unlink()
+    return dict(json.loads((out_dir / log_file).read_text()))

@@ -34,7 +34,7 @@ from edgevit.recipe.loader import load_recipe
 RECIPE = "shapes-widest-qad.yaml"
 
 
-def _recipe(model: str, qat: bool, work: Path, overrides: list[str]) -> Path:
+def _recipe(model: str, qat: bool, work: Path) -> Path:
     doc = yaml.safe_load((recipes_dir() / RECIPE).read_text())
     doc["model"] = {"checkpoint": f"builtin:{model}"}
     doc["name"] = f"bench-qat-{model}-{'qad' if qat else 'ptq'}"
@@ -58,7 +58,7 @@ def main() -> int:
     for model in args.models.split(","):
         reports = {}
         for qat in (False, True):
-            recipe = load_recipe(str(_recipe(model, qat, work, args.set)), args.set if qat else [])
+            recipe = load_recipe(str(_recipe(model, qat, work)), args.set if qat else [])
             t0 = time.perf_counter()
             log = (lambda line: print(f"  {line}", file=sys.stderr, flush=True)) if qat else None
             reports[qat] = (build(recipe, work / "build" / model, log=log).data, time.perf_counter() - t0)

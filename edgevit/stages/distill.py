@@ -15,7 +15,7 @@ from edgevit import distributed
 from edgevit.data import DataSpec, load_data
 from edgevit.data.transforms import preprocess
 from edgevit.errors import ModelLoadError
-from edgevit.fileio import atomic_write_json, ensure_dir
+from edgevit.fileio import ensure_dir
 from edgevit.models.config import ModelConfig
 from edgevit.models.load import create, create_configured, load
 from edgevit.models.vit_plus import VisionTransformerPlus, add_distill_token
@@ -23,7 +23,6 @@ from edgevit.recipe.schema import DistillStage, QatStage
 from edgevit.train import Optim, finish, fit
 
 LOG_FILE = "distill.json"
-CONFIG_FILE = "distill_config.json"
 
 
 class DistillConfig(BaseModel):
@@ -142,12 +141,6 @@ def run_distill(cfg: DistillConfig, out_dir: Path, progress: bool = False) -> di
     """Distill in this process, or in ``settings.nproc`` processes under torchrun."""
     if cfg.settings.nproc == 1:
         return distill(cfg, out_dir, progress)
-    import json
-
-    ensure_dir(out_dir, "output directory")
-    config_path = out_dir / CONFIG_FILE
-    atomic_write_json(config_path, cfg.model_dump(mode="json"))
-    args = ["edgevit.cli", "distill", "--config", str(config_path), "-o", str(out_dir)]
-    distributed.run_under_torchrun(args if progress else [*args, "--quiet"], cfg.settings.nproc)
-    config_path.unlink()
-    return dict(json.loads((out_dir / LOG_FILE).read_text()))
+    return distributed.run_stage_under_torchrun(
+        "distill", cfg.model_dump(mode="json"), out_dir, cfg.settings.nproc, LOG_FILE, progress
+    )

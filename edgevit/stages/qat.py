@@ -11,7 +11,6 @@ through ``train.fit`` like distillation.
 from __future__ import annotations
 
 import copy
-import json
 import math
 import time
 from pathlib import Path
@@ -37,7 +36,6 @@ from edgevit.stages.export import export_onnx
 from edgevit.train import Optim, finish, fit
 
 LOG_FILE = "qat.json"
-CONFIG_FILE = "qat_config.json"
 
 
 class QatConfig(BaseModel):
@@ -198,10 +196,6 @@ def run_qat(cfg: QatConfig, out_dir: Path, progress: bool = False) -> dict[str, 
     """Train in this process, or in ``settings.nproc`` processes under torchrun."""
     if cfg.settings.nproc == 1:
         return qat(cfg, out_dir, progress)
-    ensure_dir(out_dir, "output directory")
-    config_path = out_dir / CONFIG_FILE
-    atomic_write_json(config_path, cfg.model_dump(mode="json"))
-    args = ["edgevit.cli", "qat", "--config", str(config_path), "-o", str(out_dir)]
-    distributed.run_under_torchrun(args if progress else [*args, "--quiet"], cfg.settings.nproc)
-    config_path.unlink()
-    return dict(json.loads((out_dir / LOG_FILE).read_text()))
+    return distributed.run_stage_under_torchrun(
+        "qat", cfg.model_dump(mode="json"), out_dir, cfg.settings.nproc, LOG_FILE, progress
+    )
