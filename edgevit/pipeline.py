@@ -116,6 +116,28 @@ def _artifact_sha256(outputs: dict[str, str], main: str) -> str:
     return sha256_bytes("".join(f"{rel}\0{digest}\n" for rel, digest in files).encode())
 
 
+def _lower_key(
+    spec: TargetSpec,
+    target: Any,
+    versions: dict[str, str],
+    onnx_sha: str,
+    calib_sha: str | None,
+    req: LowerRequest,
+) -> dict[str, Any]:
+    """What a target's artifact depends on: the key of its build step."""
+    return {
+        "onnx": onnx_sha,
+        "backend": spec.backend,
+        "revision": target.revision,
+        "precision": spec.precision,
+        "options": spec.options,
+        "versions": versions,
+        "quantize": req.quantize.model_dump() if req.quantize and spec.precision == "int8" else None,
+        "calibration": calib_sha if spec.precision == "int8" else None,
+        **target.build_settings(req),
+    }
+
+
 class Build:
     """One run of a recipe into a build directory."""
 
@@ -252,12 +274,18 @@ class Build:
             if q is not None and q.equalize == "auto" and spec.precision == "int8":
                 equalized_sha, equalized = self._equalize(spec, request, model, cfg, weights_sha, calib_sha)
                 onnx_sha = equalized_sha or onnx_sha
-            if r.qat() is not None and spec.precision == "int8":
+            on_demand = r.qat_on_demand() and spec.precision == "int8"
+            if r.qat() is not None and spec.precision == "int8" and not on_demand:
                 onnx_sha, trained = self._qat(spec, request, onnx_sha, calib_sha, x_eval, labels)
-            qat_logits = trained.pop("float_logits", None) if trained else None
-            entry = self._target(
-                spec, request, onnx_sha, calib_sha, x_eval, labels, src_logits, ref_top1, qat_logits
-            )
+            if on_demand:
+                entry, trained = self._recover(
+                    spec, request, onnx_sha, calib_sha, x_eval, labels, src_logits, ref_top1
+                )
+            else:
+                qat_logits = trained.pop("float_logits", None) if trained else None
+                entry = self._target(
+                    spec, request, onnx_sha, calib_sha, x_eval, labels, src_logits, ref_top1, qat_logits
+                )
             if equalized is not None:
                 entry["equalization"] = equalized
             if trained is not None:
@@ -343,7 +371,7 @@ class Build:
     ) -> tuple[str, dict[str, Any]]:
         """Point ``request`` at the model trained against ``spec``'s INT8 grid (one cached,
         resumable step per grid and input model); return its ONNX's sha256 and the stage's record."""
-        r, stage = self.recipe, self.recipe.qat()
+        r, stage = self.recipe, self.recipe.qat_settings()
         assert stage is not None and r.data.train is not None and request.checkpoint is not None
         scheme = scheme_for(spec.backend, request)
         if scheme is None:
@@ -413,9 +441,11 @@ class Build:
         src_logits: np.ndarray,
         ref_top1: float,
         qat_logits: np.ndarray | None = None,
+        prebuilt: StepResult | None = None,
     ) -> dict[str, Any]:
         """Lower, run and measure one target; accuracy is compared with the float model before any
-        qat stage (and, after one, also with the float model it trained: ``vs_qat_float``)."""
+        qat stage (and, after one, also with the float model it trained: ``vs_qat_float``).
+        ``prebuilt``: a build step of this very request, whose artifact the target's step copies."""
         r = self.recipe
         target = TARGETS.get(spec.backend)
         entry: dict[str, Any] = {
@@ -435,17 +465,7 @@ class Build:
         entry["versions"] = avail.versions
 
         def key_for(req: LowerRequest) -> dict[str, Any]:
-            return {
-                "onnx": onnx_sha,
-                "backend": spec.backend,
-                "revision": target.revision,
-                "precision": spec.precision,
-                "options": spec.options,
-                "versions": avail.versions,
-                "quantize": req.quantize.model_dump() if req.quantize and spec.precision == "int8" else None,
-                "calibration": calib_sha if spec.precision == "int8" else None,
-                **target.build_settings(req),
-            }
+            return _lower_key(spec, target, avail.versions, onnx_sha, calib_sha, req)
 
         threads = spec.threads or device.threads or r.check.threads
         built: dict[str, Any] = {}
@@ -458,7 +478,7 @@ class Build:
                 self.log(f"{spec.name}: failed ({why})")
                 return {**entry, "status": "failed", "reason": f"{why}; remove float_layers for this recipe"}
             entry["fallback"] = {"applied": False, "reason": why}
-        candidate: StepResult | None = None  # the search's chosen build: the target's artifact is a copy
+        candidate = prebuilt  # or the search's chosen build: the target's artifact is a copy
         if q is not None and q.accuracy_budget is not None and target.float_layers:
             try:
                 found, candidate = self._fallback(
@@ -615,6 +635,104 @@ class Build:
             self.log(f"{spec.name}: device profile failed ({exc})")
             return {"ok": False, "error": exc.message}
         return result.results[0]
+
+    def _recover(
+        self,
+        spec: TargetSpec,
+        request: LowerRequest,
+        onnx_sha: str,
+        calib_sha: str | None,
+        x_eval: np.ndarray,
+        labels: np.ndarray,
+        src_logits: np.ndarray,
+        ref_top1: float,
+    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """One INT8 target under ``accuracy_budget.recover: qat | qat_then_float``: post-training
+        INT8 first (a cached step under ``search/``); only if that misses the budget, the qat stage
+        against the target's grid, then the target built from the trained model (and, with
+        ``qat_then_float``, the float-layer search on it). Returns the target's entry and the qat
+        record (None when post-training INT8 was enough)."""
+        q = request.quantize
+        assert q is not None and q.accuracy_budget is not None
+        budget = q.accuracy_budget
+        plain = replace(request, quantize=q.model_copy(update={"accuracy_budget": None}))
+        scored = self._post_training(spec, plain, onnx_sha, calib_sha, x_eval, labels, src_logits)
+        args = (calib_sha, x_eval, labels, src_logits, ref_top1)
+        if scored is None:  # nothing here can build or score it: the target's own check says why
+            return self._target(spec, plain, onnx_sha, *args), None
+        ptq, step = scored
+        record: dict[str, Any] = {
+            "applied": True,
+            "budget": budget.model_dump(),
+            "recover": budget.recover,
+            "post_training": {**ptq.to_dict(), "step": step.name},
+        }
+        if budget.met(ptq.top1_drop, ptq.sqnr_db, ptq.agreement):
+            self.log(f"{spec.name}: post-training INT8 meets the accuracy budget: no qat needed")
+            entry = self._target(spec, plain, onnx_sha, *args, prebuilt=step)
+            entry["fallback"] = {**record, "met": True, "needed": "none", "float_layers": [], "tried": []}
+            return entry, None
+        self.log(
+            f"{spec.name}: post-training INT8 misses the accuracy budget (drop {ptq.top1_drop:+.2f}, SQNR "
+            f"{ptq.sqnr_db:.1f} dB): recovering with qat"
+        )
+        onnx_sha, trained = self._qat(spec, request, onnx_sha, calib_sha, x_eval, labels)
+        qat_logits = trained.pop("float_logits", None)
+        if budget.recover == "qat":
+            request = replace(request, quantize=plain.quantize)
+        entry = self._target(spec, request, onnx_sha, *args, qat_logits)
+        acc = entry.get("accuracy")
+        if entry["status"] != "ok" or acc is None:
+            return entry, trained
+        searched = entry.get("fallback") or {}
+        floated = list(searched.get("float_layers") or [])
+        met = budget.met(acc["top1_drop"], acc["sqnr_db"], acc["agreement"])
+        entry["fallback"] = {
+            **searched,
+            **record,
+            "met": met,
+            "needed": "qat+float" if floated else "qat",
+            "float_layers": floated,
+            "tried": searched.get("tried", []),
+        }
+        if searched.get("applied") is False:  # a backend that cannot keep layers float
+            entry["fallback"]["float_search"] = searched.get("reason")
+        verdict = "met" if met else "still missed"
+        self.log(f"{spec.name}: after qat{' and float layers' if floated else ''} the budget is {verdict}")
+        return entry, trained
+
+    def _post_training(
+        self,
+        spec: TargetSpec,
+        request: LowerRequest,
+        onnx_sha: str,
+        calib_sha: str | None,
+        x_eval: np.ndarray,
+        labels: np.ndarray,
+        src_logits: np.ndarray,
+    ) -> tuple[accuracy.AccuracyResult, StepResult] | None:
+        """Build ``request`` (post-training INT8) as a cached step and score it on the evaluation
+        set; None when this host cannot build or run it."""
+        target = TARGETS.get(spec.backend)
+        avail = target.availability()
+        if not avail.available:
+            return None
+        device = resolve_device(spec.device)
+        threads = spec.threads or device.threads or self.recipe.check.threads
+        try:
+            step = self.ws.step(
+                f"search/{spec.name}/post-training",
+                _lower_key(spec, target, avail.versions, onnx_sha, calib_sha, request),
+                lambda d: target.lower(request, d),
+                {"producer": f"targets.{spec.backend} (post-training INT8, accuracy budget)"},
+            )
+            artifact = step.path(target.artifact_name)
+            with target.runner(artifact, threads, request.model_config.input_size, device) as runner:
+                logits = runner.infer_all(x_eval, self.recipe.check.eval_batch)
+        except EdgeVitError as exc:  # NotCheckable included: the target's own step reports it
+            self.log(f"{spec.name}: post-training INT8 not scored ({exc})")
+            return None
+        return accuracy.compare(logits, labels, src_logits), step
 
     def _fallback(
         self,

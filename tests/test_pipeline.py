@@ -252,3 +252,55 @@ def test_qat_stage_trains_once_per_int8_grid(fresh_builtin: Path, tmp_path: Path
     assert any(line.startswith("ort-a: qat simulated INT8 SQNR") for line in lines)
     again = edgevit.build(path, tmp_path / "b").data
     assert all(t["qat"]["reused"] for t in again["targets"])
+
+
+def test_accuracy_budget_recovers_with_qat_only_where_needed(fresh_builtin: Path, tmp_path: Path) -> None:
+    import yaml
+
+    def recipe(budget: dict[str, object]) -> Path:
+        doc = {
+            "name": "recover",
+            "model": {"checkpoint": "builtin:digits"},
+            "data": {
+                "calibration": {"source": "digits", "split": "train", "count": 32},
+                "evaluation": {"source": "digits", "split": "test", "count": 64},
+                "train": {"source": "digits", "split": "train", "count": 64},
+            },
+            "stages": [
+                {"stage": "qat", "epochs": 1, "batch_size": 32, "warmup_epochs": 0},
+                {"stage": "quantize", "matmul_scope": "all", "accuracy_budget": budget},
+            ],
+            "targets": [{"name": "ort", "backend": "onnxruntime", "precision": "int8"}],
+            "check": {"runs": 3, "layerwise_samples": 0},
+            "gates": {"max_top1_drop": None},
+        }
+        path = tmp_path / "recover.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        return path
+
+    # Post-training INT8 meets the budget: no qat run, the artifact is the post-training one.
+    lines: list[str] = []
+    doc = edgevit.build(recipe({"min_sqnr_db": 1, "recover": "qat"}), tmp_path / "b", log=lines.append).data
+    (t,) = doc["targets"]
+    assert t["fallback"]["needed"] == "none" and t["fallback"]["met"] and "qat" not in t
+    assert t["accuracy"]["sqnr_db"] == pytest.approx(t["fallback"]["post_training"]["sqnr_db"], abs=1e-6)
+    assert not any("qat against" in line for line in lines)
+
+    # An unreachable budget: qat runs (the recipe's settings), every layer stays INT8.
+    path = recipe({"min_sqnr_db": 500, "recover": "qat"})
+    doc = edgevit.build(path, tmp_path / "b").data
+    (t,) = doc["targets"]
+    f = t["fallback"]
+    assert f["needed"] == "qat" and not f["met"] and f["float_layers"] == [] and f["tried"] == []
+    assert t["qat"]["applied"] and t["qat"]["epochs"] == 1 and "vs_qat_float" in t["accuracy"]
+    assert "recover: qat; post-training INT8 had" in (tmp_path / "b" / "report.md").read_text()
+    again = edgevit.build(path, tmp_path / "b").data  # cached: neither step flips back and forth
+    assert again["targets"][0]["qat"]["reused"] and again["targets"][0]["reused"]
+
+    # qat_then_float: the float search then runs on the trained model.
+    doc = edgevit.build(
+        recipe({"min_sqnr_db": 500, "recover": "qat_then_float", "max_float_layers": 1}), tmp_path / "b"
+    ).data
+    f = doc["targets"][0]["fallback"]
+    assert f["tried"] and f["needed"] == ("qat+float" if f["float_layers"] else "qat")
+    assert doc["targets"][0]["qat"]["reused"]  # the same qat run as above

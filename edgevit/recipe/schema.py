@@ -192,6 +192,17 @@ class AccuracyBudget(Strict):
         ),
     )
     ranking_samples: int = Field(default=64, gt=0, description="calibration images the ranking runs on")
+    recover: Literal["float", "qat", "qat_then_float"] = Field(
+        default="float",
+        description=(
+            "what a target whose post-training INT8 misses the budget does: 'float' keeps its most "
+            "sensitive layers float (the search above); 'qat' runs quantization-aware distillation "
+            "against its grid (the recipe's qat stage settings, else that stage's defaults; needs "
+            "data.train) and keeps every layer INT8; 'qat_then_float' runs qat, then the float search "
+            "on the trained model if the budget is still missed. With qat in it, a qat stage in the "
+            "recipe runs only for the targets that need it"
+        ),
+    )
 
     @model_validator(mode="after")
     def _some_limit(self) -> AccuracyBudget:
@@ -393,6 +404,20 @@ class Recipe(Strict):
         """The quantization-aware distillation stage, if any."""
         return next((s for s in self.stages if isinstance(s, QatStage)), None)
 
+    def qat_on_demand(self) -> bool:
+        """Whether quantization-aware distillation runs only for INT8 targets whose post-training
+        INT8 misses the accuracy budget (``accuracy_budget.recover``), not for every INT8 target."""
+        q = self.quantize()
+        return q is not None and q.accuracy_budget is not None and q.accuracy_budget.recover != "float"
+
+    def qat_settings(self) -> QatStage | None:
+        """How quantization-aware distillation trains in this build (None: it never runs): the qat
+        stage, or its defaults when only the accuracy budget's ``recover`` asks for it."""
+        listed = self.qat()
+        if listed is None and self.qat_on_demand():
+            return QatStage(stage="qat")
+        return listed
+
     def compression(self) -> list[PruneStage | DistillStage]:
         """The stages that change the float model, in order (prune, distill)."""
         return [s for s in self.stages if isinstance(s, PruneStage | DistillStage)]
@@ -429,6 +454,11 @@ class Recipe(Strict):
                 raise ValueError(
                     "a qat stage trains for INT8 targets: add a quantize stage and an int8 target"
                 )
+        if self.qat_on_demand() and self.data.train is None:
+            raise ValueError(
+                "quantize.accuracy_budget.recover trains with qat, which needs training images: set "
+                "data.train (e.g. shapes-train) or recover: float"
+            )
         distill = next((s for s in self.stages if isinstance(s, DistillStage)), None)
         if distill is not None:
             if self.data.train is None:

@@ -216,6 +216,18 @@ def render_markdown(doc: dict[str, Any]) -> str:
                 f"- **{t['name']}**: {limits}: {verdict} with {len(f['float_layers'])} float layer(s): {kept} "
                 f"({len(f['tried'])} candidate build(s){left})"
             )
+            if f.get("recover"):
+                ptq = f["post_training"]
+                needed = {
+                    "none": "nothing (post-training INT8 met it)",
+                    "qat": "qat",
+                    "qat+float": "qat, then float layers",
+                }
+                lines.append(
+                    f"  - recover: {f['recover']}; post-training INT8 had drop {ptq['top1_drop']:+.2f}, SQNR "
+                    f"{ptq['sqnr_db']:.1f} dB; needed: {needed.get(f['needed'], f['needed'])}"
+                    + (f" (float layers not possible: {f['float_search']})" if f.get("float_search") else "")
+                )
             sens = f.get("sensitivity") or []
             how = {"simulated": "in the INT8 simulator, no build", "measured": "one build per layer"}
             if sens and "gain_db" in sens[0]:

@@ -89,6 +89,14 @@ def test_shipped_default_recipes_exist() -> None:
             r"a qat stage trains for INT8 targets",
         ),
         (
+            lambda d: d["stages"][0].update(accuracy_budget={"min_sqnr_db": 30, "recover": "qat"}),
+            r"accuracy_budget.recover trains with qat, which needs training images: set data.train",
+        ),
+        (
+            lambda d: d["stages"][0].update(accuracy_budget={"min_sqnr_db": 30, "recover": "retrain"}),
+            r"stages\[0\]\.accuracy_budget\.recover: .*'float', 'qat' or 'qat_then_float'",
+        ),
+        (
             lambda d: d["stages"].insert(0, {"stage": "qat", "freeze_ranges": 1.0}),
             r"stages\[0\]\.freeze_ranges: .*less than 1",
         ),
