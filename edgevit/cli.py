@@ -148,11 +148,22 @@ def cmd_profile(args: argparse.Namespace) -> int:
         for r in doc["results"]:
             lat, acc = r["latency_ms"], r.get("accuracy")
             extra = f", top-1 {acc['top1']:.2f}%, agreement {acc['agreement']:.4f}" if acc else ""
+            shown = [f"{k} {lat[k]:.3f}" for k in ("p50", "p90", "p99") if lat.get(k) is not None]
+            if lat.get("p50") is None:  # e.g. an older benchmark_model: no median printed
+                shown = ["p50 not reported", f"mean {lat['mean']:.3f}", *shown]
             print(
-                f"{r['target']} on {r['where']} ({r['runtime']}): p50 {lat['p50']:.3f} ms, p90 "
-                f"{lat['p90']:.3f}, p99 {lat['p99']:.3f} ({lat['runs']} runs, {lat['threads']} threads, "
-                f"batch {lat['batch']}), peak RSS {r['peak_rss_mb']} MB{extra}"
+                f"{r['target']} on {r['where']} ({r['runtime']}): {', '.join(shown)} ms ({lat['runs']} runs, "
+                f"{lat['threads']} threads, batch {lat['batch']}), peak memory {r['peak_rss_mb']} MB{extra}"
             )
+            dev = r.get("device") or {}
+            if dev.get("system") == "Android":
+                print(
+                    f"  {dev.get('manufacturer')} {dev.get('model')} ({dev.get('soc') or dev.get('platform')}), "
+                    f"Android {dev.get('android')}, {dev.get('abi')}; battery {dev.get('battery_c')} °C; "
+                    f"thermal {dev.get('thermal_c')} -> {dev.get('thermal_c_after')} °C"
+                )
+            if r.get("accuracy_note"):
+                print(f"  accuracy: {r['accuracy_note']}")
             trt = r.get("session") if r["runtime"] == "tensorrt" else None
             if trt:
                 counts = ", ".join(f"{n} {p}" for p, n in trt["layer_precisions"]["counts"].items())
@@ -604,7 +615,8 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument(
         "--device",
         required=True,
-        help="local, ssh://user@host[:port], or a profile in targets/ (e.g. x86-avx512)",
+        help="local, ssh://user@host[:port], adb://SERIAL (an Android phone), or a profile in targets/ "
+        "(e.g. x86-avx512, pixel-8)",
     )
     pr.add_argument("--runs", type=int, default=100, help="timed runs (default 100)")
     pr.add_argument("--duration", type=float, help="seconds of timed runs instead of --runs")

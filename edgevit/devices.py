@@ -39,6 +39,31 @@ class TensorRTSettings(BaseModel):
     workspace_mib: int = Field(default=1024, gt=0, description="builder workspace limit")
 
 
+class AndroidSettings(BaseModel):
+    """How an Android phone (``transport: adb``) runs LiteRT's ``benchmark_model``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    serial: str | None = Field(default=None, description="adb serial; null: the one device adb sees")
+    benchmark_model: str | None = Field(
+        default=None,
+        description="path on this machine of benchmark_model for the phone's ABI (EDGEVIT_BENCHMARK_MODEL "
+        "overrides); not on PyPI or in Debian: see README, Android phones",
+    )
+    delegate: Literal["xnnpack", "gpu", "nnapi", "none"] = Field(
+        default="xnnpack", description="benchmark_model's delegate: --use_xnnpack, --use_gpu, --use_nnapi"
+    )
+    cpu_mask: str | None = Field(
+        default=None, pattern=r"^[0-9a-fA-F]+$", description="taskset mask (hex), e.g. f0 for the big cores"
+    )
+    op_profiling: bool = Field(default=False, description="--enable_op_profiling (per-op times in the log)")
+    accuracy_samples: int = Field(
+        default=200, ge=0, description="bundle images run on the phone for accuracy (one invocation each)"
+    )
+    extra_flags: list[str] = Field(default_factory=list, description="more benchmark_model flags, as written")
+    lock_timeout_s: float = Field(default=600.0, ge=0, description="wait this long for another profile")
+
+
 class DeviceProfile(BaseModel):
     """Where a target runs."""
 
@@ -62,6 +87,7 @@ class DeviceProfile(BaseModel):
     )
     coreml: CoreMLSettings | None = None
     tensorrt: TensorRTSettings | None = None
+    android: AndroidSettings | None = None
     notes: str = ""
 
 

@@ -527,7 +527,9 @@ class Build:
                     if remote or simulated
                     else latency.measure(runner, x_eval[: r.check.batch], r.check.warmup, r.check.runs)
                 )
-            on_device = self._on_device(spec, artifact, threads) if device.transport == "ssh" else None
+            on_device = (
+                self._on_device(spec, artifact, threads) if device.transport in ("ssh", "adb") else None
+            )
             if spec.precision == "int8" and r.check.layerwise_samples:
                 findings.update(self._layerwise(spec, request.onnx_path, artifact, x_eval))
         except NotCheckable as exc:  # built, but nothing here can run it: keep the artifact, skip the check

@@ -31,9 +31,15 @@ class ProfileResult:
 
 
 def transport_for(device: str) -> tuple[str, Transport, int | None]:
-    """(name, transport, default threads) for ``local``/``host``, an ``ssh://`` URL or a profile name."""
+    """(name, transport, default threads) for ``local``/``host``, an ``ssh://`` or ``adb://`` URL or a
+    profile name."""
     if device in LOCAL_NAMES:
         return "local", LocalTransport(), None
+    if device.startswith("adb://"):
+        from edgevit.profiling.adb import parse_adb_url
+
+        phone = parse_adb_url(device)
+        return phone.serial or "adb", phone, None
     if device.startswith("ssh://"):
         transport = parse_ssh_url(device)
         return transport.host, transport, None
@@ -51,10 +57,11 @@ def transport_for(device: str) -> tuple[str, Transport, int | None]:
             profile.threads,
         )
     if profile.transport == "adb":
-        raise ProfileError(
-            f"device {profile.name} is reached by adb, which edgevit cannot profile through yet",
-            "measure on the phone with the same .tflite (e.g. LiteRT's benchmark_model)",
-        )
+        from edgevit.devices import AndroidSettings
+        from edgevit.profiling.adb import AdbTransport
+
+        settings = profile.android or AndroidSettings()
+        return profile.name, AdbTransport(settings.serial, settings), profile.threads
     raise ProfileError(
         f"device {profile.name} is unreachable: its profile has transport none",
         "profile on a machine edgevit can reach (local or ssh://)",

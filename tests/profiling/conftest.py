@@ -130,3 +130,60 @@ def device_profiles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
     yield add
     devices.resolve_device.cache_clear()
+
+
+STANDIN_ANDROID = Path(__file__).resolve().parent / "standin_android"
+
+
+@dataclass
+class FakePhone:
+    """The stand-in phone (standin_android/README.md): a device directory behind a fake adb."""
+
+    root: Path
+    binary: Path  # the stand-in benchmark_model, as a user's binary on this machine
+
+    def set_state(self, state: str) -> None:
+        (self.root / "state").write_text(state)
+
+    @property
+    def tmp(self) -> Path:
+        return self.root / "data" / "local" / "tmp"
+
+    def leftovers(self) -> list[str]:
+        return sorted(p.name for p in self.tmp.iterdir())
+
+
+@pytest.fixture
+def fake_phone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakePhone:
+    """A reachable stand-in phone: fake adb first on PATH, the stand-in benchmark_model named by
+    EDGEVIT_BENCHMARK_MODEL, CPU frequencies and thermal zones in its /sys."""
+    import sys
+
+    root = tmp_path / "phone"
+    (root / "data" / "local" / "tmp").mkdir(parents=True)
+    for i in range(4):
+        cpu = root / "sys" / "devices" / "system" / "cpu" / f"cpu{i}" / "cpufreq"
+        cpu.mkdir(parents=True)
+        (cpu / "scaling_cur_freq").write_text(f"{1704000 + 100000 * i}\n")
+        (cpu / "cpuinfo_max_freq").write_text("2914000\n")
+        (cpu / "scaling_governor").write_text("schedutil\n")
+    for i, (kind, temp) in enumerate((("cpu-big", 41200), ("battery", 31000))):
+        zone = root / "sys" / "class" / "thermal" / f"thermal_zone{i}"
+        zone.mkdir(parents=True)
+        (zone / "type").write_text(kind + "\n")
+        (zone / "temp").write_text(f"{temp}\n")
+    tools = tmp_path / "host-bin"
+    tools.mkdir()
+    adb = tools / "adb"
+    adb.write_text(f'#!/bin/sh\nexec {sys.executable} {STANDIN_ANDROID / "adb.py"} "$@"\n')
+    adb.chmod(0o755)
+    binary = tmp_path / "android_aarch64_benchmark_model"
+    binary.write_text(f"#!{sys.executable}\n" + (STANDIN_ANDROID / "benchmark_model.py").read_text())
+    binary.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tools}:{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_ADB_ROOT", str(root))
+    monkeypatch.setenv("EDGEVIT_BENCHMARK_MODEL", str(binary))
+    monkeypatch.delenv("EDGEVIT_ADB", raising=False)
+    phone = FakePhone(root, binary)
+    phone.set_state("device")
+    return phone

@@ -109,7 +109,7 @@ def test_connection_loss_mid_run_writes_nothing(sshd, tiny_onnx, tmp_path) -> No
 def test_unreachable_profile_device_is_named(tiny_onnx) -> None:
     with pytest.raises(ProfileError, match=r"jetson-orin-nano\.local is unreachable"):
         profile(tiny_onnx, "jetson-orin-nano", runs=5)
-    with pytest.raises(ProfileError, match="reached by adb"):
+    with pytest.raises(ProfileError, match=r"m\.onnx: an Android phone runs \.tflite models here"):
         profile(tiny_onnx, "pixel-8", runs=5)
     with pytest.raises(ProfileError, match="unreachable: its profile has transport none"):
         profile(tiny_onnx, "iphone-15", runs=5)
