@@ -557,19 +557,26 @@ class Build:
                     "peak_rss_mb",
                     "throughput_ips",
                     "accuracy",
+                    "accuracy_note",
                     "session",
                 )
                 if k in on_device
             }
+            by = "LiteRT's benchmark_model over adb" if device.transport == "adb" else "the profiling agent"
+            own = (
+                "device_profile.accuracy"
+                if on_device.get("accuracy")
+                else f"not there: {on_device.get('accuracy_note', 'no bundle')}"
+            )
             entry["reason"] = (
-                f"latency measured on device {device.name} by the profiling agent; accuracy checked on this "
-                "host with the same artifact (the device's own result is under device_profile.accuracy)"
+                f"latency measured on device {device.name} by {by}; accuracy checked on this host with the "
+                f"same artifact (the device's own result: {own})"
             )
             if simulated and on_device.get("accuracy"):  # the host only simulated it: the device's rule
                 findings["host_simulation"] = {"where": f"simulated:{simulated}", "accuracy": acc.to_dict()}
                 acc = accuracy.from_dict(on_device["accuracy"])
                 entry["reason"] = (
-                    f"latency and accuracy measured on device {device.name} by the profiling agent "
+                    f"latency and accuracy measured on device {device.name} by {by} "
                     f"({on_device.get('runtime')} there); the {simulated} simulation of the same artifact on "
                     "this host is under host_simulation"
                 )

@@ -135,6 +135,37 @@ def _qat_lines(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _device_lines(doc: dict[str, Any]) -> list[str]:
+    """Where each device-profiled target ran: the device's facts, and for a phone the delegate's
+    coverage and its temperatures before and after."""
+    profiled = [t for t in doc["targets"] if t.get("device_profile")]
+    if not profiled:
+        return []
+    lines = ["", "Measured on devices:", ""]
+    for t in profiled:
+        p = t["device_profile"]
+        dev = p.get("device") or {}
+        if dev.get("system") == "Android":
+            what = (
+                f"{dev.get('manufacturer')} {dev.get('model')} ({dev.get('soc') or dev.get('platform')}, Android "
+                f"{dev.get('android')}, {dev.get('abi')}), governor {dev.get('governor')}, battery "
+                f"{dev.get('battery_c')} °C, thermal {dev.get('thermal_c')} → {dev.get('thermal_c_after')} °C"
+            )
+            s = p.get("session") or {}
+            cover = "; ".join(
+                f"{d['delegate']} took {d['nodes_delegated']} of {d['nodes_total']} nodes"
+                for d in s.get("delegation", [])
+            )
+            absent = (t.get("latency_ms") or {}).get("absent") or []
+            what += f"; benchmark_model ({s.get('summary_format')}): {cover or 'no delegate reported'}"
+            what += f"; not reported by the tool: {', '.join(absent)}" if absent else ""
+        else:
+            what = f"{dev.get('cpu')} ({dev.get('cores')} cores, {', '.join(dev.get('cpu_flags') or []) or 'no flags'})"
+        note = f"; {p['accuracy_note']}" if p.get("accuracy_note") else ""
+        lines.append(f"- **{t['name']}** on {t['where']} ({p.get('runtime')}): {what}{note}")
+    return lines
+
+
 def render_markdown(doc: dict[str, Any]) -> str:
     """A people-readable summary with one row per target and one per gate."""
     ref = doc["reference"]
@@ -154,6 +185,7 @@ def render_markdown(doc: dict[str, Any]) -> str:
     notes = [f"- **{t['name']}** {t['status']}: {t['reason']}" for t in doc["targets"] if t.get("reason")]
     if notes:
         lines += ["", *notes]
+    lines += _device_lines(doc)
     graphs = [t for t in doc["targets"] if t.get("ops")]
     if graphs:
         lines += ["", "Ops by precision (what stayed float):", ""]

@@ -215,9 +215,14 @@ def test_android_build_profiles_on_the_phone_and_gates_its_latency(
     t = report.target("tflite-int8")
     assert t["where"] == "device:pixel-8" and t["latency_ms"]["runs"] == 10 and t["latency_ms"]["p50"] > 0
     assert t["device_profile"]["device"]["model"] == "Pixel 8 (stand-in)"
+    assert t["reason"].startswith("latency measured on device pixel-8 by LiteRT's benchmark_model over adb")
+    assert (fake_phone.root / "taskset.log").read_text().split()[0] == "1f0"  # the profile's big cores
     assert t["device_profile"]["accuracy"]["agreement"] == t["accuracy"]["agreement"]
     gate = next(g for g in report.data["gates"] if g["name"] == "max_latency_p50_ms")
     assert gate["value"] == t["latency_ms"]["p50"] and gate["passed"]
+    md = (tmp_path / "b" / "report.md").read_text()
+    assert "Google Pixel 8 (stand-in) (Tensor G3, Android 14, arm64-v8a), governor schedutil" in md
+    assert "TfLiteXNNPackDelegate took 10 of 12 nodes" in md
     strict = edgevit.build(
         "android-tflite-int8",
         tmp_path / "b",
