@@ -223,6 +223,13 @@ def test_android_build_profiles_on_the_phone_and_gates_its_latency(
     md = (tmp_path / "b" / "report.md").read_text()
     assert "Google Pixel 8 (stand-in) (Tensor G3, Android 14, arm64-v8a), governor schedutil" in md
     assert "TfLiteXNNPackDelegate took 10 of 12 nodes" in md
+    # the acceptance's command: a whole build directory profiled on the phone, same document shape
+    out = tmp_path / "phone.json"
+    args = ["profile", str(tmp_path / "b"), "--device", "adb://emulator-5554", "--runs", "3", "-o", str(out)]
+    assert main(args) == 0
+    (doc,) = json.loads(out.read_text())["results"]
+    assert doc["target"] == "tflite-int8" and doc["where"] == "device:emulator-5554"
+    assert doc["accuracy"]["samples"] == 16 and doc["latency_ms"]["p50"] > 0
     strict = edgevit.build(
         "android-tflite-int8",
         tmp_path / "b",
