@@ -307,7 +307,9 @@ def render_markdown(doc: dict[str, Any]) -> str:
             listed = ", ".join(f"`{x['layer']}` {x['local_sqnr_db']:.1f} dB" for x in worst)
             flag = " — **a gate failed: start here**" if t["name"] in failing else ""
             lines.append(f"- **{t['name']}**: {listed or 'no quantized layer matched'}{flag}")
-    lat_runs = next((t["latency_ms"] for t in doc["targets"] if t.get("latency_ms")), None)
+    lat_runs = next(  # this host's runs; a device's are under "Measured on devices"
+        (t["latency_ms"] for t in doc["targets"] if t.get("latency_ms") and t.get("where") == "host"), None
+    )
     if lat_runs:
         host = doc.get("host", {})
         lines += [
