@@ -4,7 +4,8 @@ A phone has no Python, so the profiling agent cannot run there. Instead, for eac
 
 1. check adb, the device's state (unauthorized, offline, gone), its ABI against the binary's;
 2. take the device lock (a directory under ``/data/local/tmp``, created atomically; another
-   profile waits for it, and a lock older than its holder could still be running is broken);
+   profile waits for it; a lock older than its holder could still be running, or left by a run of
+   this host that has ended, is broken), and remove run directories failed runs left behind;
 3. push the binary and the model to a fresh run directory under ``/data/local/tmp``;
 4. read the device's facts (getprop, CPU frequencies and governor, thermal zones, battery);
 5. run ``benchmark_model`` (threads, delegate, warm-up, runs or duration, ``taskset`` mask, op
@@ -27,8 +28,10 @@ import contextlib
 import hashlib
 import os
 import re
+import secrets
 import shlex
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -435,7 +438,11 @@ class AdbTransport(Transport):
         ``lock_timeout_s``, and break a lock older than any run could hold it."""
         wait = int(self.settings.lock_timeout_s)
         stale = int(job_timeout_s + wait + 60)
-        holder = shlex.quote(f"{os.uname().nodename} pid {os.getpid()} since {time.strftime('%H:%M:%S')}")
+        token = secrets.token_hex(6)
+        self._break_dead_lock()
+        holder = shlex.quote(
+            f"host={socket.gethostname()} pid={os.getpid()} token={token} since={time.strftime('%H:%M:%S')}"
+        )
         take = (
             f"i=0; while ! mkdir {LOCK_DIR} 2>/dev/null; do "
             f"since=$(cat {LOCK_DIR}/since 2>/dev/null || date +%s); "
@@ -449,11 +456,40 @@ class AdbTransport(Transport):
                 f"{self.description} is busy: another profile holds its lock ({out.strip()[:200]})",
                 f"wait for it, or raise android.lock_timeout_s ({wait:g} s)",
             )
+        _HELD.add(token)
         try:
+            # Holding the lock, no other profile runs here: any run directory is a failed run's.
+            self._shell(f"rm -rf {DEVICE_TMP}/edgevit-run-*", 60, "setup")
             yield
         finally:
+            _HELD.discard(token)
             with contextlib.suppress(ProfileError):
                 self._shell(f"rm -rf {LOCK_DIR}", 30, "cleanup")
+
+    def _break_dead_lock(self) -> None:
+        """Remove a lock a profile from this host left behind and no longer holds (its process is
+        gone, or it is this process and the run ended): e.g. the phone was unplugged mid-run, so the
+        run could not remove it. A lock from another host waits, or is broken once stale."""
+        _code, out = self._shell(f"cat {LOCK_DIR}/holder 2>/dev/null", 30, "lock")
+        found = re.search(r"host=(\S+) pid=(\d+) token=(\w+)", out)
+        if found is None or found.group(1) != socket.gethostname():
+            return
+        pid, token = int(found.group(2)), found.group(3)
+        if (pid == os.getpid() and token not in _HELD) or (pid != os.getpid() and not _alive(pid)):
+            self._shell(f"rm -rf {LOCK_DIR}", 30, "lock")
+
+
+_HELD: set[str] = set()  # the tokens of the phone locks this process holds now
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _op_profile(log: str) -> list[str]:

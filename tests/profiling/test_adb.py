@@ -161,11 +161,16 @@ def test_every_failure_is_one_line_and_writes_nothing(
 
     monkeypatch.setenv("EDGEVIT_BENCHMARK_MODEL", str(fake_phone.binary))
     (fake_phone.root / "calls").unlink()
-    monkeypatch.setenv("FAKE_ADB_UNPLUG_AFTER", "7")  # pushed, then gone: during the benchmark
+    monkeypatch.setenv("FAKE_ADB_UNPLUG_AFTER", "9")  # pushed, then gone: during the benchmark
     _fails(
         args, capsys, "emulator-5554 went away during the benchmark (unplugged?); nothing was written", out
     )
     monkeypatch.delenv("FAKE_ADB_UNPLUG_AFTER")
+    assert len(fake_phone.leftovers()) == 2  # its lock and run directory: the phone was gone
+    fake_phone.set_state("device")  # plugged back in: the next profile clears both and runs
+    assert main([*args, "-o", str(out)]) == 0 and out.is_file() and fake_phone.leftovers() == []
+    out.unlink()
+    capsys.readouterr()
 
     monkeypatch.setenv("EDGEVIT_ADB", str(tmp_path / "no-adb"))
     _fails(args, capsys, "adb not found", out)
