@@ -1,6 +1,7 @@
 """In-process builds with a stand-in builtin model (1 block, 2 epochs) in a fresh cache."""
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -213,11 +214,12 @@ def test_tensorrt_build_is_simulated_and_passes_on_accuracy_gates(
     assert report.target("trt-int8")["tensorrt"]["qdq"]["symmetric"]
 
 
-def test_qat_stage_trains_once_per_int8_grid(fresh_builtin: Path, tmp_path: Path) -> None:
+def _qat_recipe(path: Path, quantize: dict[str, Any], targets: list[dict[str, Any]]) -> Path:
+    """A digits recipe with a one-epoch qat stage (on the quick builtin of ``fresh_builtin``)."""
     import yaml
 
     recipe = {
-        "name": "qad",
+        "name": path.stem,
         "model": {"checkpoint": "builtin:digits"},
         "data": {
             "calibration": {"source": "digits", "split": "train", "count": 32},
@@ -226,18 +228,23 @@ def test_qat_stage_trains_once_per_int8_grid(fresh_builtin: Path, tmp_path: Path
         },
         "stages": [
             {"stage": "qat", "epochs": 1, "batch_size": 32, "warmup_epochs": 0},
-            {"stage": "quantize", "matmul_scope": "all", "patch_embed": True},
+            {"stage": "quantize", "matmul_scope": "all", **quantize},
         ],
-        "targets": [
-            {"name": "ort-a", "backend": "onnxruntime", "precision": "int8"},
-            {"name": "ort-b", "backend": "onnxruntime", "precision": "int8", "threads": 1},
-            {"name": "trt", "backend": "tensorrt", "precision": "int8"},
-        ],
+        "targets": targets,
         "check": {"runs": 5, "layerwise_samples": 0},
         "gates": {"max_top1_drop": None},
     }
-    path = tmp_path / "qad.yaml"
     path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def test_qat_stage_trains_once_per_int8_grid(fresh_builtin: Path, tmp_path: Path) -> None:
+    targets = [
+        {"name": "ort-a", "backend": "onnxruntime", "precision": "int8"},
+        {"name": "ort-b", "backend": "onnxruntime", "precision": "int8", "threads": 1},
+        {"name": "trt", "backend": "tensorrt", "precision": "int8"},
+    ]
+    path = _qat_recipe(tmp_path / "qad.yaml", {"patch_embed": True}, targets)
     lines: list[str] = []
     doc = edgevit.build(path, tmp_path / "b", log=lines.append).data
     a, b, trt = doc["targets"]
@@ -255,28 +262,9 @@ def test_qat_stage_trains_once_per_int8_grid(fresh_builtin: Path, tmp_path: Path
 
 
 def test_accuracy_budget_recovers_with_qat_only_where_needed(fresh_builtin: Path, tmp_path: Path) -> None:
-    import yaml
-
     def recipe(budget: dict[str, object]) -> Path:
-        doc = {
-            "name": "recover",
-            "model": {"checkpoint": "builtin:digits"},
-            "data": {
-                "calibration": {"source": "digits", "split": "train", "count": 32},
-                "evaluation": {"source": "digits", "split": "test", "count": 64},
-                "train": {"source": "digits", "split": "train", "count": 64},
-            },
-            "stages": [
-                {"stage": "qat", "epochs": 1, "batch_size": 32, "warmup_epochs": 0},
-                {"stage": "quantize", "matmul_scope": "all", "accuracy_budget": budget},
-            ],
-            "targets": [{"name": "ort", "backend": "onnxruntime", "precision": "int8"}],
-            "check": {"runs": 3, "layerwise_samples": 0},
-            "gates": {"max_top1_drop": None},
-        }
-        path = tmp_path / "recover.yaml"
-        path.write_text(yaml.safe_dump(doc))
-        return path
+        ort = [{"name": "ort", "backend": "onnxruntime", "precision": "int8"}]
+        return _qat_recipe(tmp_path / "recover.yaml", {"accuracy_budget": budget}, ort)
 
     # Post-training INT8 meets the budget: no qat run, the artifact is the post-training one.
     lines: list[str] = []
