@@ -43,6 +43,7 @@ import numpy as np
 
 from edgevit.agent import AGENT_VERSION, fidelity, from_tensor, to_tensor
 from edgevit.devices import AndroidSettings
+from edgevit.profiling.android_facts import FACTS, STATE, device_facts, temperatures
 from edgevit.profiling.benchmark_log import BenchmarkLogError, parse
 from edgevit.profiling.transport import AgentRun, ProfileError, Transport
 
@@ -58,25 +59,6 @@ HOW_TO_GET = (
 )
 _ELF_ABI = {183: "arm64-v8a", 40: "armeabi-v7a", 62: "x86_64", 3: "x86"}
 _RC = "@edgevit-rc="
-_FACTS = (
-    "echo @props; getprop; "
-    "echo @cpus; for c in /sys/devices/system/cpu/cpu[0-9]*; do "
-    'echo "${c##*/} $(cat $c/cpufreq/scaling_cur_freq 2>/dev/null) $(cat $c/cpufreq/cpuinfo_max_freq 2>/dev/null)'
-    ' $(cat $c/cpufreq/scaling_governor 2>/dev/null)"; done; '
-    "echo @thermal; for z in /sys/class/thermal/thermal_zone*; do "
-    'echo "$(cat $z/type 2>/dev/null) $(cat $z/temp 2>/dev/null)"; done; '
-    "echo @battery; dumpsys battery 2>/dev/null | grep -i temperature; echo @end"
-)
-_PROPS = {
-    "model": "ro.product.model",
-    "manufacturer": "ro.product.manufacturer",
-    "soc": "ro.soc.model",
-    "platform": "ro.board.platform",
-    "android": "ro.build.version.release",
-    "sdk": "ro.build.version.sdk",
-    "abi": "ro.product.cpu.abi",
-    "abilist": "ro.product.cpu.abilist",
-}
 
 
 def _agent_options(options: list[str]) -> argparse.Namespace:
@@ -103,53 +85,6 @@ def binary_abi(path: Path) -> str | None:
     if abi is None:
         raise ProfileError(f"{path} is an ELF for machine {machine}, not an Android ABI", HOW_TO_GET)
     return abi
-
-
-def _sections(text: str) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    current = None
-    for line in text.splitlines():
-        if line.startswith("@") and line[1:].isalpha():
-            current = line[1:]
-            out[current] = []
-        elif current is not None and line.strip():
-            out[current].append(line.strip())
-    return out
-
-
-def device_facts(text: str) -> dict[str, Any]:
-    """The facts ``_FACTS`` printed: properties, per-CPU frequencies and governor, thermal zones
-    (°C), battery temperature (°C)."""
-    parts = _sections(text)
-    props = dict(re.findall(r"^\[([^\]]+)\]:\s*\[([^\]]*)\]", "\n".join(parts.get("props", [])), re.M))
-    facts: dict[str, Any] = {k: props.get(p) for k, p in _PROPS.items()}
-    facts["system"] = "Android"
-    cpus = {}
-    for line in parts.get("cpus", []):
-        name, *rest = line.split()
-        cur, top, gov = [*rest, None, None, None][:3]
-        cpus[name] = {
-            "cur_mhz": int(cur) // 1000 if cur and cur.isdigit() else None,
-            "max_mhz": int(top) // 1000 if top and top.isdigit() else None,
-            "governor": gov,
-        }
-    facts["cpus"] = cpus
-    facts["governor"] = next((c["governor"] for c in cpus.values() if c["governor"]), None)
-    facts["cores"] = len(cpus) or None
-    facts["thermal_c"] = _thermal(parts.get("thermal", []))
-    battery = re.search(r"temperature:\s*(-?\d+)", " ".join(parts.get("battery", [])))
-    facts["battery_c"] = int(battery.group(1)) / 10.0 if battery else None
-    return facts
-
-
-def _thermal(lines: list[str]) -> dict[str, float]:
-    out = {}
-    for line in lines:
-        bits = line.rsplit(None, 1)
-        if len(bits) == 2 and bits[1].lstrip("-").isdigit():
-            value = int(bits[1])
-            out[bits[0]] = value / 1000.0 if abs(value) > 1000 else float(value)
-    return out
 
 
 @dataclass
@@ -243,12 +178,11 @@ class AdbTransport(Transport):
             raise ProfileError(f"benchmark_model {path} does not exist", HOW_TO_GET)
         return path
 
-    def _connect(self) -> str:
+    def _connect(self) -> None:
         proc = self._call(["get-state"], 30)
         state = proc.stdout.strip()
         if proc.returncode != 0 or state != "device":
             raise self._device_error(proc.stderr or state, "connect")
-        return state
 
     def run(self, job: AgentRun) -> dict[str, Any]:
         if job.artifact.suffix != ".tflite" or job.runtime not in (None, "tflite"):
@@ -265,7 +199,7 @@ class AdbTransport(Transport):
         binary = self._binary()
         abi = binary_abi(binary)
         self._connect()
-        code, text = self._shell(_FACTS, 60, "device facts")
+        _code, text = self._shell(FACTS, 60, "device facts")
         before = device_facts(text)
         if abi is not None and abi not in (before.get("abilist") or before.get("abi") or ""):
             raise ProfileError(
@@ -361,8 +295,8 @@ class AdbTransport(Transport):
             doc["session"]["op_profile"] = _op_profile(log)
         if job.bundle is not None and self.settings.accuracy_samples > 0:
             doc.update(self._accuracy(job, opts.threads, remote))
-        code, text = self._shell(_FACTS, 60, "device facts")
-        after = device_facts(text)
+        _code, text = self._shell(STATE, 60, "device facts")
+        after = temperatures(text)
         doc["device"] = {
             **before,
             "thermal_c_after": after["thermal_c"],
