@@ -191,6 +191,10 @@ def test_two_profiles_at_once_take_turns(fake_phone, tiny_tflite: Path) -> None:
     for t in threads:
         t.join()
     assert results == [True, True] and fake_phone.leftovers() == []
+    # the runs did not overlap on the phone: each started after the other ended
+    events = [line.split() for line in (fake_phone.root / "runs.log").read_text().splitlines()]
+    assert [kind for kind, _ in events] == ["start", "end", "start", "end"]
+    assert float(events[2][1]) >= float(events[1][1])
 
     (fake_phone.tmp / "edgevit.lock").mkdir()  # another host's profile holds the phone
     busy = AdbTransport("emulator-5554", AndroidSettings(lock_timeout_s=1))

@@ -64,6 +64,10 @@ def main(argv: list[str]) -> int:
         interp.invoke()
         return (time.perf_counter() - start) * 1e6
 
+    log = os.environ.get("FAKE_ADB_ROOT")  # when each run held the phone, for the lock test
+    if log:
+        with open(os.path.join(log, "runs.log"), "a") as out:
+            out.write(f"start {time.time()}\n")
     warm = [once() for _ in range(max(1, int(f.get("warmup_runs", 1))))]
     runs, min_secs = int(f.get("num_runs", 50)), float(f.get("min_secs", 1))
     timed: list[float] = []
@@ -94,8 +98,11 @@ def main(argv: list[str]) -> int:
     print("Memory footprint delta from the start of the tool (MB): init=6.23 overall=11.67")
     print("Overall peak memory footprint (MB) via periodic monitoring: 14.5")
     if "output_filepath" in f:
-        out = interp.get_output_details()[0]
-        interp.get_tensor(out["index"]).tofile(f["output_filepath"])
+        detail_out = interp.get_output_details()[0]
+        interp.get_tensor(detail_out["index"]).tofile(f["output_filepath"])
+    if log:
+        with open(os.path.join(log, "runs.log"), "a") as out:
+            out.write(f"end {time.time()}\n")
     return 0
 
 
