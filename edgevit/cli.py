@@ -221,6 +221,13 @@ def _relaunch(args: argparse.Namespace) -> bool:
     return True
 
 
+def _check_compute(settings: Any) -> None:
+    """Fail on a --device this machine lacks before torchrun starts (one line, not one per process)."""
+    from edgevit.compute import resolve
+
+    resolve(settings.device, settings.precision)
+
+
 def _main_process() -> bool:
     from edgevit import distributed
 
@@ -228,6 +235,7 @@ def _main_process() -> bool:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from edgevit.compute import resolve
     from edgevit.train import TrainConfig, train
 
     fields = _given(
@@ -243,10 +251,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = TrainConfig(**fields)
     except ValidationError as exc:
         raise _options_error(exc, "train") from None
+    resolve(args.device or "auto", args.precision or "auto")  # bad --device: one line, before torchrun
     ensure_dir(Path(args.output), "-o")
     if _relaunch(args):  # after the options are checked: one error line, not one per process
         return 0
-    result = train(cfg, Path(args.output), progress=not args.quiet)
+    compute = resolve(args.device or "auto", args.precision or "auto")
+    result = train(cfg, Path(args.output), progress=not args.quiet, compute=compute)
     if not _main_process():
         return 0
     summary = {k: result[k] for k in ("val_top1", "test_top1", "seconds_this_run")}
@@ -304,6 +314,8 @@ def cmd_qat(args: argparse.Namespace) -> int:
             alpha=args.alpha,
             freeze_ranges=args.freeze_ranges,
             seed=args.seed,
+            device=args.device,
+            precision=args.precision,
         )
         try:
             settings = QatStage(stage="qat", nproc=1 if args.nproc is None else args.nproc, **fields)
@@ -312,6 +324,7 @@ def cmd_qat(args: argparse.Namespace) -> int:
             )
         except ValidationError as exc:
             raise _options_error(exc, "qat") from None
+        _check_compute(settings)
         loaded = load(checkpoint=Path(args.model))
         ensure_dir(out, "-o")
         calibration_file = out / "calibration.npy"
@@ -386,6 +399,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
             alpha=args.alpha,
             seed=args.seed,
             distill_token=args.distill_token or None,
+            device=args.device,
+            precision=args.precision,
         )
         try:
             cfg = DistillConfig(
@@ -398,6 +413,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
             )
         except ValidationError as exc:
             raise _options_error(exc, "distill") from None
+        _check_compute(cfg.settings)
         ensure_dir(Path(args.output), "-o")
         if _relaunch(args):
             return 0
@@ -559,6 +575,15 @@ def parser() -> argparse.ArgumentParser:
     qa.add_argument("--nproc", type=int, help="train with N processes (torchrun + DistributedDataParallel)")
     qa.add_argument("-o", "--output", required=True, help="output directory (re-run to resume)")
     qa.set_defaults(func=cmd_qat)
+    for trainer in (t, d, qa):
+        trainer.add_argument(
+            "--device", help="auto (default: a GPU when torch sees one), cpu, cuda or cuda:N"
+        )
+        trainer.add_argument(
+            "--precision",
+            choices=["auto", "fp32", "bf16", "fp16"],
+            help="auto (default): bf16 autocast on a GPU with bf16, fp16 on one without, fp32 on the CPU",
+        )
 
     v = sub.add_parser(
         "validate", help="re-check a build's artifacts against its float reference and gates (for CI)"

@@ -1,7 +1,7 @@
 """Multi-process training on torch.distributed: launched by torchrun, or by us through torchrun.
 
 Processes started by ``torchrun`` (ours or the user's) find RANK/WORLD_SIZE in the environment;
-``init()`` joins the group with gloo on CPU and nccl on GPUs. Each process takes its share of
+``init()`` joins the group with gloo on CPU and nccl on GPUs (``edgevit.compute``). Each process takes its share of
 every global batch and DistributedDataParallel averages the gradients, so N processes follow
 the same optimisation as one process with the same global batch.
 """
@@ -40,16 +40,21 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def init() -> World:
-    """Join the process group if torchrun started us (idempotent); the world otherwise is 1 process."""
+def init(backend: str | None = None) -> World:
+    """Join the process group if torchrun started us (idempotent): over ``backend`` (the training
+    device's, ``Compute.distributed_backend``: nccl on GPUs, gloo on CPUs; gloo when not given).
+    The world otherwise is 1 process."""
     if not launched():
         return World()
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        backend = backend or "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend=backend)
         if backend == "gloo":
             cores = os.cpu_count() or 1
-            torch.set_num_threads(max(1, cores // dist.get_world_size()))
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", str(dist.get_world_size())))
+            torch.set_num_threads(max(1, cores // local))
     return World(dist.get_rank(), dist.get_world_size())
 
 

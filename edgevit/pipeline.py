@@ -17,7 +17,7 @@ import torch
 
 from edgevit import __version__
 from edgevit.check import accuracy, gates, latency
-from edgevit.data import load_data
+from edgevit.data import load_data, open_data
 from edgevit.data.transforms import preprocess
 from edgevit.devices import resolve_device
 from edgevit.errors import EdgeVitError, NotCheckable
@@ -30,7 +30,7 @@ from edgevit.models.profile import count_macs, count_params
 from edgevit.quant.sensitivity import Ranking
 from edgevit.quant.simulate import Scope
 from edgevit.recipe.loader import load_recipe
-from edgevit.recipe.schema import DistillStage, PruneStage, Recipe, TargetSpec
+from edgevit.recipe.schema import DistillStage, PruneStage, Recipe, TargetSpec, TrainingStage
 from edgevit.report.document import Report, render_markdown
 from edgevit.report.html import render_html
 from edgevit.stages.distill import DistillConfig, run_distill
@@ -380,7 +380,7 @@ class Build:
             return onnx_sha, {"applied": False, "reason": note}
         assert request.quantize is not None
         scope = Scope.of(request.quantize)
-        train_raw = load_data(r.data.train, request.model_config.class_names, r.base_dir)
+        train_raw = open_data(r.data.train, request.model_config.class_names, r.base_dir)  # streamed
         job = QatConfig(
             model=str(request.checkpoint),
             scheme=asdict(scheme),
@@ -404,7 +404,7 @@ class Build:
                 "scope": asdict(scope),
                 "calibration": calib_sha,
                 "data": train_raw.sha256(),
-                "stage": stage.model_dump(mode="json"),
+                "stage": stage.identity(),
                 "torch": self.versions["torch"],
             },
             lambda d: run_qat(job, d, self.progress),
@@ -906,7 +906,7 @@ class Build:
         where = f"stages[{r.stages.index(stage)}]"
         base_key = {
             "input": prev.outputs["model.safetensors"],
-            "stage": stage.model_dump(mode="json"),
+            "stage": stage.identity() if isinstance(stage, TrainingStage) else stage.model_dump(mode="json"),
             "torch": self.versions["torch"],
         }
         classes = cfg.class_names
@@ -919,7 +919,7 @@ class Build:
                 {"producer": "stages.prune", "data": data.description},
             )
         assert r.data.train is not None  # the schema requires it with a distill stage
-        train_raw = load_data(r.data.train, classes, r.base_dir)
+        train_raw = open_data(r.data.train, classes, r.base_dir)  # streamed: hashed, not held
         student = stage.student or str(prev.directory)
         job = DistillConfig(
             teacher=str(ref_step.directory),

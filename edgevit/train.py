@@ -17,8 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from edgevit import distributed
-from edgevit.data import DataSpec, load_data
-from edgevit.data.transforms import preprocess
+from edgevit.compute import Compute, peak_memory, resolve
+from edgevit.data import DataSpec, open_data
+from edgevit.data.stream import Images
 from edgevit.errors import EdgeVitError
 from edgevit.fileio import atomic_path, atomic_write_json, ensure_dir
 from edgevit.models.config import ModelConfig
@@ -51,24 +52,27 @@ class TrainConfig(BaseModel):
     crop_pct: float = Field(default=1.0, gt=0, le=1)
 
 
-def _shift(x: torch.Tensor, pixels: int, gen: torch.Generator) -> torch.Tensor:
-    """Random translation by up to ``pixels`` (edge-replicated padding, then a random crop)."""
+def _shift(x: torch.Tensor, offsets: torch.Tensor, pixels: int) -> torch.Tensor:
+    """Translate each image by its (dy, dx) in ``offsets`` (0..2*pixels): edge-replicated padding,
+    then a crop."""
     if pixels == 0:
         return x
-    n, _, h, w = x.shape
+    _, _, h, w = x.shape
     padded = F.pad(x, (pixels,) * 4, mode="replicate")
-    offs = torch.randint(0, 2 * pixels + 1, (n, 2), generator=gen)
-    return torch.stack([padded[i, :, oy : oy + h, ox : ox + w] for i, (oy, ox) in enumerate(offs.tolist())])
+    return torch.stack(
+        [padded[i, :, oy : oy + h, ox : ox + w] for i, (oy, ox) in enumerate(offsets.tolist())]
+    )
 
 
-def evaluate_top1(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 256) -> float:
-    """Top-1 accuracy in percent of ``model`` on preprocessed inputs."""
+def evaluate_top1(model: nn.Module, data: Images, batch: int = 256) -> float:
+    """Top-1 accuracy in percent of ``model`` on ``data`` (on the model's device)."""
     model.eval()
+    device = next(model.parameters()).device
     correct = 0
     with torch.no_grad():
-        for i in range(0, len(x), batch):
-            correct += int((model(x[i : i + batch]).argmax(-1) == y[i : i + batch]).sum())
-    return 100.0 * correct / max(1, len(x))
+        for xb, yb in data.in_order(batch):
+            correct += int((model(xb.to(device)).argmax(-1).cpu() == yb).sum())
+    return 100.0 * correct / max(1, len(data))
 
 
 def _build(cfg: TrainConfig, class_names: list[str]) -> tuple[nn.Module, ModelConfig]:
@@ -107,10 +111,18 @@ class Stateful(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
+@dataclass
+class Fitted:
+    """What :func:`fit` did: the per-epoch history and how it ran (device, precision, processes,
+    images/s, peak memory, how the data was served)."""
+
+    history: list[dict[str, float]]
+    stats: dict[str, Any]
+
+
 def fit(
     model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
+    data: Images,
     optim: Optim,
     loss_fn: LossFn,
     out_dir: Path,
@@ -120,27 +132,35 @@ def fit(
     after_epoch: Callable[[nn.Module], dict[str, float]] | None = None,
     before_epoch: Callable[[int], None] | None = None,
     extra_state: Stateful | None = None,
-) -> list[dict[str, float]]:
-    """Train ``model`` in place with AdamW and a warm-up + cosine schedule; returns the history.
+    compute: Compute | None = None,
+) -> Fitted:
+    """Train ``model`` in place with AdamW and a warm-up + cosine schedule on ``compute`` (the CPU
+    in fp32 when not given; the caller has moved the model there).
 
-    After every epoch the state goes to ``out_dir/train_state.pt`` (by rank 0), so a run that
-    stops resumes where it left off when called again with the same ``key``. Under torchrun each
-    process takes its slice of every global batch and DistributedDataParallel averages gradients.
+    Every epoch draws a seeded permutation of ``data`` and walks it in global batches; under
+    torchrun each process reads and trains on its slice of every global batch (the slices are
+    disjoint, as with a DistributedSampler) and DistributedDataParallel averages gradients, so N
+    processes follow one process's optimisation. After every epoch the state goes to
+    ``out_dir/train_state.pt`` (by rank 0, from CPU tensors), so a run that stops resumes where it
+    left off when called again with the same ``key``, on any device and any number of processes.
     ``before_epoch(epoch)`` runs at the start of each epoch; ``extra_state`` is saved and restored
     with the model's.
     """
     from tqdm import tqdm
 
-    world = distributed.init()
+    compute = compute or Compute(torch.device("cpu"), "fp32")
+    world = distributed.init(compute.distributed_backend)
     torch.manual_seed(optim.seed)
     net: nn.Module = model
     if world.size > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        net = DistributedDataParallel(model)
+        net = DistributedDataParallel(model, device_ids=[compute.device.index] if compute.cuda else None)
     trained = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trained, lr=optim.lr, weight_decay=optim.weight_decay)
-    steps_per_epoch = math.ceil(len(x) / optim.batch_size)
+    scaler = compute.scaler()
+    n = len(data)
+    steps_per_epoch = math.ceil(n / optim.batch_size)
     total, warm = optim.epochs * steps_per_epoch, optim.warmup_epochs * steps_per_epoch
 
     def lr_at(step: int) -> float:
@@ -168,43 +188,58 @@ def fit(
             extra_state.load_state_dict(state["extra"])
 
     bar = tqdm(
-        range(start_epoch, optim.epochs),
+        total=optim.epochs * n,
+        initial=start_epoch * n,
         desc=desc,
         disable=not (progress and world.main),
-        initial=start_epoch,
-        total=optim.epochs,
-        unit="epoch",
+        unit="img",
+        unit_scale=True,
+        smoothing=0.1,
     )
-    for epoch in bar:
+    seen, t0 = 0, time.perf_counter()
+    for epoch in range(start_epoch, optim.epochs):
         if before_epoch is not None:
             before_epoch(epoch)
         model.train()
         gen = torch.Generator().manual_seed(optim.seed * 100_003 + epoch)
-        order = torch.randperm(len(x), generator=gen)
+        order = torch.randperm(n, generator=gen)
+        global_batches = [order[i : i + optim.batch_size] for i in range(0, n, optim.batch_size)]
+        mine = [b[world.rank :: world.size].tolist() for b in global_batches]
         losses = []
-        for i in range(0, len(order), optim.batch_size):
-            idx = order[i : i + optim.batch_size]
-            xb = _shift(x[idx], optim.shift_pixels, gen)[world.rank :: world.size]
-            loss = loss_fn(net, xb, y[idx][world.rank :: world.size])
+        for batch, (xb, yb) in zip(global_batches, data.batches(mine), strict=True):
+            if optim.shift_pixels:  # drawn for the whole global batch: the same in every world size
+                offsets = torch.randint(0, 2 * optim.shift_pixels + 1, (len(batch), 2), generator=gen)
+                xb = _shift(xb, offsets[world.rank :: world.size], optim.shift_pixels)
+            xb = xb.to(compute.device, non_blocking=True)
+            yb = yb.to(compute.device, non_blocking=True)
+            with compute.autocast():
+                loss = loss_fn(net, xb, yb)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+            else:
+                loss.backward()
+                opt.step()
             sched.step()
             losses.append(loss.item())
-        mean_loss = torch.tensor(float(np.mean(losses)))
+            seen += len(batch)
+            bar.update(len(batch))
+        mean_loss = torch.tensor(float(np.mean(losses)), device=compute.device)
         if world.size > 1:
             torch.distributed.all_reduce(mean_loss)
             mean_loss /= world.size
         entry = {"epoch": epoch + 1, "loss": float(mean_loss)}
         entry.update(after_epoch(model) if after_epoch else {})
         history.append(entry)
-        bar.set_postfix({k: f"{v:.3f}" for k, v in entry.items() if k != "epoch"})
+        bar.set_postfix({k: f"{v:.3f}" for k, v in entry.items()})
         if world.main:
             state = {
                 "config": key,
                 "epoch": epoch + 1,
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
+                "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                "optimizer": _to_cpu(opt.state_dict()),
                 "scheduler": sched.state_dict(),
                 "history": json.dumps(history),
                 "extra": extra_state.state_dict() if extra_state is not None else {},
@@ -212,26 +247,49 @@ def fit(
             with atomic_path(state_path) as tmp:
                 torch.save(state, tmp)
         distributed.barrier()
+    bar.close()
+    seconds = time.perf_counter() - t0
     model.eval()
-    return history
+    stats: dict[str, Any] = {
+        **compute.describe(),
+        "processes": world.size,
+        "images_per_second": round(seen / seconds, 1) if seen else None,
+        "data": data.mode,
+        **peak_memory(compute),
+    }
+    return Fitted(history, stats)
 
 
-def train(cfg: TrainConfig, out_dir: Path, progress: bool = True) -> dict[str, Any]:
-    """Train per ``cfg`` into ``out_dir`` (model.safetensors, config.json, train.json).
+def _to_cpu(value: Any) -> Any:
+    """``value`` (an optimizer's state dict) with every tensor on the CPU."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_to_cpu(v) for v in value]
+    return value
+
+
+def train(
+    cfg: TrainConfig, out_dir: Path, progress: bool = True, compute: Compute | None = None
+) -> dict[str, Any]:
+    """Train per ``cfg`` into ``out_dir`` (model.safetensors, config.json, train.json) on
+    ``compute`` (``edgevit.compute.resolve``: a GPU when there is one).
 
     A run interrupted after an epoch resumes from ``train_state.pt`` when called again with
     the same config; a different config in the same directory is an error. Under torchrun the
     processes share each batch (see ``fit``) and rank 0 writes the files.
     """
-    world = distributed.init()
+    compute = compute or resolve()
+    distributed.init(compute.distributed_backend)
     ensure_dir(out_dir, "output directory")
     torch.manual_seed(cfg.seed)  # the model's initial weights
-    train_raw = load_data(DataSpec(source=cfg.data, split="train"))
-    val_raw = load_data(DataSpec(source=cfg.data, split="val"), train_raw.class_names)
-    model, mcfg = _build(cfg, train_raw.class_names)
-    x_tr = torch.from_numpy(preprocess(train_raw, mcfg))
-    y_tr = torch.from_numpy(train_raw.labels)
-    x_va, y_va = torch.from_numpy(preprocess(val_raw, mcfg)), torch.from_numpy(val_raw.labels)
+    train_src = open_data(DataSpec(source=cfg.data, split="train"))
+    model, mcfg = _build(cfg, train_src.class_names)
+    model.to(compute.device)
+    images = Images(train_src, mcfg, pin_memory=compute.cuda)
+    val = Images(open_data(DataSpec(source=cfg.data, split="val"), train_src.class_names), mcfg)
     optim = Optim(
         cfg.epochs, cfg.batch_size, cfg.lr, cfg.weight_decay, cfg.warmup_epochs, cfg.shift_pixels, cfg.seed
     )
@@ -240,30 +298,28 @@ def train(cfg: TrainConfig, out_dir: Path, progress: bool = True) -> dict[str, A
         return F.cross_entropy(net(xb), yb, label_smoothing=cfg.label_smoothing)
 
     t0 = time.perf_counter()
-    history = fit(
+    fitted = fit(
         model,
-        x_tr,
-        y_tr,
+        images,
         optim,
         loss_fn,
         out_dir,
         cfg.model_dump_json(),
         f"train {cfg.model}",
         progress,
-        lambda m: {"val_top1": evaluate_top1(m, x_va, y_va)},
+        lambda m: {"val_top1": evaluate_top1(m, val)},
+        compute=compute,
     )
     result: dict[str, Any] = {
         "config": cfg.model_dump(mode="json"),
-        "history": history,
-        "val_top1": history[-1]["val_top1"] if history else None,
+        "history": fitted.history,
+        "val_top1": fitted.history[-1]["val_top1"] if fitted.history else None,
         "seconds_this_run": round(time.perf_counter() - t0, 1),
-        "processes": world.size,
+        **fitted.stats,
     }
     try:
-        test_raw = load_data(DataSpec(source=cfg.data, split="test"), train_raw.class_names)
-        result["test_top1"] = evaluate_top1(
-            model, torch.from_numpy(preprocess(test_raw, mcfg)), torch.from_numpy(test_raw.labels)
-        )
+        test = Images(open_data(DataSpec(source=cfg.data, split="test"), train_src.class_names), mcfg)
+        result["test_top1"] = evaluate_top1(model, test)
     except EdgeVitError:
         result["test_top1"] = None  # a folder source may have no test split
     return finish(model, mcfg, out_dir, LOG_FILE, result)
@@ -273,6 +329,7 @@ def finish(
     model: nn.Module, config: ModelConfig, out_dir: Path, log_name: str, result: dict[str, Any]
 ) -> dict[str, Any]:
     """Rank 0 saves the trained model and its log and drops the resume state; all ranks wait."""
+    model.to("cpu")  # checkpoints hold CPU tensors: they load on any device
     if distributed.init().main:
         save(model, config, out_dir)
         atomic_write_json(out_dir / log_name, result)

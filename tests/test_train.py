@@ -62,3 +62,19 @@ def test_resuming_with_another_config_is_refused(tmp_path: Path, monkeypatch) ->
     _interrupt_after_first_epoch(cfg, tmp_path / "run", monkeypatch)
     with pytest.raises(EdgeVitError, match="different config"):
         train(cfg.model_copy(update={"lr": 5e-4}), tmp_path / "run", progress=False)
+
+
+def test_streamed_training_follows_the_in_memory_run(tmp_path: Path, monkeypatch) -> None:
+    """A set past the cache limit streams through loader workers; same seed, same losses and
+    weights as preprocessing it all up front; train.json says how it ran."""
+    data = write_image_folder(tmp_path / "imgs", {"dark": 12, "light": 12})
+    cfg = TrainConfig(data=str(data), **CFG)
+    held = train(cfg, tmp_path / "a", progress=False)
+    monkeypatch.setenv("EDGEVIT_DATA_CACHE_MB", "0")
+    streamed = train(cfg, tmp_path / "b", progress=False)
+    assert held["data"] == "in-memory" and streamed["data"].startswith("streamed, ")
+    assert [h["loss"] for h in streamed["history"]] == pytest.approx([h["loss"] for h in held["history"]])
+    assert streamed["test_top1"] == held["test_top1"]
+    for key in ("device", "precision", "processes", "images_per_second", "peak_rss_mb"):
+        assert key in streamed, key
+    assert (streamed["device"], streamed["precision"], streamed["processes"]) == ("cpu", "fp32", 1)

@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 
-from edgevit.data.dataset import RawDataset, Split, split_indices, take
+from edgevit.data.dataset import Split, split_indices, take
+from edgevit.data.source import ImageSource
 
 
-def load_digits_split(split: Split, count: int | None = None, seed: int = 0) -> RawDataset:
-    """Digits images of one split (8x8x3 uint8; the model's transform upsamples them)."""
+def _digit_at(pixels: np.ndarray, indices: np.ndarray, k: int) -> np.ndarray:
+    return np.repeat(pixels[indices[k]][:, :, None], 3, axis=2)
+
+
+def open_digits(split: Split, count: int | None = None, seed: int = 0) -> ImageSource:
+    """Digits images of one split (8x8x3 uint8; the model's transform upsamples them). The whole
+    set is 1,797 images of 64 bytes: its pixels stay in memory, each image is made when read."""
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
     pixels = np.clip(np.rint(bunch.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
     idx = take(split_indices(len(pixels), split), count, seed)
-    images = [np.repeat(pixels[i][:, :, None], 3, axis=2) for i in idx]
-    labels = bunch.target[idx].astype(np.int64)
     names = [str(int(c)) for c in bunch.target_names]
-    return RawDataset(images, labels, names, f"digits/{split}" + (f"[{count}@{seed}]" if count else ""))
+    return ImageSource(
+        bunch.target[idx].astype(np.int64),
+        names,
+        f"digits/{split}" + (f"[{count}@{seed}]" if count else ""),
+        partial(_digit_at, pixels, idx),
+    )

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from edgevit.data.dataset import RawDataset, Split, split_indices, take
+from edgevit.data.dataset import Split, split_indices, take
+from edgevit.data.source import ImageSource
 from edgevit.errors import DataError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
@@ -16,10 +18,10 @@ def _class_dirs(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def load_folder_split(
+def open_folder(
     root: Path, split: Split, count: int | None = None, seed: int = 0, class_names: list[str] | None = None
-) -> RawDataset:
-    """Load images of ``split`` from ``root``.
+) -> ImageSource:
+    """The images of ``split`` in ``root``, read when asked for (only their paths are held).
 
     ``root/<split>/<class>/*.png`` is used when it exists; otherwise ``root/<class>/*.png`` is
     split by the fixed-seed fractions. ``class_names`` (the model's) fixes the label order.
@@ -48,15 +50,21 @@ def load_folder_split(
     idx = take(idx, count, seed)
     if len(idx) == 0:
         raise DataError(f"image folder {base} has no images in split {split!r}", "add more images")
+    chosen = [files[i][0] for i in idx]
+    labels = np.asarray([files[i][1] for i in idx], dtype=np.int64)
+    return ImageSource(labels, list(order), f"{base}/{split}", partial(_read_at, chosen))
+
+
+def _read_at(paths: list[Path], k: int) -> np.ndarray:
+    return read_image(paths[k])
+
+
+def read_image(path: Path) -> np.ndarray:
+    """One image file as uint8 H x W x 3."""
     from PIL import Image, UnidentifiedImageError
 
-    images = []
-    for i in idx:
-        path = files[i][0]
-        try:
-            with Image.open(path) as img:
-                images.append(np.asarray(img.convert("RGB"), dtype=np.uint8))
-        except (UnidentifiedImageError, OSError) as exc:
-            raise DataError(f"image {path} cannot be read ({exc})", "remove or replace the file") from None
-    labels = np.asarray([files[i][1] for i in idx], dtype=np.int64)
-    return RawDataset(images, labels, list(order), f"{base}/{split}")
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DataError(f"image {path} cannot be read ({exc})", "remove or replace the file") from None

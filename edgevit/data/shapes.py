@@ -11,10 +11,12 @@ the same on every machine, no download.
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import numpy as np
 
-from edgevit.data.dataset import RawDataset, Split, split_indices, take
+from edgevit.data.dataset import Split, split_indices, take
+from edgevit.data.source import ImageSource
 
 SHAPES = ("circle", "square", "triangle", "cross", "ring")
 TEXTURES = ("solid", "striped")
@@ -74,14 +76,19 @@ def render(index: int) -> tuple[np.ndarray, int]:
     return np.clip(np.rint(image), 0, 255).astype(np.uint8), label
 
 
-def load_shapes_split(split: Split, count: int | None = None, seed: int = 0) -> RawDataset:
-    """Shapes images of one split (32x32x3 uint8)."""
+def _render_at(indices: np.ndarray, k: int) -> np.ndarray:
+    return render(int(indices[k]))[0]
+
+
+def open_shapes(split: Split, count: int | None = None, seed: int = 0) -> ImageSource:
+    """Shapes images of one split (32x32x3 uint8), each drawn when read."""
     idx = take(split_indices(COUNT, split), count, seed)
-    rendered = [render(int(i)) for i in idx]
-    images = [img for img, _ in rendered]
-    labels = np.array([label for _, label in rendered], dtype=np.int64)
-    return RawDataset(
-        images, labels, list(CLASS_NAMES), f"shapes/{split}" + (f"[{count}@{seed}]" if count else "")
+    labels = idx.astype(np.int64) % len(CLASS_NAMES)  # render()'s rule: the index picks the class
+    return ImageSource(
+        labels,
+        list(CLASS_NAMES),
+        f"shapes/{split}" + (f"[{count}@{seed}]" if count else ""),
+        partial(_render_at, idx),
     )
 
 
@@ -91,10 +98,10 @@ def write_image_folder(root: str, split: Split = "all") -> int:
 
     from PIL import Image
 
-    data = load_shapes_split(split)
+    data = open_shapes(split)
     base = Path(root)
-    for i, (image, label) in enumerate(zip(data.images, data.labels, strict=True)):
+    for i, (image, label) in enumerate(zip(data, data.labels, strict=True)):
         folder = base / CLASS_NAMES[int(label)]
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(image).save(folder / f"{i:05d}.png")
-    return len(data.images)
+    return len(data)

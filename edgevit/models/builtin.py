@@ -77,10 +77,12 @@ def resolve_builtin(
     )
     with lock:
         if not (out / LOG_FILE).is_file():
+            from edgevit.compute import resolve
             from edgevit.train import train
 
             log(f"training builtin:{name} once (cached in {out})")
-            result = train(BUILTINS[name], out, progress=progress)
+            # on the CPU in fp32 wherever it runs: the same builtin weights on every machine
+            result = train(BUILTINS[name], out, progress=progress, compute=resolve("cpu"))
             summary = {k: result[k] for k in ("val_top1", "test_top1", "seconds_this_run")}
             log(f"trained builtin:{name}: {json.dumps(summary)}")
     return out

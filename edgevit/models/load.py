@@ -254,7 +254,11 @@ def logits_of(model: nn.Module, x: np.ndarray, batch: int) -> np.ndarray:
     """The float model's logits for preprocessed images ``x`` (N x C x H x W float32), ``batch`` at a time."""
     if not len(x):
         return np.zeros((0, 0), np.float32)
+    device = next(model.parameters()).device
     with torch.no_grad():
         return np.concatenate(
-            [model(torch.from_numpy(x[i : i + batch])).numpy() for i in range(0, len(x), batch)]
+            [
+                model(torch.from_numpy(x[i : i + batch]).to(device)).float().cpu().numpy()
+                for i in range(0, len(x), batch)
+            ]
         )

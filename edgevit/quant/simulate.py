@@ -129,10 +129,11 @@ def run_calibration(
 ) -> None:
     """Run the calibration images through ``model`` in eval mode, batch by batch, for the hooks
     behind ``handles`` to collect their statistics; then remove the hooks."""
+    device = next(model.parameters()).device
     try:
         model.eval()
         for i in range(0, len(calibration), batch):
-            model(torch.from_numpy(calibration[i : i + batch]))
+            model(torch.from_numpy(calibration[i : i + batch]).to(device))
     finally:
         for h in handles:
             h.remove()

@@ -104,7 +104,29 @@ class PruneStage(Strict):
         return self
 
 
-class DistillStage(Strict):
+RUN_PLACEMENT = {"device", "precision", "nproc"}
+
+
+class TrainingStage(Strict):
+    """Where a training stage computes (``edgevit.compute``): ``auto`` is a GPU when torch sees
+    one (under torchrun, each process's ``LOCAL_RANK``), else the CPU; ``precision: auto`` is bf16
+    autocast on a GPU that has it, fp16 with a gradient scaler on one that has not, fp32 on the CPU."""
+
+    device: str = Field(
+        default="auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$", description="auto, cpu, cuda or cuda:N"
+    )
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    nproc: int = Field(
+        default=1, ge=1, le=64, description="processes under torchrun (DistributedDataParallel)"
+    )
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that decide what the stage trains: all but where and on how many processes
+        it runs, so a run resumes (and a build reuses it) on another device or world size."""
+        return self.model_dump(mode="json", exclude=RUN_PLACEMENT)
+
+
+class DistillStage(TrainingStage):
     """Knowledge distillation from the float reference (teacher) into a student.
 
     The student is the pruned model when a prune stage comes first, else the ViT-Plus named in
@@ -129,10 +151,9 @@ class DistillStage(Strict):
         default=False, description="DeiT-style distillation token (ViT-Plus students)"
     )
     seed: int = 0
-    nproc: int = Field(default=1, ge=1, le=64)
 
 
-class QatStage(Strict):
+class QatStage(TrainingStage):
     """Quantization-aware distillation (QAD): fine-tune the float model under each INT8 target's
     simulated grid (``edgevit.quant``: fake quantization with straight-through gradients) to match
     the float model it starts from (the teacher), on ``data.train``.
@@ -165,7 +186,6 @@ class QatStage(Strict):
         description="fraction of the epochs, at the end, with activation ranges frozen",
     )
     seed: int = 0
-    nproc: int = Field(default=1, ge=1, le=64)
 
 
 class AccuracyBudget(Strict):

@@ -12,14 +12,16 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from edgevit import distributed
-from edgevit.data import DataSpec, load_data
-from edgevit.data.transforms import preprocess
+from edgevit.compute import resolve
+from edgevit.data import DataSpec, open_data
+from edgevit.data.source import verify
+from edgevit.data.stream import Images
 from edgevit.errors import ModelLoadError
 from edgevit.fileio import ensure_dir
 from edgevit.models.config import ModelConfig
 from edgevit.models.load import create, create_configured, load
 from edgevit.models.vit_plus import VisionTransformerPlus, add_distill_token
-from edgevit.recipe.schema import DistillStage, QatStage
+from edgevit.recipe.schema import RUN_PLACEMENT, DistillStage, QatStage
 from edgevit.train import Optim, finish, fit
 
 LOG_FILE = "distill.json"
@@ -83,16 +85,18 @@ def distill(cfg: DistillConfig, out_dir: Path, progress: bool = True) -> dict[st
 
     Run it once per process under torchrun to train with DistributedDataParallel.
     """
-    world = distributed.init()
     s = cfg.settings
+    compute = resolve(s.device, s.precision)
+    distributed.init(compute.distributed_backend)
     ensure_dir(out_dir, "output directory")
     teacher = load(checkpoint=Path(cfg.teacher))
     model, config = _student(cfg, teacher.config)
     base = Path(cfg.base_dir) if cfg.base_dir else None
-    raw = load_data(cfg.data, teacher.config.class_names, base)
-    x = torch.from_numpy(preprocess(raw, teacher.config))
-    y = torch.from_numpy(raw.labels).long()
-    teacher_model = teacher.model.eval()
+    source = open_data(cfg.data, teacher.config.class_names, base)
+    verify(source, cfg.data)
+    images = Images(source, teacher.config, pin_memory=compute.cuda)
+    teacher_model = teacher.model.eval().to(compute.device)
+    model.to(compute.device)
     for p in teacher_model.parameters():
         p.requires_grad_(False)
 
@@ -112,27 +116,27 @@ def distill(cfg: DistillConfig, out_dir: Path, progress: bool = True) -> dict[st
     if vit is not None:
         vit.set_distilled_training(True)
     t0 = time.perf_counter()
-    history = fit(
+    fitted = fit(
         model,
-        x,
-        y,
+        images,
         optim,
         loss_fn,
         out_dir,
-        cfg.model_dump_json(),
+        cfg.model_dump_json(exclude={"settings": RUN_PLACEMENT}),  # resumable on any device or world
         f"distill {config.architecture}",
         progress,
+        compute=compute,
     )
     if vit is not None:
         vit.set_distilled_training(False)
     result: dict[str, Any] = {
         "teacher": cfg.teacher,
         "student": cfg.student,
-        "data": raw.description,
+        "data": images.description,
         "settings": s.model_dump(mode="json"),
-        "history": history,
-        "processes": world.size,
+        "history": fitted.history,
         "seconds_this_run": round(time.perf_counter() - t0, 1),
+        **fitted.stats,
     }
     return finish(model, config, out_dir, LOG_FILE, result)
 

@@ -23,14 +23,16 @@ from torch import nn
 
 from edgevit import distributed
 from edgevit.check.layerwise import sqnr_db
-from edgevit.data import DataSpec, load_data
-from edgevit.data.transforms import preprocess
+from edgevit.compute import resolve
+from edgevit.data import DataSpec, open_data
+from edgevit.data.source import verify
+from edgevit.data.stream import Images
 from edgevit.fileio import atomic_write_json, ensure_dir
 from edgevit.models.load import load, logits_of
 from edgevit.quant.outliers import outlier_pairs
 from edgevit.quant.scheme import Int8Scheme
 from edgevit.quant.simulate import Scope, Simulation, simulation
-from edgevit.recipe.schema import QatStage
+from edgevit.recipe.schema import RUN_PLACEMENT, QatStage
 from edgevit.stages.distill import kd_loss
 from edgevit.stages.export import export_onnx
 from edgevit.train import Optim, finish, fit
@@ -110,8 +112,9 @@ def simulated_sqnr(
 def qat(cfg: QatConfig, out_dir: Path, progress: bool = True) -> dict[str, Any]:
     """Train into ``out_dir`` (model.safetensors, config.json, model.onnx, ranges.json, qat.json);
     resumable. Run it once per process under torchrun to train with DistributedDataParallel."""
-    world = distributed.init()
     s = cfg.settings
+    compute = resolve(s.device, s.precision)
+    world = distributed.init(compute.distributed_backend)
     ensure_dir(out_dir, "output directory")
     loaded = load(checkpoint=Path(cfg.model))
     config, teacher = loaded.config, loaded.model.eval()
@@ -126,14 +129,14 @@ def qat(cfg: QatConfig, out_dir: Path, progress: bool = True) -> dict[str, Any]:
         p.requires_grad_(True)
     _freeze_folded_norms(sim)
     base = Path(cfg.base_dir) if cfg.base_dir else None
-    raw = load_data(cfg.data, config.class_names, base)
-    x = torch.from_numpy(preprocess(raw, config))
-    y = torch.from_numpy(raw.labels).long()
+    source = open_data(cfg.data, config.class_names, base)
+    verify(source, cfg.data)
+    images = Images(source, config, pin_memory=compute.cuda)
+    teacher.to(compute.device)
+    sim.model.to(compute.device)
     frozen_from = freeze_epoch(s)
-    started: list[int] = []  # the epochs this run trains (a resumed run starts past 0)
 
     def before_epoch(epoch: int) -> None:
-        started.append(epoch)
         if epoch < frozen_from:
             sim.recalibrate(calibration)
 
@@ -144,20 +147,22 @@ def qat(cfg: QatConfig, out_dir: Path, progress: bool = True) -> dict[str, Any]:
 
     optim = Optim(s.epochs, s.batch_size, s.lr, s.weight_decay, s.warmup_epochs, s.shift_pixels, s.seed)
     t0 = time.perf_counter()
-    history = fit(
+    fitted = fit(
         sim.model,
-        x,
-        y,
+        images,
         optim,
         loss_fn,
         out_dir,
-        cfg.model_dump_json(),
+        cfg.model_dump_json(exclude={"settings": RUN_PLACEMENT}),  # resumable on any device or world
         f"qat {scheme.tag}",
         progress,
         before_epoch=before_epoch,
         extra_state=sim,
+        compute=compute,
     )
     seconds = time.perf_counter() - t0
+    teacher.to("cpu")
+    sim.model.to("cpu")
     trained = logits_of(sim.model.eval(), calibration, 64)
     student = copy.deepcopy(teacher)  # the same module tree, given the trained float weights
     student.load_state_dict(sim.float_state(), strict=True)
@@ -170,13 +175,12 @@ def qat(cfg: QatConfig, out_dir: Path, progress: bool = True) -> dict[str, Any]:
             "matmuls": cfg.matmuls,
             "float_layers": list(cfg.float_layers),
         },
-        "data": raw.description,
+        "data": images.description,
         "settings": s.model_dump(mode="json"),
-        "history": history,
+        "history": fitted.history,
         "ranges_frozen_from_epoch": frozen_from + 1,
-        "processes": world.size,
         "seconds_this_run": round(seconds, 1),
-        "images_per_second": round(len(x) * len(started) / seconds, 1) if started else None,
+        **fitted.stats,
         "simulated_sqnr_db": {
             "where": f"simulated:edgevit.quant ({scheme.tag}), {len(calibration)} calibration images",
             "before": round(before, 2),

@@ -1,5 +1,6 @@
 """Distillation: the loss, a resumable run, and 2 processes under torchrun matching 1 process."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -78,16 +79,42 @@ def test_distillation_token_student(teacher: tuple[Path, Path], tmp_path: Path) 
     assert student.model(torch.zeros(2, 3, 32, 32)).shape == (2, 2)  # eval: mean of both heads
 
 
-def test_two_processes_follow_one_process(teacher: tuple[Path, Path], tmp_path: Path) -> None:
-    """torchrun + DDP (gloo): each process takes half of every global batch; the result matches."""
+def test_two_processes_follow_one_process(teacher: tuple[Path, Path], tmp_path: Path, monkeypatch) -> None:
+    """torchrun + DDP (gloo): each process reads and trains on half of every global batch; the
+    result matches one process, with the data streamed by loader workers, and a 1-process run
+    interrupted after epoch 1 resumes under 2 processes to the same weights."""
     ckpt, data = teacher
     args = ["distill", "--teacher", str(ckpt), "--student", str(ckpt), "--data", str(data)]
     args += ["--epochs", "2", "--batch-size", "8", "--quiet", "--json"]
     one = run_cli(*args, "-o", str(tmp_path / "one"))
-    two = run_cli(*args, "--nproc", "2", "-o", str(tmp_path / "two"))
     assert one.returncode == 0, one.stderr[-2000:]
+    two = run_cli(*args, "--nproc", "2", "-o", str(tmp_path / "two"), env={"EDGEVIT_DATA_CACHE_MB": "0"})
     assert two.returncode == 0, two.stderr[-2000:]
-    assert '"processes": 2' in (tmp_path / "two" / "distill.json").read_text()
-    a, b = load(checkpoint=tmp_path / "one").model, load(checkpoint=tmp_path / "two").model
-    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
-        torch.testing.assert_close(pa, pb, atol=1e-4, rtol=1e-3, msg=name)
+    log = json.loads((tmp_path / "two" / "distill.json").read_text())
+    assert log["processes"] == 2 and log["data"].startswith("streamed") and log["device"] == "cpu"
+    assert log["images_per_second"] > 0 and log["peak_rss_mb"] > 0 and log["precision"] == "fp32"
+
+    stage = DistillStage(stage="distill", epochs=2, batch_size=8)  # what the options above make
+    cfg = DistillConfig(
+        teacher=str(ckpt), student=str(ckpt), data=DataSpec(source=str(data), split="train"), settings=stage
+    )
+    real_save, calls = train_mod.atomic_path, []
+
+    def dies_on_second_save(path):
+        calls.append(path)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_save(path)
+
+    monkeypatch.setattr(train_mod, "atomic_path", dies_on_second_save)
+    with pytest.raises(KeyboardInterrupt):
+        distill(cfg, tmp_path / "resumed", progress=False)
+    monkeypatch.setattr(train_mod, "atomic_path", real_save)
+    resumed = run_cli(*args, "--nproc", "2", "-o", str(tmp_path / "resumed"))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert json.loads((tmp_path / "resumed" / "distill.json").read_text())["processes"] == 2
+    a = load(checkpoint=tmp_path / "one").model
+    for other in ("two", "resumed"):
+        b = load(checkpoint=tmp_path / other).model
+        for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+            torch.testing.assert_close(pa, pb, atol=1e-4, rtol=1e-3, msg=f"{other}: {name}")

@@ -1,0 +1,89 @@
+"""Image sources that read one image at a time: what streaming needs.
+
+An :class:`ImageSource` knows how many images a spec selects, their labels and class names, and
+reads image ``k`` on demand (an ImageFolder decodes one file; the embedded sources draw one
+image), so only the selection's index (file names and labels) is held in memory, never the
+pixels. ``load_data`` (all images at once) is built on it for the small sets that fit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from edgevit.data.dataset import DataSpec, RawDataset
+from edgevit.errors import DataError
+
+
+class ImageSource:
+    """The images a :class:`DataSpec` selects, read one at a time."""
+
+    def __init__(
+        self,
+        labels: np.ndarray,
+        class_names: list[str],
+        description: str,
+        reader: Callable[[int], np.ndarray],
+    ) -> None:
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.class_names = class_names
+        self.description = description
+        self._reader = reader
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def read(self, k: int) -> np.ndarray:
+        """Image ``k`` of the selection as uint8 H x W x 3."""
+        return self._reader(k)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return (self.read(k) for k in range(len(self)))
+
+    def sha256(self) -> str:
+        """Content hash of images and labels, streamed; the same as ``RawDataset.sha256``."""
+        h = hashlib.sha256(self.labels.tobytes())
+        for img in self:
+            h.update(np.asarray(img.shape, dtype=np.int64).tobytes())
+            h.update(np.ascontiguousarray(img).tobytes())
+        return h.hexdigest()
+
+    def materialize(self) -> RawDataset:
+        """Every image in memory (for the small sets: calibration, tests)."""
+        return RawDataset(list(self), self.labels.copy(), list(self.class_names), self.description)
+
+
+def open_data(
+    spec: DataSpec, class_names: list[str] | None = None, base_dir: Path | None = None
+) -> ImageSource:
+    """The images ``spec`` selects, to be read one at a time; its sha256 is checked by
+    :func:`verify` (reading every image), which ``load_data`` does and streaming callers may."""
+    if spec.source == "digits":
+        from edgevit.data.digits import open_digits
+
+        return open_digits(spec.split, spec.count, spec.seed)
+    if spec.source == "shapes":
+        from edgevit.data.shapes import open_shapes
+
+        return open_shapes(spec.split, spec.count, spec.seed)
+    from edgevit.data.folder import open_folder
+
+    root = Path(spec.source).expanduser()
+    if not root.is_absolute() and base_dir is not None:
+        root = base_dir / root
+    return open_folder(root, spec.split, spec.count, spec.seed, class_names)
+
+
+def verify(source: ImageSource, spec: DataSpec) -> None:
+    """Raise when ``spec`` records a sha256 that the selected images do not have."""
+    if spec.sha256 is None:
+        return
+    actual = source.sha256()
+    if actual != spec.sha256:
+        raise DataError(
+            f"data {source.description} has sha256 {actual[:12]}…, the manifest expects {spec.sha256[:12]}…",
+            "the images changed: restore them or update the manifest's sha256",
+        )
