@@ -3,7 +3,8 @@
 It needs only Python >= 3.8, NumPy and the artifact's runtime (onnxruntime, openvino,
 ai-edge-litert / tflite-runtime, or TensorRT + cuda-python on an NVIDIA device). edgevit copies
 this file to the device (or runs it locally), with the artifact and optionally an evaluation
-bundle (.npz with ``inputs``, ``labels`` and ``reference_logits``), and reads the one JSON
+bundle (.npz with ``inputs``, ``labels`` and ``reference_logits``; its inputs are read a batch at a
+time, so a device scores more images than its memory holds), and reads the one JSON
 document it prints:
 
     python3 agent.py ARTIFACT [--runs N | --duration S] [--warmup N] [--threads T] [--batch B]
@@ -649,7 +650,13 @@ def device_facts() -> dict[str, Any]:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    """Peak resident memory of this process: Linux's VmHWM (the high-water mark of this program
+    alone; ``ru_maxrss`` keeps the parent's across fork and exec, so an agent started by a large
+    process would report that process's size), else ru_maxrss (KiB on Linux, bytes on macOS)."""
+    status = _read(Path("/proc/self/status"))
+    for line in (status or "").splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
 
@@ -688,6 +695,80 @@ class DeviceLock:
             os.close(self._fd)  # closing releases the flock
 
 
+class BundleInputs:
+    """An evaluation bundle's ``inputs`` read from its .npz a slice at a time, so that memory holds
+    one batch rather than the set (a few thousand 224-px images are gigabytes): ``np.savez`` and
+    edgevit's bundle writer store the members uncompressed, so the array lies contiguous in the file.
+    Sliced like an array (``x[i:j]``); a compressed member falls back to being read whole."""
+
+    def __init__(self, path: Path) -> None:
+        import struct
+        import zipfile
+
+        with zipfile.ZipFile(str(path)) as zf:
+            try:
+                info = zf.getinfo("inputs.npy")
+            except KeyError:
+                raise AgentError(f"evaluation bundle {path} has no inputs") from None
+            whole = None if info.compress_type == zipfile.ZIP_STORED else np.load(zf.open(info))
+        self._file = open(str(path), "rb")  # noqa: SIM115  (closed by close())
+        self._whole = whole
+        if whole is not None:
+            self.shape, self.dtype, self._start, self._row = tuple(whole.shape), whole.dtype, 0, 0
+            return
+        self._file.seek(info.header_offset)
+        local = self._file.read(30)
+        if local[:4] != b"PK\x03\x04":
+            raise AgentError(f"evaluation bundle {path} is not a readable .npz")
+        name_len, extra_len = struct.unpack("<HH", local[26:30])
+        self._file.seek(info.header_offset + 30 + name_len + extra_len)
+        version = np.lib.format.read_magic(self._file)
+        read_header = (
+            np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        )
+        shape, fortran, dtype = read_header(self._file)
+        if fortran:
+            raise AgentError(f"evaluation bundle {path}: inputs are in Fortran order; re-make the bundle")
+        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+        self._start = self._file.tell()
+        self._row = self.dtype.itemsize * int(np.prod(self.shape[1:]))
+
+    def __len__(self) -> int:
+        return int(self.shape[0])
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if self._whole is not None:
+            return np.asarray(self._whole[key])
+        if isinstance(key, int):
+            return self[key : key + 1][0] if key >= 0 else self[len(self) + key]
+        if not isinstance(key, slice):
+            raise TypeError("bundle inputs are read by slices: x[i:j]")
+        start, stop, step = key.indices(len(self))
+        if step != 1:
+            raise TypeError("bundle inputs are read by contiguous slices (no step)")
+        count = max(0, stop - start)
+        buffer = bytearray(count * self._row)
+        self._file.seek(self._start + start * self._row)
+        if self._file.readinto(buffer) != len(buffer):
+            raise AgentError("evaluation bundle is truncated: re-make it")
+        return np.frombuffer(buffer, self.dtype).reshape(count, *self.shape[1:])
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        whole = self[:]
+        return whole if dtype is None else whole.astype(dtype)
+
+    def close(self) -> None:
+        """Close the file."""
+        self._file.close()
+
+
+def open_bundle(path: Path) -> tuple[BundleInputs, np.ndarray, np.ndarray]:
+    """A bundle's inputs (read a slice at a time), labels and reference logits."""
+    inputs = BundleInputs(path)
+    with np.load(str(path)) as npz:
+        return inputs, npz["labels"], npz["reference_logits"]
+
+
 def profile(
     artifact: Path,
     runs: int = 100,
@@ -703,13 +784,13 @@ def profile(
     """Load ``artifact``, time it, check it on ``bundle``; the agent's JSON document."""
     session = open_session(artifact, threads, runtime, plan, engine_cache)
     shape = None
-    data = None
+    data: dict[str, Any] | None = None
     if bundle is not None:
         if not bundle.is_file():
             raise AgentError(f"evaluation bundle {bundle} does not exist")
-        with np.load(str(bundle)) as npz:
-            data = {k: npz[k] for k in ("inputs", "labels", "reference_logits")}
-        shape = data["inputs"].shape[1:]
+        inputs, labels, reference = open_bundle(bundle)
+        data = {"inputs": inputs, "labels": labels, "reference_logits": reference}
+        shape = inputs.shape[1:]
     sample = (
         np.ascontiguousarray(data["inputs"][:batch], dtype=np.float32)
         if data is not None
@@ -739,8 +820,10 @@ def profile(
     if session.info():
         doc["session"] = session.info()
     if data is not None:
-        x = np.ascontiguousarray(data["inputs"], dtype=np.float32)
-        logits = np.concatenate([session(x[i : i + 16]) for i in range(0, len(x), 16)]).astype(np.float32)
+        x = data["inputs"]  # read 16 images at a time: a device's memory holds a batch, not the set
+        logits = np.concatenate(
+            [session(np.ascontiguousarray(x[i : i + 16], dtype=np.float32)) for i in range(0, len(x), 16)]
+        ).astype(np.float32)
         doc["accuracy"] = {
             k: (round(v, 6) if isinstance(v, float) else v)
             for k, v in fidelity(logits, data["labels"], data["reference_logits"]).items()

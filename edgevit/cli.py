@@ -77,7 +77,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    import numpy as np
 
     from edgevit.check.layerwise import COMPARABLE_SUFFIXES
     from edgevit.check.validate import diagnose, verify_files
@@ -102,8 +101,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
             f"{build_dir} has no ONNX or OpenVINO INT8 artifact to compare",
             "build an int8 onnxruntime, openvino or tensorrt target (or name one with --target)",
         )
-    with np.load(build_dir / "eval" / "bundle.npz") as npz:
-        x = npz["inputs"][: args.samples]
+    from edgevit.check.bundle import open_bundle
+
+    inputs, _, _ = open_bundle(build_dir / "eval" / "bundle.npz")
+    x = inputs[: args.samples]
+    inputs.close()
     doc = {t["name"]: diagnose(build_dir, t, x) for t in chosen}
     if args.json:
         print(json.dumps(doc, indent=2))

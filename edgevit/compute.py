@@ -111,10 +111,13 @@ def _precision(device: torch.device, asked: str) -> Precision:
 
 
 def peak_memory(compute: Compute) -> dict[str, float]:
-    """Peak resident memory of this process (and its ended loader workers), and on a GPU the peak
-    memory torch allocated there, in MiB."""
+    """Peak resident memory of this process (its VmHWM: this program's alone) and of its largest
+    ended child (a loader worker), and on a GPU the peak memory torch allocated there, in MiB."""
+    from edgevit.agent import peak_rss_mb
+
     facts = {
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": peak_rss_mb(),
+        # the largest ended child (loader workers); like ru_maxrss it may carry a parent's size
         "peak_rss_workers_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
     }
     if compute.cuda:

@@ -17,7 +17,10 @@ import torch
 
 from edgevit import __version__
 from edgevit.check import accuracy, gates, latency
+from edgevit.check.bundle import BundleInputs, Inputs, open_bundle, write_bundle
 from edgevit.data import load_data, open_data
+from edgevit.data.source import verified_sha256
+from edgevit.data.stream import Images
 from edgevit.data.transforms import preprocess
 from edgevit.devices import resolve_device
 from edgevit.errors import EdgeVitError, NotCheckable
@@ -166,34 +169,36 @@ class Build:
         )
         weights_sha = ref_step.outputs["model.safetensors"]
 
-        eval_raw = load_data(r.data.evaluation, cfg.class_names, r.base_dir)
-        if len(eval_raw) == 0:
-            raise EdgeVitError(f"evaluation data {eval_raw.description} is empty", "check data.evaluation")
+        eval_src = open_data(r.data.evaluation, cfg.class_names, r.base_dir)  # read, never held whole
+        if len(eval_src) == 0:
+            raise EdgeVitError(f"evaluation data {eval_src.description} is empty", "check data.evaluation")
+        batch = r.check.eval_batch
 
         def make_eval(d: Path) -> None:
-            x = preprocess(eval_raw, cfg)
-            np.savez(
+            images = Images(eval_src, cfg)
+            write_bundle(
                 d / "bundle.npz",
-                inputs=x,
-                labels=eval_raw.labels,
-                reference_logits=logits_of(ref.model, x, r.check.eval_batch),
+                len(images),
+                cfg.input_size,
+                ((x.numpy(), logits_of(ref.model, x.numpy(), batch)) for x, _ in images.in_order(batch)),
+                eval_src.labels,
             )
 
         eval_step = self.ws.step(
             "eval",
             {
                 "weights": weights_sha,
-                "data": eval_raw.sha256(),
+                "data": verified_sha256(eval_src, r.data.evaluation),
                 "config": cfg.model_dump(),
                 "torch": self.versions["torch"],
             },
             make_eval,
-            {"producer": "data+reference", "data": eval_raw.description},
+            {"producer": "data+reference", "data": eval_src.description},
         )
-        bundle = np.load(eval_step.path("bundle.npz"))
-        x_eval, labels, ref_logits = bundle["inputs"], bundle["labels"], bundle["reference_logits"]
+        # the inputs are read a batch at a time from the bundle: a few thousand 224-px images are gigabytes
+        x_eval, labels, ref_logits = open_bundle(eval_step.path("bundle.npz"))
         ref_top1 = accuracy.top1(ref_logits, labels)
-        self.log(f"float reference top-1 {ref_top1:.2f}% on {len(labels)} images ({eval_raw.description})")
+        self.log(f"float reference top-1 {ref_top1:.2f}% on {len(labels)} images ({eval_src.description})")
         ref_size = self._size_record(ref.model, cfg, ref_step.path("model.safetensors"))
 
         model, weights_sha, stage_records = ref.model, weights_sha, []
@@ -223,7 +228,7 @@ class Build:
             )
 
         self._agent_bundle = (
-            self._lowered_bundle(x_eval, labels, src_logits)
+            self._lowered_bundle(x_eval, labels, src_logits, eval_step.outputs["bundle.npz"])
             if stage_records
             else eval_step.path("bundle.npz")
         )
@@ -307,7 +312,7 @@ class Build:
                 "sha256": weights_sha,
                 "top1": round(ref_top1, 4),
                 "samples": len(labels),
-                "evaluation": eval_raw.description,
+                "evaluation": eval_src.description,
                 "where": "host",
                 **ref_size,
             },
@@ -366,7 +371,7 @@ class Build:
         request: LowerRequest,
         onnx_sha: str,
         calib_sha: str | None,
-        x_eval: np.ndarray,
+        x_eval: Inputs,
         labels: np.ndarray,
     ) -> tuple[str, dict[str, Any]]:
         """Point ``request`` at the model trained against ``spec``'s INT8 grid (one cached,
@@ -436,7 +441,7 @@ class Build:
         request: LowerRequest,
         onnx_sha: str,
         calib_sha: str | None,
-        x_eval: np.ndarray,
+        x_eval: Inputs,
         labels: np.ndarray,
         src_logits: np.ndarray,
         ref_top1: float,
@@ -651,7 +656,7 @@ class Build:
         request: LowerRequest,
         onnx_sha: str,
         calib_sha: str | None,
-        x_eval: np.ndarray,
+        x_eval: Inputs,
         labels: np.ndarray,
         src_logits: np.ndarray,
         ref_top1: float,
@@ -716,7 +721,7 @@ class Build:
         request: LowerRequest,
         onnx_sha: str,
         calib_sha: str | None,
-        x_eval: np.ndarray,
+        x_eval: Inputs,
         labels: np.ndarray,
         src_logits: np.ndarray,
     ) -> tuple[accuracy.AccuracyResult, StepResult] | None:
@@ -751,7 +756,7 @@ class Build:
         key_for: Callable[[LowerRequest], dict[str, Any]],
         device: Any,
         threads: int,
-        x_eval: np.ndarray,
+        x_eval: Inputs,
         labels: np.ndarray,
         src_logits: np.ndarray,
     ) -> tuple[dict[str, Any], StepResult]:
@@ -777,7 +782,7 @@ class Build:
             )
             return step, step.path(target.artifact_name)
 
-        def infer(artifact: Path, x: np.ndarray) -> np.ndarray:
+        def infer(artifact: Path, x: Inputs) -> np.ndarray:
             with target.runner(artifact, threads, request.model_config.input_size, device) as runner:
                 return runner.infer_all(x, r.check.eval_batch)
 
@@ -854,7 +859,7 @@ class Build:
         )
         return found if note is None else replace(found, note=note)
 
-    def _layerwise(self, spec: TargetSpec, float_onnx: Path, artifact: Path, x: np.ndarray) -> dict[str, Any]:
+    def _layerwise(self, spec: TargetSpec, float_onnx: Path, artifact: Path, x: Inputs) -> dict[str, Any]:
         """The layer-wise comparison of an INT8 artifact with the float ONNX ({} when not comparable)."""
         from edgevit.check import layerwise
 
@@ -874,13 +879,22 @@ class Build:
         )
         return {"layerwise": found}
 
-    def _lowered_bundle(self, x_eval: np.ndarray, labels: np.ndarray, src_logits: np.ndarray) -> Path:
+    def _lowered_bundle(
+        self, x_eval: BundleInputs, labels: np.ndarray, src_logits: np.ndarray, eval_sha: str
+    ) -> Path:
         """The evaluation images with the lowered float model's logits: what the profiling agent scores
         a device's logits against when compression stages changed the model."""
+        b = self.recipe.check.eval_batch
         step = self.ws.step(
             LOWERED_BUNDLE.split("/")[0],
-            {"inputs": sha256_bytes(x_eval.tobytes()), "logits": sha256_bytes(src_logits.tobytes())},
-            lambda d: np.savez(d / "bundle.npz", inputs=x_eval, labels=labels, reference_logits=src_logits),
+            {"eval_bundle": eval_sha, "logits": sha256_bytes(src_logits.tobytes())},
+            lambda d: write_bundle(
+                d / "bundle.npz",
+                len(x_eval),
+                x_eval.shape[1:],
+                ((x_eval[i : i + b], src_logits[i : i + b]) for i in range(0, len(x_eval), b)),
+                labels,
+            ),
             {"producer": "pipeline (agent bundle)"},
         )
         return step.path("bundle.npz")

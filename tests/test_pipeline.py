@@ -56,9 +56,8 @@ def test_missing_backend_is_reported_as_skipped(fresh_builtin: Path, tmp_path: P
     assert "openvino is not importable" in (tmp_path / "b" / "report.md").read_text()
 
 
-def test_user_checkpoint_and_image_folder_relative_to_the_recipe(
-    tiny_checkpoint: Path, tmp_path: Path
-) -> None:
+def _folder_project(tiny_checkpoint: Path, tmp_path: Path) -> Path:
+    """A recipe next to its checkpoint and a 30-image folder, all named relative to it."""
     import shutil
 
     import yaml
@@ -80,15 +79,42 @@ def test_user_checkpoint_and_image_folder_relative_to_the_recipe(
             {"name": "fp32", "backend": "onnxruntime"},
             {"name": "int8", "backend": "onnxruntime", "precision": "int8"},
         ],
-        "check": {"runs": 5, "warmup": 1},
+        "check": {"runs": 5, "warmup": 1, "eval_batch": 8},
         "gates": {"max_top1_drop": None, "min_cosine": 0.9},
     }
     (project / "recipe.yaml").write_text(yaml.safe_dump(recipe))
-    report = edgevit.build(project / "recipe.yaml", tmp_path / "out")
+    return project / "recipe.yaml"
+
+
+def test_user_checkpoint_and_image_folder_relative_to_the_recipe(
+    tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    report = edgevit.build(_folder_project(tiny_checkpoint, tmp_path), tmp_path / "out")
     assert report.data["reference"]["samples"] == 30
     assert report.data["reference"]["evaluation"].endswith("images/all")
     assert report.passed, report.data["gates"]
     assert report.target("int8")["accuracy"]["cosine"] < 1.0
+
+
+def test_a_streamed_evaluation_set_reports_what_the_in_memory_one_does(
+    tiny_checkpoint: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """Past the cache limit the evaluation images stream into the bundle batch by batch and are
+    read back a batch at a time: the same bundle and the same report numbers."""
+    import numpy as np
+
+    recipe = _folder_project(tiny_checkpoint, tmp_path)
+    held = edgevit.build(recipe, tmp_path / "held")
+    monkeypatch.setenv("EDGEVIT_DATA_CACHE_MB", "0")
+    streamed = edgevit.build(recipe, tmp_path / "streamed")
+    assert held.data["reference"]["top1"] == streamed.data["reference"]["top1"]
+    for a, b in zip(held.data["targets"], streamed.data["targets"], strict=True):
+        assert a["accuracy"] == b["accuracy"], a["name"]
+    bundles = [tmp_path / build / "eval" / "bundle.npz" for build in ("held", "streamed")]
+    with np.load(bundles[0]) as x, np.load(bundles[1]) as y:
+        assert sorted(x.files) == sorted(y.files) == ["inputs", "labels", "reference_logits"]
+        for name in x.files:
+            assert np.array_equal(x[name], y[name]), name
 
 
 QUICK_COMPRESSION = [

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import yaml
 
 from edgevit.check.accuracy import AccuracyResult, compare
@@ -37,12 +36,12 @@ def float_build(recipe_file: Path, work: Path, name: str, checkpoint: Path | Non
 
 def score(backend: str, artifact: Path, directory: Path, threads: int = 2) -> AccuracyResult:
     """Accuracy of ``artifact`` on a build's evaluation set, against that build's float reference."""
+    from edgevit.check.bundle import open_bundle
     from edgevit.targets import TARGETS
 
-    bundle = np.load(directory / "eval" / "bundle.npz")
-    x = bundle["inputs"]
+    x, labels, reference = open_bundle(directory / "eval" / "bundle.npz")
     with TARGETS.get(backend).runner(artifact, threads, tuple(x.shape[1:])) as runner:
-        return compare(runner.infer_all(x, 64), bundle["labels"], bundle["reference_logits"])
+        return compare(runner.infer_all(x, 64), labels, reference)
 
 
 def figures(acc: AccuracyResult) -> dict[str, float]:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from edgevit.check import accuracy, gates, latency
+from edgevit.check.bundle import Inputs, open_bundle
 from edgevit.check.gates import GateResult
 from edgevit.devices import resolve_device
 from edgevit.errors import BuildDirError, EdgeVitError, NotCheckable
@@ -178,10 +179,9 @@ def verify_files(build_dir: Path, skip: tuple[str, ...] = ()) -> dict[str, Any]:
     return dict(manifest)
 
 
-def _reference(build_dir: Path, report: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(inputs, labels, logits of the float model the artifacts were lowered from)."""
-    with np.load(build_dir / "eval" / "bundle.npz") as npz:
-        x, labels, ref = npz["inputs"], npz["labels"], npz["reference_logits"]
+def _reference(build_dir: Path, report: dict[str, Any]) -> tuple[Inputs, np.ndarray, np.ndarray]:
+    """(inputs, read a batch at a time; labels; logits of the float model the artifacts were lowered from)."""
+    x, labels, ref = open_bundle(build_dir / "eval" / "bundle.npz")
     if report.get("stages"):
         lowered = build_dir / LOWERED_BUNDLE
         if lowered.is_file():
@@ -198,7 +198,7 @@ def recheck(
     t: dict[str, Any],
     recipe: Recipe,
     config: ModelConfig,
-    data: tuple[np.ndarray, ...],
+    data: tuple[Inputs, np.ndarray, np.ndarray],
     replacement: Path | None = None,
 ) -> dict[str, Any]:
     """Run one built target's artifact again on the evaluation set; its report entry, re-scored.

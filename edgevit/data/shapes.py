@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 
@@ -92,16 +93,22 @@ def open_shapes(split: Split, count: int | None = None, seed: int = 0) -> ImageS
     )
 
 
-def write_image_folder(root: str, split: Split = "all") -> int:
-    """Write the dataset as an ImageFolder tree (``root/<class>/<index>.png``); returns the image count."""
-    from pathlib import Path
-
+def write_image_folder(
+    root: str, split: Split = "all", count: int | None = None, size: int = SIZE, suffix: str = ".png"
+) -> int:
+    """Write the dataset as an ImageFolder tree (``root/<class>/<index><suffix>``); returns the
+    image count. ``count`` writes images 0..count-1 instead of a split (past the embedded 6,000:
+    every index draws an image); ``size`` resizes them (bilinear) for full-size benchmarks."""
     from PIL import Image
 
-    data = open_shapes(split)
+    indices = np.arange(count) if count is not None else split_indices(COUNT, split)
     base = Path(root)
-    for i, (image, label) in enumerate(zip(data, data.labels, strict=True)):
-        folder = base / CLASS_NAMES[int(label)]
+    for i, index in enumerate(indices):
+        image, label = render(int(index))
+        folder = base / CLASS_NAMES[label]
         folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image).save(folder / f"{i:05d}.png")
-    return len(data)
+        picture = Image.fromarray(image)
+        if size != SIZE:
+            picture = picture.resize((size, size), Image.Resampling.BILINEAR)
+        picture.save(folder / f"{i:06d}{suffix}")
+    return len(indices)

@@ -77,13 +77,18 @@ def open_data(
     return open_folder(root, spec.split, spec.count, spec.seed, class_names)
 
 
-def verify(source: ImageSource, spec: DataSpec) -> None:
-    """Raise when ``spec`` records a sha256 that the selected images do not have."""
-    if spec.sha256 is None:
-        return
+def verified_sha256(source: ImageSource, spec: DataSpec) -> str:
+    """The selected images' sha256 (reading each once); raise when ``spec`` records another."""
     actual = source.sha256()
-    if actual != spec.sha256:
+    if spec.sha256 is not None and actual != spec.sha256:
         raise DataError(
             f"data {source.description} has sha256 {actual[:12]}…, the manifest expects {spec.sha256[:12]}…",
             "the images changed: restore them or update the manifest's sha256",
         )
+    return actual
+
+
+def verify(source: ImageSource, spec: DataSpec) -> None:
+    """Raise when ``spec`` records a sha256 that the selected images do not have (reads them only then)."""
+    if spec.sha256 is not None:
+        verified_sha256(source, spec)

@@ -6,7 +6,7 @@ import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -15,6 +15,9 @@ from torch import nn
 from edgevit.errors import ModelLoadError
 from edgevit.fileio import sha256_file
 from edgevit.models.config import ModelConfig
+
+if TYPE_CHECKING:
+    from edgevit.check.bundle import Inputs
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -250,7 +253,7 @@ def load(
     return LoadedModel(model.eval(), config, weights, sha256_file(weights))
 
 
-def logits_of(model: nn.Module, x: np.ndarray, batch: int) -> np.ndarray:
+def logits_of(model: nn.Module, x: Inputs, batch: int) -> np.ndarray:
     """The float model's logits for preprocessed images ``x`` (N x C x H x W float32), ``batch`` at a time."""
     if not len(x):
         return np.zeros((0, 0), np.float32)

@@ -307,15 +307,16 @@ class AdbTransport(Transport):
     def _accuracy(self, job: AgentRun, threads: int, remote: str) -> dict[str, Any]:
         """Run the bundle's first inputs on the phone, one benchmark_model invocation each; the
         ``accuracy`` entry, or ``accuracy_note`` saying why there is none."""
-        from edgevit.agent import interpreter_class
+        from edgevit.agent import interpreter_class, open_bundle
 
         assert job.bundle is not None
         interp = interpreter_class()(model_path=str(job.artifact))
         detail_in, detail_out = interp.get_input_details()[0], interp.get_output_details()[0]
-        with np.load(str(job.bundle)) as npz:
-            n = min(len(npz["inputs"]), self.settings.accuracy_samples)
-            inputs = np.ascontiguousarray(npz["inputs"][:n], dtype=np.float32)
-            labels, reference = npz["labels"][:n], npz["reference_logits"][:n]
+        x, all_labels, all_reference = open_bundle(job.bundle)
+        n = min(len(x), self.settings.accuracy_samples)
+        inputs = np.ascontiguousarray(x[:n], dtype=np.float32)
+        labels, reference = all_labels[:n], all_reference[:n]
+        x.close()
         if int(detail_in["shape"][0]) != 1:
             return {"accuracy_note": "not checked on the phone: the model's batch is not 1"}
         name = str(detail_in["name"]).replace(":", "::")  # benchmark_model's escape for ':' in a name

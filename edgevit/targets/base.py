@@ -23,6 +23,7 @@ from edgevit.models.config import ModelConfig
 from edgevit.recipe.schema import QuantizeStage
 
 if TYPE_CHECKING:
+    from edgevit.check.bundle import Inputs
     from edgevit.quant.scheme import Int8Scheme
 
 INPUT_NAME = "input"
@@ -94,7 +95,7 @@ class Runner(ABC):
             raise LoweringError(f"{self.artifact} returned shape {out.shape} for batch {batch.shape}")
         return out
 
-    def infer_all(self, x: np.ndarray, batch: int) -> np.ndarray:
+    def infer_all(self, x: Inputs, batch: int) -> np.ndarray:
         """Logits for every image of ``x``, run ``batch`` at a time."""
         return np.concatenate([self.infer(x[i : i + batch]) for i in range(0, len(x), batch)])
 
