@@ -10,7 +10,9 @@ pruned student at half the MACs) over ImageFolders of N images written by the sh
 Modes: ``streamed`` (the default path: sets past ``EDGEVIT_DATA_CACHE_MB`` stream through
 DataLoader workers) and ``in-memory`` (the cache limit raised past the set: every image
 preprocessed up front, as before streaming), the latter only for sizes up to ``--in-memory-max``.
-Runs are interleaved size by size. Prints a table, then one JSON line.
+Runs are interleaved size by size. With ``--build-eval N`` also ``edgevit build`` of a recipe whose
+evaluation set is N of those images (ONNX Runtime FP32 and INT8, OpenVINO INT8), streamed and in
+memory, measured the same way. Prints tables, then one JSON line.
 
     .venv/bin/python tools/bench_train.py [--sizes 1000,4000,16000] [--procs 1,2] [--in-memory-max 4000]
 """
@@ -106,6 +108,18 @@ class _Sampler:
         self._thread.join()
 
 
+def _measured(cmd: list[str], cache_mb: str) -> tuple[int, str, str, float, _Sampler]:
+    """Run ``cmd`` with ``EDGEVIT_DATA_CACHE_MB=cache_mb``, sampling its process tree's memory:
+    (exit code, stdout, stderr, wall seconds, the sampler)."""
+    env = {**os.environ, "EDGEVIT_DATA_CACHE_MB": cache_mb}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sampler = _Sampler(proc.pid)
+    stdout, stderr = proc.communicate()
+    sampler.stop()
+    return proc.returncode, stdout, stderr, time.perf_counter() - t0, sampler
+
+
 def _run(
     teacher: Path, student: Path, data: Path, procs: int, mode: str, batch: int, out: Path
 ) -> dict[str, Any]:
@@ -134,15 +148,9 @@ def _run(
     ]
     if procs > 1:
         cmd += ["--nproc", str(procs)]
-    env = {**os.environ, "EDGEVIT_DATA_CACHE_MB": "0" if mode == "streamed" else "1000000"}
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    sampler = _Sampler(proc.pid)
-    _, stderr = proc.communicate()
-    sampler.stop()
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        return {"status": f"failed (exit {proc.returncode}): {stderr.strip().splitlines()[-1:]}"}
+    code, _, stderr, wall, sampler = _measured(cmd, "0" if mode == "streamed" else "1000000")
+    if code != 0:
+        return {"status": f"failed (exit {code}): {stderr.strip().splitlines()[-1:]}"}
     log = json.loads((out / "distill.json").read_text())
     shutil.rmtree(out, ignore_errors=True)
     return {
@@ -158,6 +166,47 @@ def _run(
     }
 
 
+def _build(teacher: Path, data: Path, n: int, mode: str, work: Path) -> dict[str, Any]:
+    """``edgevit build`` of a recipe whose evaluation set is ``n`` of the folder's images (ONNX
+    Runtime FP32 and INT8, OpenVINO INT8), measured like a distillation run."""
+    import yaml
+
+    out = work / "build"
+    shutil.rmtree(out, ignore_errors=True)
+    recipe = {
+        "name": f"bench-train-eval-{n}",
+        "model": {"checkpoint": str(teacher)},
+        "data": {
+            "calibration": {"source": str(data), "split": "train", "count": 64},
+            "evaluation": {"source": str(data), "split": "all", "count": n},
+        },
+        "stages": [{"stage": "quantize"}],
+        "targets": [
+            {"name": "ort-fp32", "backend": "onnxruntime"},
+            {"name": "ort-int8", "backend": "onnxruntime", "precision": "int8"},
+            {"name": "ov-int8", "backend": "openvino", "precision": "int8"},
+        ],
+        "check": {"runs": 5, "warmup": 1},
+        "gates": {"max_top1_drop": None},
+    }
+    path = work / "eval-recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    cmd = [sys.executable, "-m", "edgevit.cli", "build", str(path), "-o", str(out), "--quiet", "--json"]
+    code, stdout, stderr, wall, sampler = _measured(cmd, "256" if mode == "streamed" else "1000000")
+    if code not in (0, 1):  # 1: a gate failed, the report is there
+        return {"status": f"failed (exit {code}): {stderr.strip().splitlines()[-1:]}"}
+    report = json.loads(stdout)
+    shutil.rmtree(out, ignore_errors=True)
+    return {
+        "status": "ok",
+        "wall_s": round(wall, 1),
+        "peak_rss_largest_mb": round(sampler.max_rss / 2**20),
+        "peak_pss_tree_mb": round(sampler.max_pss / 2**20),
+        "tree_processes": sampler.processes,
+        "accuracy": {t["name"]: t.get("accuracy", {}).get("sqnr_db") for t in report["targets"]},
+    }
+
+
 def main() -> int:
     from edgevit.hostinfo import host_facts
 
@@ -167,6 +216,9 @@ def main() -> int:
     p.add_argument("--in-memory-max", type=int, default=4000, help="largest size also run in memory")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--out", help="scratch directory, reused between runs (default: a temporary one)")
+    p.add_argument(
+        "--build-eval", type=int, default=0, help="also build a recipe evaluating this many images"
+    )
     args = p.parse_args()
     work = Path(args.out or tempfile.mkdtemp(prefix="bench-train-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -181,6 +233,14 @@ def main() -> int:
                 row.update(_run(teacher, student, data, procs, mode, args.batch_size, work / "run"))
                 print(f"  {row}", file=sys.stderr, flush=True)
                 rows.append(row)
+    builds: list[dict[str, Any]] = []
+    if args.build_eval:
+        data = _folder(work, max(args.build_eval, max(int(s) for s in args.sizes.split(","))))
+        for mode in ("streamed", "in-memory"):
+            row = {"evaluation_images": args.build_eval, "mode": mode}
+            row.update(_build(teacher, data, args.build_eval, mode, work))
+            print(f"  {row}", file=sys.stderr, flush=True)
+            builds.append(row)
     print(
         "| images | processes | data | images/s | wall s | peak RSS, largest process MB | peak PSS, tree MB |"
     )
@@ -193,6 +253,19 @@ def main() -> int:
             f"| {r['images']} | {r['processes']} | {r['mode']} | {r['images_per_second']} | {r['wall_s']} | "
             f"{r['peak_rss_largest_mb']} | {r['peak_pss_tree_mb']} |"
         )
+    if builds:
+        print()
+        print(
+            "| edgevit build, evaluation images | data | wall s | peak RSS, largest process MB | peak PSS, tree MB |"
+        )
+        print("|---|---|---|---|---|")
+        for r in builds:
+            cells = (
+                [r["wall_s"], r["peak_rss_largest_mb"], r["peak_pss_tree_mb"]]
+                if r["status"] == "ok"
+                else [r["status"], "", ""]
+            )
+            print(f"| {r['evaluation_images']} | {r['mode']} | " + " | ".join(str(c) for c in cells) + " |")
     print(
         json.dumps(
             {
@@ -201,6 +274,7 @@ def main() -> int:
                 "seconds": round(time.perf_counter() - started),
                 "host": host_facts(),
                 "rows": rows,
+                "builds": builds,
             }
         )
     )
