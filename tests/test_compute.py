@@ -58,3 +58,14 @@ def test_autocast_and_scaler_follow_the_precision() -> None:
 def test_peak_memory_is_reported_in_mib() -> None:
     facts = compute.peak_memory(resolve("cpu"))
     assert 10 < facts["peak_rss_mb"] < 100_000 and "peak_gpu_mb" not in facts
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the answers of a machine without a GPU")
+@pytest.mark.parametrize("command", ["train", "distill"])
+def test_asking_for_a_gpu_this_machine_lacks_is_one_line(command: str, tmp_path) -> None:
+    from tests.conftest import run_cli
+
+    extra = ["--teacher", "t", "--student", "s"] if command == "distill" else []
+    out = run_cli(command, *extra, "--device", "cuda", "--nproc", "2", "-o", str(tmp_path / "o"))
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert "torch sees no CUDA GPU" in out.stderr and "--device cpu" in out.stderr

@@ -78,3 +78,21 @@ def test_streamed_training_follows_the_in_memory_run(tmp_path: Path, monkeypatch
     for key in ("device", "precision", "processes", "images_per_second", "peak_rss_mb"):
         assert key in streamed, key
     assert (streamed["device"], streamed["precision"], streamed["processes"]) == ("cpu", "fp32", 1)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_training_steps(tmp_path: Path, precision: str) -> None:
+    """fit's autocast and (fp16) gradient-scaler path, exercised on the CPU (a GPU takes the same
+    code with its device): finite losses, and a checkpoint that loads in fp32."""
+    import math
+
+    import torch
+
+    from edgevit.compute import Compute
+
+    data = write_image_folder(tmp_path / "imgs", {"dark": 8, "light": 8})
+    cfg = TrainConfig(data=str(data), **CFG)
+    result = train(cfg, tmp_path / "out", progress=False, compute=Compute(torch.device("cpu"), precision))  # type: ignore[arg-type]
+    assert result["precision"] == precision and all(math.isfinite(h["loss"]) for h in result["history"])
+    loaded = load(checkpoint=tmp_path / "out")
+    assert all(p.dtype == torch.float32 for p in loaded.model.parameters())

@@ -209,7 +209,9 @@ def smooth(
         s = s.clamp(min=float(torch.quantile(s, 0.1)), max=100.0)  # NNCF's clip: 10th percentile, 100
         module.weight.copy_((module.weight.double() * s).to(module.weight.dtype))
         inverse = (1 / s).to(module.weight.dtype)
-        module.register_forward_pre_hook(lambda _m, args, inv=inverse: (args[0] * inv, *args[1:]))
+        module.register_forward_pre_hook(
+            lambda _m, args, inv=inverse: (args[0] * inv.to(args[0].device), *args[1:])
+        )
         scales[name] = s
     return scales
 
