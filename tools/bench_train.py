@@ -2,7 +2,7 @@
 
 One epoch of ``edgevit distill`` (a ViT-Plus-tiny/16 teacher at 224 px, random weights, and its
 pruned student at half the MACs) over ImageFolders of N images written by the shapes exporter at
-224 px (JPEG). Each run is a fresh ``edgevit distill`` process tree, measured while it runs:
+224 px (JPEG), all in its train split. Each run is a fresh ``edgevit distill`` process tree, measured while it runs:
   - images/s of the training loop (from ``distill.json``) and the run's wall time;
   - peak RSS of its largest process (what ``/usr/bin/time -v`` reports);
   - peak PSS of the whole tree: trainer(s), loader workers and torchrun, sampled every 0.25 s
@@ -60,11 +60,11 @@ def _models(work: Path) -> tuple[Path, Path]:
 def _folder(work: Path, n: int) -> Path:
     from edgevit.data.shapes import write_image_folder
 
-    root = work / f"shapes224-{n}"
+    root = work / f"shapes224-{n}"  # root/train/<class>/: the train split is every image
     done = root / ".complete"
     if not done.is_file():
         shutil.rmtree(root, ignore_errors=True)
-        write_image_folder(str(root), count=n, size=224, suffix=".jpg")
+        write_image_folder(str(root / "train"), count=n, size=224, suffix=".jpg")
         done.write_text(str(n))
     return root
 
@@ -178,7 +178,7 @@ def _build(teacher: Path, data: Path, n: int, mode: str, work: Path) -> dict[str
         "model": {"checkpoint": str(teacher)},
         "data": {
             "calibration": {"source": str(data), "split": "train", "count": 64},
-            "evaluation": {"source": str(data), "split": "all", "count": n},
+            "evaluation": {"source": str(data / "train"), "split": "all", "count": n},
         },
         "stages": [{"stage": "quantize"}],
         "targets": [
