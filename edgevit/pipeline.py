@@ -925,10 +925,10 @@ class Build:
         }
         classes = cfg.class_names
         if isinstance(stage, PruneStage):
-            data = load_data(r.data.calibration, classes, r.base_dir)
+            data = open_data(r.data.calibration, classes, r.base_dir)
             return self.ws.step(
                 f"stages/{index}-prune",
-                {**base_key, "data": data.sha256()},
+                {**base_key, "data": verified_sha256(data, r.data.calibration)},
                 lambda d: run_prune(model, cfg, stage, data, d, where, self.log),
                 {"producer": "stages.prune", "data": data.description},
             )

@@ -40,6 +40,7 @@ import yaml
 
 from edgevit.bench import OUTLIERS, edgevit_int8, figures, float_build, outlier_build, peers, score
 from edgevit.check.latency import interleaved
+from edgevit.data.stream import Tensors
 from edgevit.hostinfo import host_facts
 from edgevit.models.load import config_for, create, load, save
 from edgevit.paths import recipes_dir
@@ -180,7 +181,7 @@ def latency(
     # The pruned structure: digits-pruned-int8's MAC budget, magnitude importance (no data needed).
     stage = PruneStage.model_validate({"stage": "prune", "target": {"macs": 0.5}, "importance": "magnitude"})
     x = torch.from_numpy(calibration)
-    pruned = prune(copy.deepcopy(net), config, stage, x, torch.zeros(len(x), dtype=torch.long))
+    pruned = prune(copy.deepcopy(net), config, stage, Tensors(x, torch.zeros(len(x), dtype=torch.long)))
     p50: dict[tuple[str, str], float] = {}
     exported = {}
     for kind, (m, cfg) in {"full": (net, config), "pruned": (pruned.model.eval(), pruned.config)}.items():

@@ -39,6 +39,7 @@ def _models(work: Path) -> tuple[Path, Path]:
     import torch
 
     from edgevit.data.shapes import CLASS_NAMES
+    from edgevit.data.stream import Tensors
     from edgevit.models.load import create_configured, save
     from edgevit.pruning import prune
     from edgevit.recipe.schema import PruneStage
@@ -52,7 +53,7 @@ def _models(work: Path) -> tuple[Path, Path]:
     save(model, config, teacher_dir)
     stage = PruneStage.model_validate({"stage": "prune", "target": {"macs": 0.5}, "importance": "magnitude"})
     x, y = torch.randn(8, *config.input_size), torch.arange(8) % len(CLASS_NAMES)
-    result = prune(model, config, stage, x, y)
+    result = prune(model, config, stage, Tensors(x, y))
     save(result.model, result.config, student_dir)
     return teacher_dir, student_dir
 

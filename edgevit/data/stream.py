@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -146,6 +146,7 @@ class Images:
             num_workers=self.workers,
             collate_fn=_collate,
             pin_memory=self.pin_memory,
+            generator=torch.Generator().manual_seed(0),  # workers' seeds; the global RNG stays untouched
         )
         for batch in loader:
             if isinstance(batch, _Failure):
@@ -161,3 +162,26 @@ class Images:
         """Every image as one N x 3 x H x W float32 array: only for sets that are meant to fit
         (calibration); prefer :meth:`in_order`."""
         return self._x.numpy() if self._x is not None else self._all()
+
+
+class Batched(Protocol):
+    """Labelled images served in order, a batch at a time (:class:`Images`, :class:`Tensors`)."""
+
+    def __len__(self) -> int: ...
+
+    def in_order(self, batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+
+class Tensors:
+    """Preprocessed images and labels already in memory, served like :class:`Images`."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def in_order(self, batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Every image and label, ``batch`` at a time."""
+        for i in range(0, len(self.x), batch):
+            yield self.x[i : i + batch], self.y[i : i + batch]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -11,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgevit.data.stream import Batched
 from edgevit.models.vit_plus import MultiScaleAttention, VisionTransformerPlus
 from edgevit.pruning.structure import BlockView, blocks
 
@@ -23,11 +23,6 @@ class Scores:
 
     heads: list[np.ndarray]
     neurons: list[np.ndarray]
-
-
-def _batches(x: torch.Tensor, y: torch.Tensor, batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    for i in range(0, len(x), batch):
-        yield x[i : i + batch], y[i : i + batch]
 
 
 def _head_terms(attn: MultiScaleAttention, fn: str) -> torch.Tensor:
@@ -58,7 +53,7 @@ def _neuron_terms(view: BlockView, fn: str) -> torch.Tensor:
     return out.detach()
 
 
-def taylor(model: VisionTransformerPlus, x: torch.Tensor, y: torch.Tensor, batch: int) -> Scores:
+def taylor(model: VisionTransformerPlus, data: Batched, batch: int) -> Scores:
     """First-order Taylor importance: |sum of w * dL/dw| over a unit's weights, averaged over batches.
 
     It estimates how much the cross-entropy loss changes when the unit is zeroed.
@@ -68,7 +63,7 @@ def taylor(model: VisionTransformerPlus, x: torch.Tensor, y: torch.Tensor, batch
     heads = [torch.zeros(b.heads, dtype=torch.float64) for b in views]
     neurons = [torch.zeros(b.width, dtype=torch.float64) for b in views]
     count = 0
-    for xb, yb in _batches(x, y, batch):
+    for xb, yb in data.in_order(batch):
         model.zero_grad(set_to_none=True)
         F.cross_entropy(model(xb), yb).backward()
         for i, view in enumerate(views):
@@ -93,16 +88,16 @@ def magnitude(model: VisionTransformerPlus) -> Scores:
         )
 
 
-def block_losses(model: VisionTransformerPlus, x: torch.Tensor, y: torch.Tensor, batch: int) -> np.ndarray:
+def block_losses(model: VisionTransformerPlus, data: Batched, batch: int) -> np.ndarray:
     """Cross-entropy increase when each block is skipped (its residual branches removed)."""
     model.eval()
 
     def loss() -> float:
         with torch.no_grad():
             total = sum(
-                float(F.cross_entropy(model(xb), yb, reduction="sum")) for xb, yb in _batches(x, y, batch)
+                float(F.cross_entropy(model(xb), yb, reduction="sum")) for xb, yb in data.in_order(batch)
             )
-        return total / max(1, len(x))
+        return total / max(1, len(data))
 
     base = loss()
     out = []
@@ -116,8 +111,6 @@ def block_losses(model: VisionTransformerPlus, x: torch.Tensor, y: torch.Tensor,
     return np.array(out)
 
 
-def score(
-    model: VisionTransformerPlus, kind: Importance, x: torch.Tensor, y: torch.Tensor, batch: int
-) -> Scores:
+def score(model: VisionTransformerPlus, kind: Importance, data: Batched, batch: int) -> Scores:
     """Scores of every head and neuron by ``kind``."""
-    return taylor(model, x, y, batch) if kind == "taylor" else magnitude(model)
+    return taylor(model, data, batch) if kind == "taylor" else magnitude(model)

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgevit.data.stream import Batched
 from edgevit.errors import RecipeError
 from edgevit.models.config import ModelConfig
 from edgevit.models.profile import count_macs, count_params
@@ -186,12 +187,12 @@ def prune(
     model: nn.Module,
     config: ModelConfig,
     stage: PruneStage,
-    x: torch.Tensor,
-    y: torch.Tensor,
+    data: Batched,
     where: str = "stages[prune]",
     log: Callable[[str], None] | None = None,
 ) -> PruneResult:
-    """Prune ``model`` to ``stage.target`` of its MACs or parameters, scored on ``(x, y)``.
+    """Prune ``model`` to ``stage.target`` of its MACs or parameters, scored on ``data`` (labelled
+    calibration images, in memory or streamed).
 
     Whole blocks go first (``remove_blocks``, least loss increase when skipped), then heads and
     MLP neurons over ``stage.steps`` steps, re-scoring after each, until the budget is met.
@@ -208,7 +209,7 @@ def prune(
     with torch.random.fork_rng():
         torch.manual_seed(0)
         if stage.remove_blocks:
-            losses = importance.block_losses(vit, x, y, stage.calibration_batch)
+            losses = importance.block_losses(vit, data, stage.calibration_batch)
             drop = sorted(int(i) for i in np.argsort(losses, kind="stable")[: stage.remove_blocks])
             keep = [i for i in range(len(vit.blocks)) if i not in drop]
             summary["removed_blocks"] = drop
@@ -222,7 +223,7 @@ def prune(
             current = _measure(vit, measure, size)
             if current <= goal and fixed is None:
                 continue
-            scores = importance.score(vit, stage.importance, x, y, stage.calibration_batch)
+            scores = importance.score(vit, stage.importance, data, stage.calibration_batch)
             try:
                 vit, config = _step(vit, config, stage, scores, goal, current, measure, fixed)
             except _Infeasible:

@@ -6,11 +6,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
-from edgevit.data import RawDataset
-from edgevit.data.transforms import preprocess
+from edgevit.data import ImageSource
+from edgevit.data.stream import Images
 from edgevit.fileio import atomic_write_json
 from edgevit.models.config import ModelConfig
 from edgevit.models.load import save
@@ -24,7 +23,7 @@ def run_prune(
     model: nn.Module,
     config: ModelConfig,
     stage: PruneStage,
-    calibration: RawDataset,
+    calibration: ImageSource,
     out_dir: Path,
     where: str = "stages[prune]",
     log: Callable[[str], None] | None = None,
@@ -32,9 +31,8 @@ def run_prune(
     """Prune a copy of ``model`` per ``stage``; write model.safetensors, config.json and prune.json."""
     import copy
 
-    x = torch.from_numpy(preprocess(calibration, config))
-    y = torch.from_numpy(calibration.labels).long()
-    result = prune(copy.deepcopy(model), config, stage, x, y, where, log)
+    images = Images(calibration, config)  # streamed past the cache limit
+    result = prune(copy.deepcopy(model), config, stage, images, where, log)
     save(result.model, result.config, out_dir)
     summary = {**result.summary, "importance_data": calibration.description}
     atomic_write_json(out_dir / SUMMARY_FILE, summary)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from edgevit.data.stream import Tensors
 from edgevit.errors import ModelLoadError, RecipeError
 from edgevit.models.config import ModelConfig
 from edgevit.models.load import config_for, create, load, save
@@ -91,7 +92,7 @@ def test_prune_meets_the_mac_budget_and_reloads(settings: dict, tmp_path: Path) 
     model, cfg = _model()
     x, y = _data()
     stage = PruneStage(stage="prune", target={"macs": 0.5}, **settings)
-    result = prune(model, cfg, stage, x, y)
+    result = prune(model, cfg, stage, Tensors(x, y))
     macs = count_macs(result.model, cfg.input_size)
     assert macs <= 0.5 * count_macs(model, cfg.input_size)
     assert result.summary["after"]["macs"] == macs
@@ -105,7 +106,7 @@ def test_prune_meets_the_mac_budget_and_reloads(settings: dict, tmp_path: Path) 
 def test_params_budget_and_analytic_costs_match_counts() -> None:
     model, cfg = _model()
     x, y = _data()
-    result = prune(model, cfg, PruneStage(stage="prune", target={"params": 0.8}, mlp=False), x, y)
+    result = prune(model, cfg, PruneStage(stage="prune", target={"params": 0.8}, mlp=False), Tensors(x, y))
     assert count_params(result.model) <= 0.8 * count_params(model)
     # the cost model used to plan equals what the counters measure: one head less, in MACs and params
     geo = Geometry.of(model)
@@ -121,7 +122,7 @@ def test_taylor_removes_dead_neurons_first_and_keeps_the_function() -> None:
         for view in blocks(model):
             view.fc2.weight[:, :400] = 0  # neurons 0..399 of every block are dead
     x, y = _data(16)
-    result = prune(model, cfg, PruneStage(stage="prune", target={"macs": 0.75}, heads=False), x, y)
+    result = prune(model, cfg, PruneStage(stage="prune", target={"macs": 0.75}, heads=False), Tensors(x, y))
     assert all(w >= 768 - 400 for w in result.summary["block_mlp"])
     with torch.no_grad():
         torch.testing.assert_close(result.model(x), model(x), atol=1e-5, rtol=1e-5)
@@ -141,7 +142,7 @@ def test_impossible_settings_are_clear_errors(settings: dict, message: str) -> N
     x, y = _data()
     stage = PruneStage(**{"stage": "prune", "target": {"macs": 0.5}, **settings})
     with pytest.raises(RecipeError, match=message):
-        prune(model, cfg, stage, x, y, where="stages[0]")
+        prune(model, cfg, stage, Tensors(x, y), where="stages[0]")
 
 
 def test_only_vit_plus_models_are_pruned() -> None:
@@ -150,7 +151,7 @@ def test_only_vit_plus_models_are_pruned() -> None:
     other = timm.create_model("vit_tiny_patch16_224", num_classes=4, depth=1)
     cfg = config_for("vit_tiny_patch16_224", other)
     with pytest.raises(ModelLoadError, match="pruning needs a ViT-Plus"):
-        prune(other, cfg, PruneStage(stage="prune", target={"macs": 0.5}), *_data(2))
+        prune(other, cfg, PruneStage(stage="prune", target={"macs": 0.5}), Tensors(*_data(2)))
 
 
 def test_pruned_model_exports_and_runs_on_onnxruntime(tmp_path: Path) -> None:
@@ -159,9 +160,29 @@ def test_pruned_model_exports_and_runs_on_onnxruntime(tmp_path: Path) -> None:
 
     model, cfg = _model()
     x, y = _data()
-    result = prune(model, cfg, PruneStage(stage="prune", target={"macs": 0.5}, steps=2), x, y)
+    result = prune(model, cfg, PruneStage(stage="prune", target={"macs": 0.5}, steps=2), Tensors(x, y))
     path = export_onnx(result.model, cfg.input_size, tmp_path / "m.onnx")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = session.run(None, {"input": x[:3].numpy()})[0]
     with torch.no_grad():
         np.testing.assert_allclose(got, result.model(x[:3]).numpy(), atol=1e-4)
+
+
+def test_importance_scored_on_streamed_images_prunes_the_same(tmp_path: Path) -> None:
+    """Calibration images read by a loader worker score exactly as the same images in memory."""
+    from edgevit.data import DataSpec, open_data
+    from edgevit.data.stream import Images
+    from tests.conftest import write_image_folder
+
+    root = write_image_folder(tmp_path / "imgs", {"a": 7, "b": 6, "c": 6, "d": 5}, size=20)
+    model, cfg = _model()
+    cfg = cfg.model_copy(update={"mean": (0.5,) * 3, "std": (0.5,) * 3, "class_names": list("abcd")})
+    source = open_data(DataSpec(source=str(root), split="all"), list("abcd"))
+    stage = PruneStage(stage="prune", target={"macs": 0.5}, remove_blocks=1, calibration_batch=5)
+    held = prune(model, cfg, stage, Images(source, cfg))
+    streamed = prune(model, cfg, stage, Images(source, cfg, workers=1, cache_bytes=0))
+    assert held.summary == streamed.summary
+    for (name, a), b in zip(
+        held.model.state_dict().items(), streamed.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
