@@ -77,7 +77,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-
     from edgevit.check.layerwise import COMPARABLE_SUFFIXES
     from edgevit.check.validate import diagnose, verify_files
 
@@ -253,11 +252,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = TrainConfig(**fields)
     except ValidationError as exc:
         raise _options_error(exc, "train") from None
-    resolve(args.device or "auto", args.precision or "auto")  # bad --device: one line, before torchrun
+    compute = resolve(args.device or "auto", args.precision or "auto")  # in each process: its LOCAL_RANK
     ensure_dir(Path(args.output), "-o")
     if _relaunch(args):  # after the options are checked: one error line, not one per process
         return 0
-    compute = resolve(args.device or "auto", args.precision or "auto")
     result = train(cfg, Path(args.output), progress=not args.quiet, compute=compute)
     if not _main_process():
         return 0

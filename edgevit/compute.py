@@ -9,7 +9,6 @@ the CPU trains in fp32. Checkpoints are written from CPU tensors, so they load o
 from __future__ import annotations
 
 import os
-import resource
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -111,15 +110,12 @@ def _precision(device: torch.device, asked: str) -> Precision:
 
 
 def peak_memory(compute: Compute) -> dict[str, float]:
-    """Peak resident memory of this process (its VmHWM: this program's alone) and of its largest
-    ended child (a loader worker), and on a GPU the peak memory torch allocated there, in MiB."""
+    """Peak resident memory of this process (its VmHWM: this program's alone; a forked loader
+    worker's own figure would start from this process's size, so none is given), and on a GPU the
+    peak memory torch allocated there, in MiB."""
     from edgevit.agent import peak_rss_mb
 
-    facts = {
-        "peak_rss_mb": peak_rss_mb(),
-        # the largest ended child (loader workers); like ru_maxrss it may carry a parent's size
-        "peak_rss_workers_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
-    }
+    facts = {"peak_rss_mb": peak_rss_mb()}
     if compute.cuda:
         facts["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(compute.device) / 2**20, 1)
     return facts

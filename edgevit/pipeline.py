@@ -18,7 +18,7 @@ import torch
 from edgevit import __version__
 from edgevit.check import accuracy, gates, latency
 from edgevit.check.bundle import BundleInputs, Inputs, open_bundle, write_bundle
-from edgevit.data import load_data, open_data
+from edgevit.data import DataSpec, ImageSource, load_data, open_data
 from edgevit.data.source import verified_sha256
 from edgevit.data.stream import Images
 from edgevit.data.transforms import preprocess
@@ -152,6 +152,15 @@ class Build:
         self.versions = library_versions()
         self._agent_bundle: Path | None = None  # the evaluation bundle the profiling agent scores against
         self._calibration_file: Path | None = None  # the quantize stage's preprocessed calibration images
+        self._hashes: dict[tuple[str, tuple[str, ...]], str] = {}  # see _data_sha256
+
+    def _data_sha256(self, source: ImageSource, spec: DataSpec) -> str:
+        """``source``'s sha256, checked against ``spec``'s: read once per build, however many steps
+        (distill, one qat run per INT8 grid) key on the same images (and label order)."""
+        key = (spec.model_dump_json(), tuple(source.class_names))
+        if key not in self._hashes:
+            self._hashes[key] = verified_sha256(source, spec)
+        return self._hashes[key]
 
     def run(self) -> Report:
         """Build every target, check it, write the report files, and return the report."""
@@ -188,7 +197,7 @@ class Build:
             "eval",
             {
                 "weights": weights_sha,
-                "data": verified_sha256(eval_src, r.data.evaluation),
+                "data": self._data_sha256(eval_src, r.data.evaluation),
                 "config": cfg.model_dump(),
                 "torch": self.versions["torch"],
             },
@@ -408,7 +417,7 @@ class Build:
                 "scheme": asdict(scheme),
                 "scope": asdict(scope),
                 "calibration": calib_sha,
-                "data": train_raw.sha256(),
+                "data": self._data_sha256(train_raw, r.data.train),
                 "stage": stage.identity(),
                 "torch": self.versions["torch"],
             },
@@ -928,7 +937,7 @@ class Build:
             data = open_data(r.data.calibration, classes, r.base_dir)
             return self.ws.step(
                 f"stages/{index}-prune",
-                {**base_key, "data": verified_sha256(data, r.data.calibration)},
+                {**base_key, "data": self._data_sha256(data, r.data.calibration)},
                 lambda d: run_prune(model, cfg, stage, data, d, where, self.log),
                 {"producer": "stages.prune", "data": data.description},
             )
@@ -951,7 +960,7 @@ class Build:
                 **base_key,
                 "teacher": ref_step.outputs["model.safetensors"],
                 "student": stage.student,
-                "data": train_raw.sha256(),
+                "data": self._data_sha256(train_raw, r.data.train),
             },
             lambda d: run_distill(job, d, self.progress),
             {"producer": "stages.distill", "data": train_raw.description},

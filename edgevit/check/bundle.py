@@ -45,9 +45,3 @@ def write_bundle(
         for name, array in (("labels", np.asarray(labels)), ("reference_logits", np.concatenate(logits))):
             with zf.open(f"{name}.npy", "w", force_zip64=True) as fh:
                 np.lib.format.write_array(fh, array)
-
-
-def batches_of(inputs: Inputs, batch: int) -> Iterable[np.ndarray]:
-    """``inputs`` ``batch`` images at a time."""
-    for i in range(0, len(inputs), batch):
-        yield inputs[i : i + batch]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgevit.data.dataset import DataSpec, RawDataset
-from edgevit.data.source import ImageSource, open_data, verify
+from edgevit.data.source import ImageSource, check_sha256, open_data
 
 __all__ = ["DataSpec", "ImageSource", "RawDataset", "load_data", "open_data"]
 
@@ -15,8 +15,7 @@ def load_data(
     spec: DataSpec, class_names: list[str] | None = None, base_dir: Path | None = None
 ) -> RawDataset:
     """Load every image ``spec`` selects into memory; verify its sha256 when the spec records one."""
-    source = open_data(spec, class_names, base_dir)
-    data = source.materialize()
+    data = open_data(spec, class_names, base_dir).materialize()
     if spec.sha256 is not None:
-        verify(ImageSource(data.labels, data.class_names, data.description, data.images.__getitem__), spec)
+        check_sha256(data.sha256(), spec, data.description)
     return data

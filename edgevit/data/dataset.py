@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
-
-from edgevit.fileio import sha256_bytes
 
 Split = Literal["train", "val", "test", "all"]
 # Fractions for sources without their own split folders; the split permutation uses a fixed seed
@@ -45,11 +45,16 @@ class RawDataset:
 
     def sha256(self) -> str:
         """Content hash of images and labels, for manifests and cache keys."""
-        parts = [np.asarray(self.labels, dtype=np.int64).tobytes()]
-        for img in self.images:
-            parts.append(np.asarray(img.shape, dtype=np.int64).tobytes())
-            parts.append(np.ascontiguousarray(img).tobytes())
-        return sha256_bytes(b"".join(parts))
+        return content_sha256(self.labels, self.images)
+
+
+def content_sha256(labels: np.ndarray, images: Iterable[np.ndarray]) -> str:
+    """sha256 of labels, then each image's shape and pixels: one image in memory at a time."""
+    h = hashlib.sha256(np.asarray(labels, dtype=np.int64).tobytes())
+    for img in images:
+        h.update(np.asarray(img.shape, dtype=np.int64).tobytes())
+        h.update(np.ascontiguousarray(img).tobytes())
+    return h.hexdigest()
 
 
 def split_indices(n: int, split: Split) -> np.ndarray:

@@ -8,13 +8,12 @@ pixels. ``load_data`` (all images at once) is built on it for the small sets tha
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 
-from edgevit.data.dataset import DataSpec, RawDataset
+from edgevit.data.dataset import DataSpec, RawDataset, content_sha256
 from edgevit.errors import DataError
 
 
@@ -45,11 +44,7 @@ class ImageSource:
 
     def sha256(self) -> str:
         """Content hash of images and labels, streamed; the same as ``RawDataset.sha256``."""
-        h = hashlib.sha256(self.labels.tobytes())
-        for img in self:
-            h.update(np.asarray(img.shape, dtype=np.int64).tobytes())
-            h.update(np.ascontiguousarray(img).tobytes())
-        return h.hexdigest()
+        return content_sha256(self.labels, self)
 
     def materialize(self) -> RawDataset:
         """Every image in memory (for the small sets: calibration, tests)."""
@@ -77,15 +72,19 @@ def open_data(
     return open_folder(root, spec.split, spec.count, spec.seed, class_names)
 
 
-def verified_sha256(source: ImageSource, spec: DataSpec) -> str:
-    """The selected images' sha256 (reading each once); raise when ``spec`` records another."""
-    actual = source.sha256()
+def check_sha256(actual: str, spec: DataSpec, description: str) -> str:
+    """``actual``, the selected images' sha256; raise when ``spec`` records another."""
     if spec.sha256 is not None and actual != spec.sha256:
         raise DataError(
-            f"data {source.description} has sha256 {actual[:12]}…, the manifest expects {spec.sha256[:12]}…",
+            f"data {description} has sha256 {actual[:12]}…, the manifest expects {spec.sha256[:12]}…",
             "the images changed: restore them or update the manifest's sha256",
         )
     return actual
+
+
+def verified_sha256(source: ImageSource, spec: DataSpec) -> str:
+    """The selected images' sha256 (reading each once); raise when ``spec`` records another."""
+    return check_sha256(source.sha256(), spec, source.description)
 
 
 def verify(source: ImageSource, spec: DataSpec) -> None:

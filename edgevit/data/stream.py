@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from edgevit.data.source import ImageSource
-from edgevit.data.transforms import preprocess_image
+from edgevit.data.transforms import preprocess, preprocess_image
 from edgevit.errors import DataError, EdgeVitError
 from edgevit.models.config import ModelConfig
 
@@ -113,12 +113,7 @@ class Images:
         self.pin_memory = pin_memory
         self._x: torch.Tensor | None = None
         if self.in_memory:
-            self._x = torch.from_numpy(self._all())
-
-    def _all(self) -> np.ndarray:
-        if not len(self.source):
-            return np.zeros((0, *self.config.input_size), dtype=np.float32)
-        return np.stack([preprocess_image(img, self.config) for img in self.source])
+            self._x = torch.from_numpy(preprocess(source.materialize(), config))
 
     def __len__(self) -> int:
         return len(self.source)
@@ -157,11 +152,6 @@ class Images:
         """Every image and label, ``batch`` at a time, in the source's order."""
         n = len(self)
         return self.batches([range(i, min(i + batch, n)) for i in range(0, n, batch)])
-
-    def array(self) -> np.ndarray:
-        """Every image as one N x 3 x H x W float32 array: only for sets that are meant to fit
-        (calibration); prefer :meth:`in_order`."""
-        return self._x.numpy() if self._x is not None else self._all()
 
 
 class Batched(Protocol):

@@ -10,18 +10,8 @@ from edgevit.data import DataSpec, load_data, open_data
 from edgevit.data.stream import Images
 from edgevit.data.transforms import preprocess
 from edgevit.errors import DataError
-from edgevit.models.config import ModelConfig
 from tests.conftest import write_image_folder
-
-CFG = ModelConfig(
-    architecture="x",
-    num_classes=3,
-    input_size=(3, 32, 32),
-    mean=(0.5,) * 3,
-    std=(0.5,) * 3,
-    interpolation="bilinear",
-    crop_pct=1.0,
-)
+from tests.data.test_data import CFG
 
 
 @pytest.mark.parametrize("source", ["digits", "shapes", "folder"])

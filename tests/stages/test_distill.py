@@ -44,6 +44,23 @@ def _config(teacher: tuple[Path, Path], **settings) -> DistillConfig:
     )
 
 
+def _interrupted_after_epoch_1(cfg: DistillConfig, out: Path, monkeypatch) -> None:
+    """Run ``cfg`` into ``out`` until its epoch-2 checkpoint, which never lands (an interruption)."""
+    real_save, calls = train_mod.atomic_path, []
+
+    def dies_on_second_save(path):
+        calls.append(path)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_save(path)
+
+    monkeypatch.setattr(train_mod, "atomic_path", dies_on_second_save)
+    with pytest.raises(KeyboardInterrupt):
+        distill(cfg, out, progress=False)
+    monkeypatch.setattr(train_mod, "atomic_path", real_save)
+    assert (out / "train_state.pt").is_file()
+
+
 def test_distill_writes_a_loadable_student_and_resumes(
     teacher: tuple[Path, Path], tmp_path: Path, monkeypatch
 ) -> None:
@@ -52,19 +69,7 @@ def test_distill_writes_a_loadable_student_and_resumes(
     assert len(straight["history"]) == 2 and (tmp_path / "a" / "distill.json").is_file()
     assert not (tmp_path / "a" / "train_state.pt").exists()
 
-    real_fit_save, calls = train_mod.atomic_path, []
-
-    def dies_on_second_save(path):  # the epoch-2 checkpoint never lands
-        calls.append(path)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_fit_save(path)
-
-    monkeypatch.setattr(train_mod, "atomic_path", dies_on_second_save)
-    with pytest.raises(KeyboardInterrupt):
-        distill(cfg, tmp_path / "b", progress=False)
-    monkeypatch.setattr(train_mod, "atomic_path", real_fit_save)
-    assert (tmp_path / "b" / "train_state.pt").is_file()
+    _interrupted_after_epoch_1(cfg, tmp_path / "b", monkeypatch)
     resumed = distill(cfg, tmp_path / "b", progress=False)
     assert [h["loss"] for h in resumed["history"]] == pytest.approx([h["loss"] for h in straight["history"]])
     a, b = load(checkpoint=tmp_path / "a").model, load(checkpoint=tmp_path / "b").model
@@ -98,18 +103,7 @@ def test_two_processes_follow_one_process(teacher: tuple[Path, Path], tmp_path: 
     cfg = DistillConfig(
         teacher=str(ckpt), student=str(ckpt), data=DataSpec(source=str(data), split="train"), settings=stage
     )
-    real_save, calls = train_mod.atomic_path, []
-
-    def dies_on_second_save(path):
-        calls.append(path)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_save(path)
-
-    monkeypatch.setattr(train_mod, "atomic_path", dies_on_second_save)
-    with pytest.raises(KeyboardInterrupt):
-        distill(cfg, tmp_path / "resumed", progress=False)
-    monkeypatch.setattr(train_mod, "atomic_path", real_save)
+    _interrupted_after_epoch_1(cfg, tmp_path / "resumed", monkeypatch)
     resumed = run_cli(*args, "--nproc", "2", "-o", str(tmp_path / "resumed"))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert json.loads((tmp_path / "resumed" / "distill.json").read_text())["processes"] == 2
