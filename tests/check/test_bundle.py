@@ -74,5 +74,6 @@ def test_scoring_a_bundle_larger_than_memory_holds_one_batch(tmp_path: Path) -> 
         text=True,
         check=True,
     )
+    path.unlink()  # 400 MB: not left for pytest's kept temporary folders
     peak_mb, count = (int(v) for v in out.stdout.split())
     assert count == n and peak_mb < 150, out.stdout
