@@ -212,7 +212,7 @@ def main() -> int:
     from edgevit.hostinfo import host_facts
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sizes", default="1000,4000,16000")
+    p.add_argument("--sizes", default="1000,4000,16000", help='folder sizes to distill on ("": none)')
     p.add_argument("--procs", default="1,2")
     p.add_argument("--in-memory-max", type=int, default=4000, help="largest size also run in memory")
     p.add_argument("--batch-size", type=int, default=64)
@@ -226,7 +226,8 @@ def main() -> int:
     started = time.perf_counter()
     teacher, student = _models(work)
     rows: list[dict[str, Any]] = []
-    for n in (int(s) for s in args.sizes.split(",")):
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    for n in sizes:
         data = _folder(work, n)
         for procs in (int(s) for s in args.procs.split(",")):
             for mode in ("streamed", "in-memory") if n <= args.in_memory_max else ("streamed",):
@@ -236,7 +237,7 @@ def main() -> int:
                 rows.append(row)
     builds: list[dict[str, Any]] = []
     if args.build_eval:
-        data = _folder(work, max(args.build_eval, max(int(s) for s in args.sizes.split(","))))
+        data = _folder(work, max([args.build_eval, *sizes]))
         for mode in ("streamed", "in-memory"):
             row = {"evaluation_images": args.build_eval, "mode": mode}
             row.update(_build(teacher, data, args.build_eval, mode, work))

@@ -62,11 +62,9 @@ class _Layer:
 
 def sqnr_db(reference: np.ndarray, other: np.ndarray) -> float:
     """10·log10(signal / noise) of ``other`` against ``reference``, capped at 150 dB."""
-    ref, diff = reference.astype(np.float64), reference.astype(np.float64) - other.astype(np.float64)
-    noise, signal = float(np.sum(diff**2)), float(np.sum(ref**2))
-    if noise == 0 or signal == 0:
-        return _CAP_DB if noise == 0 else -_CAP_DB
-    return float(min(_CAP_DB, 10 * np.log10(signal / noise)))
+    energy = _Noise()
+    energy.add(reference, other)
+    return energy.db()
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -95,63 +93,83 @@ def _actual(name: str, produced: set[str]) -> str | None:
     return name if name in produced else next((name + s for s in _SUFFIXES if name + s in produced), None)
 
 
-def _onnx_tensors(model: Any, wanted: list[str], x: np.ndarray) -> tuple[dict[str, np.ndarray], set[str]]:
-    """Run a loaded ONNX with ONNX Runtime on ``x`` with ``wanted`` tensors (those that exist, or
-    their Q/DQ-renamed twins) added to its outputs: ({float-graph name: value}, names of the
-    tensors that reach their consumers through Q/DQ)."""
-    import onnx
+def _ort_options(fake_quant: bool = False, keep_all: bool = False) -> Any:
     import onnxruntime as ort
 
-    produced = {o for n in model.graph.node for o in n.output} | {i.name for i in model.graph.input}
-    quantized = {n for n in wanted if n + "_DequantizeLinear_Output" in produced}
-    types = {v.name: v.type.tensor_type.elem_type for v in [*model.graph.value_info, *model.graph.output]}
-    inferred = onnx.shape_inference.infer_shapes(model)
-    types.update({v.name: v.type.tensor_type.elem_type for v in inferred.graph.value_info})
-    alias: dict[str, str] = {}
-    for name in wanted:
-        actual = _actual(name, produced)
-        if actual is not None:
-            alias[actual] = name
-    existing = {o.name for o in model.graph.output}
-    for actual in alias:
-        if actual not in existing:
-            model.graph.output.append(
-                onnx.helper.make_tensor_value_info(actual, types.get(actual) or onnx.TensorProto.FLOAT, None)
-            )
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor
-    session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    values = session.run(names, {session.get_inputs()[0].name: x})
-    out = {alias[n]: np.asarray(v, np.float32) for n, v in zip(names, values, strict=True) if n in alias}
-    return out, quantized
-
-
-def _onnx_local(
-    model: Any, pairs: list[tuple[tuple[str, ...], str]], inputs: dict[str, np.ndarray], fake_quant: bool
-) -> dict[str, np.ndarray]:
-    """Run each (inputs, output) span of a loaded ONNX alone (onnx.utils.Extractor) on the float
-    model's values of its inputs, with ONNX Runtime's integer kernels or (``fake_quant``) its Q/DQ
-    as written; {output name: value}."""
-    import onnx
-    import onnxruntime as ort
-
-    produced = {o for n in model.graph.node for o in n.output}
-    extractor = onnx.utils.Extractor(model)
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    if keep_all:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor
     if fake_quant:
         opts.add_session_config_entry("session.disable_quant_qdq", "1")
-    out = {}
-    for srcs, dst in pairs:
-        actual = _actual(dst, produced)
-        if actual is None:
-            continue
-        sub = extractor.extract_model(list(srcs), [actual])
-        session = ort.InferenceSession(sub.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        out[dst] = np.asarray(session.run(None, {s: inputs[s] for s in srcs})[0], np.float32)
-    return out
+    return opts
+
+
+class _OnnxProbe:
+    """A loaded ONNX run by ONNX Runtime with ``wanted`` tensors (those that exist, or their
+    Q/DQ-renamed twins) added to its outputs. ``names``: the float-graph names it yields;
+    ``quantized``: those that reach their consumers through Q/DQ."""
+
+    def __init__(self, model: Any, wanted: list[str]) -> None:
+        import onnx
+        import onnxruntime as ort
+
+        produced = {o for n in model.graph.node for o in n.output} | {i.name for i in model.graph.input}
+        self.quantized = {n for n in wanted if n + "_DequantizeLinear_Output" in produced}
+        types = {v.name: v.type.tensor_type.elem_type for v in [*model.graph.value_info, *model.graph.output]}
+        inferred = onnx.shape_inference.infer_shapes(model)
+        types.update({v.name: v.type.tensor_type.elem_type for v in inferred.graph.value_info})
+        self._alias: dict[str, str] = {}
+        for name in wanted:
+            actual = _actual(name, produced)
+            if actual is not None:
+                self._alias[actual] = name
+        existing = {o.name for o in model.graph.output}
+        for actual in self._alias:
+            if actual not in existing:
+                model.graph.output.append(
+                    onnx.helper.make_tensor_value_info(
+                        actual, types.get(actual) or onnx.TensorProto.FLOAT, None
+                    )
+                )
+        opts = _ort_options(keep_all=True)
+        self._session = ort.InferenceSession(
+            model.SerializeToString(), opts, providers=["CPUExecutionProvider"]
+        )
+        self._outputs = [o.name for o in self._session.get_outputs() if o.name in self._alias]
+        self.names = {self._alias[n] for n in self._outputs}
+
+    def __call__(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        values = self._session.run(self._outputs, {self._session.get_inputs()[0].name: x})
+        return {self._alias[n]: np.asarray(v, np.float32) for n, v in zip(self._outputs, values, strict=True)}
+
+
+class _OnnxLocal:
+    """Each (inputs, output) span of a loaded ONNX cut out (onnx.utils.Extractor) and run alone on
+    the float model's values of its inputs, with ONNX Runtime's integer kernels or (``fake_quant``)
+    its Q/DQ as written."""
+
+    def __init__(self, model: Any, spans: list[tuple[tuple[str, ...], str]], fake_quant: bool) -> None:
+        import onnx
+        import onnxruntime as ort
+
+        produced = {o for n in model.graph.node for o in n.output}
+        extractor = onnx.utils.Extractor(model)
+        opts = _ort_options(fake_quant=fake_quant)
+        self._runs = []
+        for srcs, dst in spans:
+            actual = _actual(dst, produced)
+            if actual is None:
+                continue
+            sub = extractor.extract_model(list(srcs), [actual])
+            session = ort.InferenceSession(sub.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+            self._runs.append((srcs, dst, session))
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {
+            dst: np.asarray(session.run(None, {s: inputs[s] for s in srcs})[0], np.float32)
+            for srcs, dst, session in self._runs
+        }
 
 
 def _ov_layer(ops: list[Any], node: str) -> tuple[Any, Any] | None:
@@ -191,113 +209,208 @@ def _ov_walk(op: Any) -> tuple[Any, Any, bool]:
         start, source = node.input(0), node.input_value(0)
 
 
-def _openvino_tensors(
-    path: Path, found: list[_Layer], x: np.ndarray
-) -> tuple[dict[str, np.ndarray], set[str]]:
-    """Run an OpenVINO IR on ``x`` (CPU, FP32 precision) with each layer's input and output exposed,
-    finding layers by their ONNX node name (OpenVINO's friendly name): ({float-graph tensor name:
-    value}, names of the layer inputs that go through a FakeQuantize)."""
+def _ov_batch_free(shape: tuple[int, ...]) -> Any:
+    """An OpenVINO shape with a dynamic batch: the comparison runs the images in chunks."""
     import openvino as ov
 
-    core = ov.Core()
-    model = core.read_model(str(path))
-    ops = list(model.get_ops())
-    ports: dict[str, Any] = {}
-    quantized = set()
-    for layer in found:
-        located = _ov_layer(ops, layer.node)
-        if located is None:
-            continue
-        source, _, q = _ov_walk(located[0])
-        ports[layer.input], ports[layer.output] = source, located[1]
-        if q:
-            quantized.add(layer.input)
-    tags: dict[str, str] = {}  # float-graph tensor name -> a tensor name of ours on that port
-    unique: dict[tuple[str, int], str] = {}
-    for key, port in ports.items():
-        ident = (port.get_node().get_friendly_name(), port.get_index())
-        if ident not in unique:
-            if any(t.get_node().get_type_name() == "Result" for t in port.get_target_inputs()):
-                unique[ident] = port.get_any_name()  # already a model output (the logits)
-            else:
-                unique[ident] = f"edgevit_probe_{len(unique)}"
-                port.get_tensor().add_names({unique[ident]})
-                model.add_outputs([port])
-        tags[key] = unique[ident]
-    model.reshape({model.inputs[0].any_name: list(x.shape)})
-    compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    result = compiled.create_infer_request().infer({0: x})
-    return {key: np.asarray(result[compiled.output(tag)], np.float32) for key, tag in tags.items()}, quantized
+    return ov.PartialShape([-1, *shape[1:]])
 
 
-def _openvino_local(path: Path, found: list[_Layer], inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Run each quantized layer of an OpenVINO IR alone: what NNCF put before it (FakeQuantize,
-    SmoothQuant scale) fed from a new parameter holding the float input; {output name: value}."""
-    import openvino as ov
+class _OpenVinoProbe:
+    """An OpenVINO IR run on the CPU at FP32 precision with each layer's input and output exposed,
+    layers found by their ONNX node name (OpenVINO's friendly name). ``names``: the float-graph
+    tensor names it yields; ``quantized``: the layer inputs that go through a FakeQuantize."""
 
-    core = ov.Core()
-    out = {}
-    for layer in found:
-        model = core.read_model(str(path))  # a fresh graph per layer: the cut rewires it
-        located = _ov_layer(list(model.get_ops()), layer.node)
-        if located is None or layer.input not in inputs:
-            continue
-        _, start, quantized = _ov_walk(located[0])
-        if not quantized:
-            continue
-        param = ov.opset13.parameter(list(inputs[layer.input].shape), ov.Type.f32, name="edgevit_layer_input")
-        start.replace_source_output(param.output(0))
-        sub = ov.Model([located[1]], [param], "layer")
-        compiled = core.compile_model(sub, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-        out[layer.output] = np.asarray(
-            compiled.create_infer_request().infer({0: inputs[layer.input]})[0], np.float32
-        )
-    return out
+    def __init__(self, path: Path, found: list[_Layer], item_shape: tuple[int, ...]) -> None:
+        import openvino as ov
+
+        core = ov.Core()
+        model = core.read_model(str(path))
+        ops = list(model.get_ops())
+        ports: dict[str, Any] = {}
+        self.quantized = set()
+        for layer in found:
+            located = _ov_layer(ops, layer.node)
+            if located is None:
+                continue
+            source, _, q = _ov_walk(located[0])
+            ports[layer.input], ports[layer.output] = source, located[1]
+            if q:
+                self.quantized.add(layer.input)
+        self._tags: dict[str, str] = {}  # float-graph tensor name -> a tensor name of ours on that port
+        unique: dict[tuple[str, int], str] = {}
+        for key, port in ports.items():
+            ident = (port.get_node().get_friendly_name(), port.get_index())
+            if ident not in unique:
+                if any(t.get_node().get_type_name() == "Result" for t in port.get_target_inputs()):
+                    unique[ident] = port.get_any_name()  # already a model output (the logits)
+                else:
+                    unique[ident] = f"edgevit_probe_{len(unique)}"
+                    port.get_tensor().add_names({unique[ident]})
+                    model.add_outputs([port])
+            self._tags[key] = unique[ident]
+        model.reshape({model.inputs[0].any_name: _ov_batch_free((1, *item_shape))})
+        self._compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        self._request = self._compiled.create_infer_request()
+        self.names = set(self._tags)
+
+    def __call__(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        result = self._request.infer({0: x})
+        return {
+            key: np.array(result[self._compiled.output(tag)], np.float32) for key, tag in self._tags.items()
+        }
 
 
-def compare(float_onnx: Path, artifact: Path, x: np.ndarray, fake_quant: bool = False) -> list[LayerError]:
+class _OpenVinoLocal:
+    """Each quantized layer of an OpenVINO IR run alone: what NNCF put before it (FakeQuantize,
+    SmoothQuant scale) fed from a new parameter holding the float input. Compiled on the first
+    call, when the inputs' shapes are known."""
+
+    def __init__(self, path: Path, found: list[_Layer]) -> None:
+        self._path, self._found = path, found
+        self._runs: list[tuple[str, str, Any]] | None = None
+
+    def _compile(self, inputs: dict[str, np.ndarray]) -> list[tuple[str, str, Any]]:
+        import openvino as ov
+
+        core = ov.Core()
+        runs = []
+        for layer in self._found:
+            model = core.read_model(str(self._path))  # a fresh graph per layer: the cut rewires it
+            located = _ov_layer(list(model.get_ops()), layer.node)
+            if located is None or layer.input not in inputs:
+                continue
+            _, start, quantized = _ov_walk(located[0])
+            if not quantized:
+                continue
+            shape = _ov_batch_free(inputs[layer.input].shape)
+            param = ov.opset13.parameter(shape, ov.Type.f32, name="edgevit_layer_input")
+            start.replace_source_output(param.output(0))
+            sub = ov.Model([located[1]], [param], "layer")
+            compiled = core.compile_model(sub, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+            runs.append((layer.input, layer.output, compiled.create_infer_request()))
+        return runs
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._runs is None:
+            self._runs = self._compile(inputs)
+        return {
+            dst: np.array(request.infer({0: inputs[src]})[0], np.float32) for src, dst, request in self._runs
+        }
+
+
+class _Noise:
+    """Signal and noise energy summed over chunks: the SQNR of all images at once."""
+
+    def __init__(self) -> None:
+        self.noise = self.signal = 0.0
+
+    def add(self, reference: np.ndarray, other: np.ndarray) -> None:
+        ref = reference.astype(np.float64)
+        self.noise += float(np.sum((ref - other.astype(np.float64)) ** 2))
+        self.signal += float(np.sum(ref**2))
+
+    def db(self) -> float:
+        if self.noise == 0 or self.signal == 0:
+            return _CAP_DB if self.noise == 0 else -_CAP_DB
+        return float(min(_CAP_DB, 10 * np.log10(self.signal / self.noise)))
+
+
+class _Tally:
+    """One layer's errors summed over the chunks compared so far."""
+
+    def __init__(self) -> None:
+        self.inp, self.out, self.local = _Noise(), _Noise(), _Noise()
+        self.cosines, self.count, self.has_local = 0.0, 0, False
+
+    def add(self, ref_in: np.ndarray, in_: np.ndarray, ref_out: np.ndarray, out: np.ndarray) -> None:
+        self.inp.add(ref_in, in_)
+        self.out.add(ref_out, out)
+        self.cosines += _cosine(ref_out, out) * len(ref_out)
+        self.count += len(ref_out)
+
+
+CHUNK_BYTES = 256 * 2**20  # the layer outputs of one chunk of images, per model
+
+
+def _chunk_size(per_image: int | None) -> int:
+    """How many images the next chunk takes: one to learn the size of an image's tensors, then as
+    many as fit ``CHUNK_BYTES``."""
+    return 1 if per_image is None else max(1, CHUNK_BYTES // max(per_image, 1))
+
+
+def compare(float_onnx: Path, artifact: Path, x: Any, fake_quant: bool = False) -> list[LayerError]:
     """Per-layer error of ``artifact`` (.onnx or OpenVINO .xml) against ``float_onnx`` on images
-    ``x``: quantized layers first, lowest SQNR when run alone first. Layers whose tensors the
-    artifact does not expose are left out. ``fake_quant``: an ONNX layer runs alone as its Q/DQ is
-    written (the arithmetic of TensorRT), not through ONNX Runtime's x86 integer kernels."""
+    ``x`` (an array, or anything sliced like one): quantized layers first, lowest SQNR when run
+    alone first. Layers whose tensors the artifact does not expose are left out. ``fake_quant``: an
+    ONNX layer runs alone as its Q/DQ is written (the arithmetic of TensorRT), not through ONNX
+    Runtime's x86 integer kernels. The images run in chunks and the errors are summed, so memory
+    holds one chunk's layer outputs whatever the number of images."""
     import onnx
 
     float_model = onnx.load(str(float_onnx))
     found = layers(float_model)
     wanted = sorted({t for layer in found for t in (layer.input, layer.output, *layer.others)})
-    x = np.ascontiguousarray(x, np.float32)
-    reference, _ = _onnx_tensors(float_model, wanted, x)
+    reference = _OnnxProbe(float_model, wanted)
+    other: _OnnxProbe | _OpenVinoProbe
+    local: _OnnxLocal | _OpenVinoLocal
     if artifact.suffix == ".onnx":
         model = onnx.load(str(artifact))
-        other, quantized = _onnx_tensors(model, wanted, x)  # adds the probed tensors to its outputs
+        other = _OnnxProbe(model, wanted)  # adds the probed tensors to its outputs
         spans = [
             ((la.input, *la.others), la.output)
             for la in found
-            if la.input in quantized and all(t in reference for t in (la.input, *la.others))
+            if la.input in other.quantized and all(t in reference.names for t in (la.input, *la.others))
         ]
-        local = _onnx_local(model, spans, reference, fake_quant)
+        local = _OnnxLocal(model, spans, fake_quant)
     elif artifact.suffix == ".xml":
-        other, quantized = _openvino_tensors(artifact, found, x)
-        local = _openvino_local(artifact, [la for la in found if la.input in quantized], reference)
+        other = _OpenVinoProbe(artifact, found, tuple(np.shape(x[:1])[1:]))
+        local = _OpenVinoLocal(artifact, [la for la in found if la.input in other.quantized])
     else:
         raise EdgeVitError(
             f"{artifact.name}: layer-wise comparison reads ONNX (.onnx) and OpenVINO (.xml) artifacts",
             "compare an onnxruntime, tensorrt or openvino target",
         )
+    tallies: dict[str, _Tally] = {}
+    start, per_image = 0, None
+    while start < len(x):
+        chunk = np.ascontiguousarray(x[start : start + _chunk_size(per_image)], np.float32)
+        ref, out = reference(chunk), other(chunk)
+        alone = local(ref)
+        per_image = sum(a.nbytes for a in (*ref.values(), *out.values(), *alone.values())) // len(chunk)
+        for layer in found:
+            t_in, t_out = layer.input, layer.output
+            if not all(t in ref and t in out for t in (t_in, t_out)):
+                continue
+            if ref[t_out].shape != out[t_out].shape or ref[t_in].shape != out[t_in].shape:
+                continue
+            tally = tallies.setdefault(t_out, _Tally())
+            tally.add(ref[t_in], out[t_in], ref[t_out], out[t_out])
+            if t_out in alone:
+                tally.local.add(ref[t_out], alone[t_out])
+                tally.has_local = True
+        start += len(chunk)
+        del ref, out, alone
     results = []
     for order, layer in enumerate(found):
-        if not all(t in reference and t in other for t in (layer.input, layer.output)):
+        if layer.output not in tallies:
             continue
-        ref_out, out = reference[layer.output], other[layer.output]
-        if ref_out.shape != out.shape or reference[layer.input].shape != other[layer.input].shape:
-            continue
-        s_in = sqnr_db(reference[layer.input], other[layer.input])
-        s_out = sqnr_db(ref_out, out)
-        quant = layer.input in quantized
-        s_local = sqnr_db(ref_out, local[layer.output]) if layer.output in local else _CAP_DB
-        cos = _cosine(ref_out, out)
+        tally = tallies[layer.output]
+        quant = layer.input in other.quantized
+        s_local = tally.local.db() if tally.has_local else _CAP_DB
         results.append(
-            LayerError(layer.name, order, layer.block, layer.op, layer.node, quant, s_in, s_out, s_local, cos)
+            LayerError(
+                layer.name,
+                order,
+                layer.block,
+                layer.op,
+                layer.node,
+                quant,
+                tally.inp.db(),
+                tally.out.db(),
+                s_local,
+                tally.cosines / tally.count,
+            )
         )
     if not results:
         raise EdgeVitError(

@@ -17,7 +17,7 @@ from edgevit.agent import OrtSession
 from edgevit.errors import LoweringError
 from edgevit.quant.scheme import Int8Scheme, onnxruntime_scheme
 from edgevit.targets.base import INPUT_NAME, LowerRequest, Runner, Target
-from edgevit.targets.calibration import calibration_batches
+from edgevit.targets.calibration import calibration_batches, memory_bounded_batch
 from edgevit.targets.cpu import CpuInt8Options, seven_bit_weights, weight_bits
 from edgevit.targets.graph import nodes_of_layers, quantizable_nodes, scale_activations
 
@@ -149,13 +149,16 @@ def quantize_qdq(
         "percentile": CalibrationMethod.Percentile,
         "entropy": CalibrationMethod.Entropy,
     }[q.method]
+    # MinMax keeps each batch's min and max only: smaller batches change nothing but the memory its
+    # session needs. The histogram methods hold every batch's activations whatever the batch size.
+    batch = memory_bounded_batch(request) if q.method == "minmax" else None
     try:
         # its histogram calibrators print progress to stdout, which is for the report (--json)
         with contextlib.redirect_stdout(io.StringIO()):
             quantize_static(
                 str(prepared),
                 str(out),
-                calibration_reader(calibration_batches(request)),
+                calibration_reader(calibration_batches(request, batch)),
                 quant_format=QuantFormat.QDQ,
                 op_types_to_quantize=QUANTIZED_OP_TYPES,
                 nodes_to_quantize=nodes,

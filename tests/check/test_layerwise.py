@@ -63,3 +63,40 @@ def test_attention_matmuls_run_alone_on_both_operands(tiny_checkpoint, tiny_onnx
     found = layerwise.summary(tiny_onnx, artifact, x[:4], "onnxruntime")["layers"]
     attention = [row for row in found if row["layer"] == "blocks.0.attn.qk.0"]
     assert attention and attention[0]["quantized"] and attention[0]["local_sqnr_db"] < 150
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_chunked_comparison_sums_to_the_whole(
+    tiny_checkpoint, tiny_onnx, tmp_path, monkeypatch, backend
+) -> None:
+    """The images run in chunks that fit ``CHUNK_BYTES`` and the errors are summed: one image per
+    chunk reports what the largest chunks report, and no chunk exceeds the budget."""
+    from edgevit.check import layerwise
+    from edgevit.models.load import load
+    from edgevit.recipe.schema import QuantizeStage
+    from edgevit.targets import TARGETS, LowerRequest
+
+    cfg = load(checkpoint=tiny_checkpoint).config
+    x = np.random.default_rng(1).uniform(-1, 1, (9, 3, 32, 32)).astype(np.float32)
+    stage = QuantizeStage(stage="quantize", equalize="off")
+    artifact = TARGETS.get(backend).lower(LowerRequest(tiny_onnx, "int8", cfg, {}, stage, x), tmp_path)
+    sizes: dict[int, list[int]] = {}  # chunk sizes by probe (the float model, an ONNX artifact)
+    probe = layerwise._OnnxProbe.__call__
+
+    def spy(self, chunk):
+        sizes.setdefault(id(self), []).append(len(chunk))
+        return probe(self, chunk)
+
+    monkeypatch.setattr(layerwise._OnnxProbe, "__call__", spy)
+    whole = layerwise.summary(tiny_onnx, artifact, x, backend)["layers"]
+    # one image to learn the size of an image's tensors, then the rest fit the default budget
+    assert all(s == [1, 8] for s in sizes.values())
+    sizes.clear()
+    monkeypatch.setattr(layerwise, "CHUNK_BYTES", 1)
+    single = layerwise.summary(tiny_onnx, artifact, x, backend)["layers"]
+    assert sizes and all(s == [1] * 9 for s in sizes.values())
+    assert [r["layer"] for r in single] == [r["layer"] for r in whole]
+    assert any(r["quantized"] and r["local_sqnr_db"] < 150 for r in whole)
+    for a, b in zip(whole, single, strict=True):
+        for field in ("sqnr_in", "sqnr_out", "local_sqnr_db", "cosine_out"):
+            assert a[field] == pytest.approx(b[field], abs=0.02), (a["layer"], field)
