@@ -204,32 +204,41 @@ def fit(
         gen = torch.Generator().manual_seed(optim.seed * 100_003 + epoch)
         order = torch.randperm(n, generator=gen)
         global_batches = [order[i : i + optim.batch_size] for i in range(0, n, optim.batch_size)]
-        mine = [b[world.rank :: world.size].tolist() for b in global_batches]
+        parts = [b[world.rank :: world.size].tolist() for b in global_batches]
+        # A process whose part of a global batch is empty (the last batch smaller than the world)
+        # still runs forward and backward, which DDP's all-reduce needs, on the batch's first image
+        # at weight 0.
+        mine = [part or b[:1].tolist() for part, b in zip(parts, global_batches, strict=True)]
         losses = []
-        for batch, (xb, yb) in zip(global_batches, data.batches(mine), strict=True):
+        for batch, part, (xb, yb) in zip(global_batches, parts, data.batches(mine), strict=True):
             if optim.shift_pixels:  # drawn for the whole global batch: the same in every world size
                 offsets = torch.randint(0, 2 * optim.shift_pixels + 1, (len(batch), 2), generator=gen)
-                xb = _shift(xb, offsets[world.rank :: world.size], optim.shift_pixels)
+                xb = _shift(
+                    xb, offsets[world.rank :: world.size] if part else offsets[:1], optim.shift_pixels
+                )
             xb = xb.to(compute.device, non_blocking=True)
             yb = yb.to(compute.device, non_blocking=True)
+            # DDP averages the processes' gradients. Weighting each process's mean loss by its share
+            # of the global batch makes that average the global batch's mean, as in one process,
+            # also when the parts are uneven or one is empty.
+            share = len(part) * world.size / len(batch)
             with compute.autocast():
-                loss = loss_fn(net, xb, yb)
+                weighted = loss_fn(net, xb, yb) * share
             opt.zero_grad(set_to_none=True)
             if scaler is not None:
-                scaler.scale(loss).backward()
+                scaler.scale(weighted).backward()
                 scaler.step(opt)
                 scaler.update()
             else:
-                loss.backward()
+                weighted.backward()
                 opt.step()
             sched.step()
-            losses.append(loss.item())
+            losses.append(weighted.item() / world.size)  # summed over processes: the global mean
             seen += len(batch)
             bar.update(len(batch))
-        mean_loss = torch.tensor(float(np.mean(losses)), device=compute.device)
+        mean_loss = torch.tensor(float(np.sum(losses)) / len(global_batches), device=compute.device)
         if world.size > 1:
             torch.distributed.all_reduce(mean_loss)
-            mean_loss /= world.size
         entry = {"epoch": epoch + 1, "loss": float(mean_loss)}
         entry.update(after_epoch(model) if after_epoch else {})
         history.append(entry)

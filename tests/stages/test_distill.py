@@ -87,10 +87,11 @@ def test_distillation_token_student(teacher: tuple[Path, Path], tmp_path: Path) 
 def test_two_processes_follow_one_process(teacher: tuple[Path, Path], tmp_path: Path, monkeypatch) -> None:
     """torchrun + DDP (gloo): each process reads and trains on half of every global batch; the
     result matches one process, with the data streamed by loader workers, and a 1-process run
-    interrupted after epoch 1 resumes under 2 processes to the same weights."""
+    interrupted after epoch 1 resumes under 2 processes to the same weights. 48 training images in
+    batches of 47: uneven halves (24 + 23), then 1 + 0 (a process with nothing to train on)."""
     ckpt, data = teacher
     args = ["distill", "--teacher", str(ckpt), "--student", str(ckpt), "--data", str(data)]
-    args += ["--epochs", "2", "--batch-size", "8", "--quiet", "--json"]
+    args += ["--epochs", "2", "--batch-size", "47", "--quiet", "--json"]
     one = run_cli(*args, "-o", str(tmp_path / "one"))
     assert one.returncode == 0, one.stderr[-2000:]
     two = run_cli(*args, "--nproc", "2", "-o", str(tmp_path / "two"), env={"EDGEVIT_DATA_CACHE_MB": "0"})
@@ -99,7 +100,7 @@ def test_two_processes_follow_one_process(teacher: tuple[Path, Path], tmp_path: 
     assert log["processes"] == 2 and log["data"].startswith("streamed") and log["device"] == "cpu"
     assert log["images_per_second"] > 0 and log["peak_rss_mb"] > 0 and log["precision"] == "fp32"
 
-    stage = DistillStage(stage="distill", epochs=2, batch_size=8)  # what the options above make
+    stage = DistillStage(stage="distill", epochs=2, batch_size=47)  # what the options above make
     cfg = DistillConfig(
         teacher=str(ckpt), student=str(ckpt), data=DataSpec(source=str(data), split="train"), settings=stage
     )
