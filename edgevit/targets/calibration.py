@@ -20,13 +20,29 @@ def calibration_batches(request: LowerRequest, batch: int | None = None) -> Iter
 
 
 PIXELS_PER_BATCH = 2 * 224 * 224
+PIXELS_PER_PASS = 8 * 224 * 224
 
 
-def memory_bounded_batch(request: LowerRequest) -> int:
-    """``quantize.calibration_batch`` cut to at most two 224-px images' pixels per batch: for a
-    quantizer whose result does not depend on how the images are batched (min/max statistics) and
-    whose session holds a whole batch's activations (ONNX Runtime: +1.3 GB for 16 images of
-    ViT-Plus-tiny at 224 px, +0.35 GB for 4). Small images keep the recipe's batch."""
+def memory_bounded_batch(request: LowerRequest, even: bool = False) -> int:
+    """``quantize.calibration_batch`` cut to at most two 224-px images' pixels per batch, for a
+    quantizer whose session holds a whole batch's activations (ONNX Runtime: +1.3 GB for 16 images
+    of ViT-Plus-tiny at 224 px, +0.35 GB for 2) and whose result does not depend on the batching.
+    Small images keep the recipe's batch. ``even``: the largest such batch that divides the
+    calibration images evenly (ONNX Runtime's histogram calibrators stack a pass's batches)."""
     assert request.calibration is not None and request.quantize is not None
     height, width = request.calibration.shape[-2:]
-    return max(1, min(request.quantize.calibration_batch, PIXELS_PER_BATCH // (height * width)))
+    most = max(1, min(request.quantize.calibration_batch, PIXELS_PER_BATCH // (height * width)))
+    return _largest_divisor(len(request.calibration), most) if even else most
+
+
+def _largest_divisor(n: int, most: int) -> int:
+    return max(d for d in range(1, min(most, n) + 1) if n % d == 0)
+
+
+def batches_per_pass(request: LowerRequest, batch: int, batches: int) -> int:
+    """How many calibration batches a histogram calibrator takes per pass (it holds every
+    activation of a pass): the largest divisor of ``batches`` whose images hold at most eight
+    224-px images' pixels. All of them at small sizes (one histogram, as in a single pass)."""
+    assert request.calibration is not None
+    height, width = request.calibration.shape[-2:]
+    return _largest_divisor(batches, max(1, PIXELS_PER_PASS // (height * width * batch)))
