@@ -177,7 +177,12 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 # Option flags whose names differ from the config fields they set.
-_FLAGS = {"init_checkpoint": "--init", "source": "--data", "distill_token": "--distill-token"}
+_FLAGS = {
+    "init_checkpoint": "--init",
+    "source": "--data",
+    "distill_token": "--distill-token",
+    "activation_checkpointing": "--activation-checkpointing",
+}
 
 
 def _options_error(exc: ValidationError, command: str) -> EdgeVitError:
@@ -399,6 +404,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
             alpha=args.alpha,
             seed=args.seed,
             distill_token=args.distill_token or None,
+            activation_checkpointing=args.activation_checkpointing or None,
             device=args.device,
             precision=args.precision,
         )
@@ -548,6 +554,11 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--alpha", type=float, help="weight of the soft (teacher) loss; 1 - alpha goes to labels")
     d.add_argument("--seed", type=int)
     d.add_argument("--distill-token", action="store_true", help="add a DeiT-style distillation token")
+    d.add_argument(
+        "--activation-checkpointing",
+        action="store_true",
+        help="recompute block activations in the backward pass: less memory at a large batch, more compute",
+    )
     d.add_argument("--config", help="a DistillConfig JSON file instead of the options above")
     d.add_argument("--nproc", type=int, help="distill with N processes (torchrun + DistributedDataParallel)")
     d.add_argument("-o", "--output", required=True, help="output directory (re-run to resume)")

@@ -9,7 +9,8 @@ pruned student at half the MACs) over ImageFolders of N images written by the sh
     (PSS shares the pages forked workers share with their parent instead of counting them twice).
 Modes: ``streamed`` (the default path: sets past ``EDGEVIT_DATA_CACHE_MB`` stream through
 DataLoader workers) and ``in-memory`` (the cache limit raised past the set: every image
-preprocessed up front, as before streaming), the latter only for sizes up to ``--in-memory-max``.
+preprocessed up front, as before streaming), the latter only for sizes up to ``--in-memory-max``;
+with ``--checkpointing`` also ``streamed, checkpointed`` (``--activation-checkpointing``).
 Runs are interleaved size by size. With ``--build-eval N`` also ``edgevit build`` of a recipe whose
 evaluation set is N of those images (ONNX Runtime FP32 and INT8, OpenVINO INT8), streamed and in
 memory, measured the same way. Prints tables, then one JSON line.
@@ -149,7 +150,9 @@ def _run(
     ]
     if procs > 1:
         cmd += ["--nproc", str(procs)]
-    code, _, stderr, wall, sampler = _measured(cmd, "0" if mode == "streamed" else "1000000")
+    if mode.endswith("checkpointed"):
+        cmd += ["--activation-checkpointing"]
+    code, _, stderr, wall, sampler = _measured(cmd, "1000000" if mode == "in-memory" else "0")
     if code != 0:
         return {"status": f"failed (exit {code}): {stderr.strip().splitlines()[-1:]}"}
     log = json.loads((out / "distill.json").read_text())
@@ -218,6 +221,9 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--out", help="scratch directory, reused between runs (default: a temporary one)")
     p.add_argument(
+        "--checkpointing", action="store_true", help="also run streamed with --activation-checkpointing"
+    )
+    p.add_argument(
         "--build-eval", type=int, default=0, help="also build a recipe evaluating this many images"
     )
     args = p.parse_args()
@@ -230,7 +236,8 @@ def main() -> int:
     for n in sizes:
         data = _folder(work, n)
         for procs in (int(s) for s in args.procs.split(",")):
-            for mode in ("streamed", "in-memory") if n <= args.in_memory_max else ("streamed",):
+            modes = ["streamed", *(["streamed, checkpointed"] if args.checkpointing else [])]
+            for mode in [*modes, "in-memory"] if n <= args.in_memory_max else modes:
                 row = {"images": n, "processes": procs, "mode": mode}
                 row.update(_run(teacher, student, data, procs, mode, args.batch_size, work / "run"))
                 print(f"  {row}", file=sys.stderr, flush=True)

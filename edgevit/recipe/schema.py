@@ -104,7 +104,8 @@ class PruneStage(Strict):
         return self
 
 
-RUN_PLACEMENT = {"device", "precision", "nproc"}
+# How a training stage runs, not what it trains: left out of its identity (resume and cache keys).
+RUN_PLACEMENT = {"device", "precision", "nproc", "activation_checkpointing"}
 
 
 class TrainingStage(Strict):
@@ -149,6 +150,13 @@ class DistillStage(TrainingStage):
     shift_pixels: int = Field(default=2, ge=0)
     distill_token: bool = Field(
         default=False, description="DeiT-style distillation token (ViT-Plus students)"
+    )
+    activation_checkpointing: bool = Field(
+        default=False,
+        description=(
+            "recompute each block's activations in the backward pass instead of holding them "
+            "(timm's grad checkpointing): less memory at a large batch for more compute; the same result"
+        ),
     )
     seed: int = 0
 

@@ -16,7 +16,7 @@ from edgevit.compute import resolve
 from edgevit.data import DataSpec, open_data
 from edgevit.data.source import verify
 from edgevit.data.stream import Images
-from edgevit.errors import ModelLoadError
+from edgevit.errors import EdgeVitError, ModelLoadError
 from edgevit.fileio import ensure_dir
 from edgevit.models.config import ModelConfig
 from edgevit.models.load import create, create_configured, load
@@ -80,6 +80,19 @@ def _student(cfg: DistillConfig, teacher: ModelConfig) -> tuple[nn.Module, Model
     return model, config
 
 
+def _checkpointing(model: nn.Module, enable: bool) -> None:
+    """Turn timm's grad checkpointing of the blocks on or off."""
+    switch = getattr(model, "set_grad_checkpointing", None)
+    if switch is None:
+        if enable:
+            raise EdgeVitError(
+                f"{type(model).__name__} has no activation checkpointing",
+                "set activation_checkpointing: false (timm ViT/DeiT and ViT-Plus students have it)",
+            )
+        return
+    switch(enable)
+
+
 def distill(cfg: DistillConfig, out_dir: Path, progress: bool = True) -> dict[str, Any]:
     """Distill into ``out_dir`` (model.safetensors, config.json, distill.json); resumable, seeded.
 
@@ -115,6 +128,7 @@ def distill(cfg: DistillConfig, out_dir: Path, progress: bool = True) -> dict[st
     vit = model if isinstance(model, VisionTransformerPlus) else None
     if vit is not None:
         vit.set_distilled_training(True)
+    _checkpointing(model, s.activation_checkpointing)
     t0 = time.perf_counter()
     fitted = fit(
         model,
@@ -129,6 +143,7 @@ def distill(cfg: DistillConfig, out_dir: Path, progress: bool = True) -> dict[st
     )
     if vit is not None:
         vit.set_distilled_training(False)
+    _checkpointing(model, False)
     result: dict[str, Any] = {
         "teacher": cfg.teacher,
         "student": cfg.student,

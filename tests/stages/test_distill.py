@@ -77,6 +77,30 @@ def test_distill_writes_a_loadable_student_and_resumes(
         torch.testing.assert_close(pa, pb, msg=name)
 
 
+def test_activation_checkpointing_trains_the_same_student(
+    teacher: tuple[Path, Path], tmp_path: Path, monkeypatch
+) -> None:
+    """Recomputing the blocks' activations in the backward pass changes memory, not the result;
+    it is left out of the run's identity, so a run resumes with it switched either way."""
+    import timm.models.vision_transformer as vt
+
+    calls, real = [], vt.checkpoint_seq
+    monkeypatch.setattr(vt, "checkpoint_seq", lambda *a, **k: calls.append(1) or real(*a, **k))
+    plain = distill(_config(teacher), tmp_path / "plain", progress=False)
+    assert not calls
+    ckpt = distill(_config(teacher, activation_checkpointing=True), tmp_path / "ckpt", progress=False)
+    assert calls  # the blocks ran checkpointed
+    assert ckpt["settings"]["activation_checkpointing"] is True
+    assert [h["loss"] for h in ckpt["history"]] == pytest.approx([h["loss"] for h in plain["history"]])
+    a, b = load(checkpoint=tmp_path / "plain").model, load(checkpoint=tmp_path / "ckpt").model
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        torch.testing.assert_close(pa, pb, msg=name)
+    assert (
+        DistillStage(stage="distill", activation_checkpointing=True).identity()
+        == DistillStage(stage="distill").identity()
+    )
+
+
 def test_distillation_token_student(teacher: tuple[Path, Path], tmp_path: Path) -> None:
     distill(_config(teacher, distill_token=True), tmp_path / "s", progress=False)
     student = load(checkpoint=tmp_path / "s")
