@@ -320,12 +320,23 @@ class _Tally:
     """One layer's errors summed over the chunks compared so far."""
 
     def __init__(self) -> None:
-        self.inp, self.out, self.local = _Noise(), _Noise(), _Noise()
-        self.cosines, self.count, self.has_local = 0.0, 0, False
+        self.inp, self.out = _Noise(), _Noise()
+        self.local: _Noise | None = None  # only for a layer that was also run alone
+        self.cosines, self.count = 0.0, 0
 
-    def add(self, ref_in: np.ndarray, in_: np.ndarray, ref_out: np.ndarray, out: np.ndarray) -> None:
+    def add(
+        self,
+        ref_in: np.ndarray,
+        in_: np.ndarray,
+        ref_out: np.ndarray,
+        out: np.ndarray,
+        alone: np.ndarray | None,
+    ) -> None:
         self.inp.add(ref_in, in_)
         self.out.add(ref_out, out)
+        if alone is not None:
+            self.local = self.local or _Noise()
+            self.local.add(ref_out, alone)
         self.cosines += _cosine(ref_out, out) * len(ref_out)
         self.count += len(ref_out)
 
@@ -384,11 +395,9 @@ def compare(float_onnx: Path, artifact: Path, x: Any, fake_quant: bool = False) 
                 continue
             if ref[t_out].shape != out[t_out].shape or ref[t_in].shape != out[t_in].shape:
                 continue
-            tally = tallies.setdefault(t_out, _Tally())
-            tally.add(ref[t_in], out[t_in], ref[t_out], out[t_out])
-            if t_out in alone:
-                tally.local.add(ref[t_out], alone[t_out])
-                tally.has_local = True
+            tallies.setdefault(t_out, _Tally()).add(
+                ref[t_in], out[t_in], ref[t_out], out[t_out], alone.get(t_out)
+            )
         start += len(chunk)
         del ref, out, alone
     results = []
@@ -397,7 +406,7 @@ def compare(float_onnx: Path, artifact: Path, x: Any, fake_quant: bool = False) 
             continue
         tally = tallies[layer.output]
         quant = layer.input in other.quantized
-        s_local = tally.local.db() if tally.has_local else _CAP_DB
+        s_local = tally.local.db() if tally.local is not None else _CAP_DB
         results.append(
             LayerError(
                 layer.name,
