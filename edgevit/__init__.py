@@ -26,12 +26,12 @@ _LAZY = {
     "Recipe": ("edgevit.recipe.schema", "Recipe"),
     "Report": ("edgevit.report.document", "Report"),
     "EdgeVitError": ("edgevit.errors", "EdgeVitError"),
-    "load_model": ("edgevit.models.load", "load"),
+    "load_model": ("edgevit.builtin", "load_model"),
 }
 
 if TYPE_CHECKING:
+    from edgevit.builtin import load_model
     from edgevit.errors import EdgeVitError
-    from edgevit.models.load import load as load_model
     from edgevit.pipeline import build
     from edgevit.recipe.loader import load_recipe
     from edgevit.recipe.schema import Recipe

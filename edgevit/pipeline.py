@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from edgevit import __version__
+from edgevit.builtin import resolve_builtin
 from edgevit.check import accuracy, gates, latency
 from edgevit.check.bundle import BundleInputs, Inputs, open_bundle, write_bundle
 from edgevit.data import DataSpec, ImageSource, load_data, open_data
@@ -26,7 +27,6 @@ from edgevit.devices import resolve_device
 from edgevit.errors import EdgeVitError, NotCheckable
 from edgevit.fileio import atomic_write_json, atomic_write_text, sha256_bytes
 from edgevit.hostinfo import host_facts
-from edgevit.models.builtin import resolve_builtin
 from edgevit.models.config import ModelConfig
 from edgevit.models.load import LoadedModel, load, logits_of, save
 from edgevit.models.profile import count_macs, count_params

@@ -131,7 +131,7 @@ def test_two_builds_into_one_directory_take_turns(tmp_path: Path, tiny_checkpoin
 TRAIN_TINY_BUILTIN = """
 import sys, time
 from pathlib import Path
-import edgevit.models.builtin as builtin
+import edgevit.builtin as builtin
 import edgevit.train
 from edgevit.train import TrainConfig
 

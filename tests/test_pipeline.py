@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 
 import edgevit
-from edgevit.models import builtin
+from edgevit import builtin
 from edgevit.train import TrainConfig
 
 

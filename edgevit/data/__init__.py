@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgevit.data.dataset import DataSpec, RawDataset
-from edgevit.data.source import ImageSource, check_sha256, open_data
+from edgevit.data.dataset import DataSpec, ImageSource, RawDataset
+from edgevit.data.source import check_sha256, open_data
 
 __all__ = ["DataSpec", "ImageSource", "RawDataset", "load_data", "open_data"]
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -74,3 +74,37 @@ def take(indices: np.ndarray, count: int | None, seed: int) -> np.ndarray:
     if count is None or count >= len(indices):
         return indices
     return np.sort(np.random.default_rng(seed).choice(indices, size=count, replace=False))
+
+
+class ImageSource:
+    """The images a :class:`DataSpec` selects, read one at a time."""
+
+    def __init__(
+        self,
+        labels: np.ndarray,
+        class_names: list[str],
+        description: str,
+        reader: Callable[[int], np.ndarray],
+    ) -> None:
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.class_names = class_names
+        self.description = description
+        self._reader = reader
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def read(self, k: int) -> np.ndarray:
+        """Image ``k`` of the selection as uint8 H x W x 3."""
+        return self._reader(k)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return (self.read(k) for k in range(len(self)))
+
+    def sha256(self) -> str:
+        """Content hash of images and labels, streamed; the same as ``RawDataset.sha256``."""
+        return content_sha256(self.labels, self)
+
+    def materialize(self) -> RawDataset:
+        """Every image in memory (for the small sets: calibration, tests)."""
+        return RawDataset(list(self), self.labels.copy(), list(self.class_names), self.description)

@@ -6,8 +6,7 @@ from functools import partial
 
 import numpy as np
 
-from edgevit.data.dataset import Split, split_indices, take
-from edgevit.data.source import ImageSource
+from edgevit.data.dataset import ImageSource, Split, split_indices, take
 
 
 def _digit_at(pixels: np.ndarray, indices: np.ndarray, k: int) -> np.ndarray:

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgevit.data.dataset import Split, split_indices, take
-from edgevit.data.source import ImageSource
+from edgevit.data.dataset import ImageSource, Split, split_indices, take
 from edgevit.errors import DataError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}

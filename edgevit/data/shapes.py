@@ -16,8 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgevit.data.dataset import Split, split_indices, take
-from edgevit.data.source import ImageSource
+from edgevit.data.dataset import ImageSource, Split, split_indices, take
 
 SHAPES = ("circle", "square", "triangle", "cross", "ring")
 TEXTURES = ("solid", "striped")

@@ -8,47 +8,10 @@ pixels. ``load_data`` (all images at once) is built on it for the small sets tha
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import numpy as np
-
-from edgevit.data.dataset import DataSpec, RawDataset, content_sha256
+from edgevit.data.dataset import DataSpec, ImageSource
 from edgevit.errors import DataError
-
-
-class ImageSource:
-    """The images a :class:`DataSpec` selects, read one at a time."""
-
-    def __init__(
-        self,
-        labels: np.ndarray,
-        class_names: list[str],
-        description: str,
-        reader: Callable[[int], np.ndarray],
-    ) -> None:
-        self.labels = np.asarray(labels, dtype=np.int64)
-        self.class_names = class_names
-        self.description = description
-        self._reader = reader
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def read(self, k: int) -> np.ndarray:
-        """Image ``k`` of the selection as uint8 H x W x 3."""
-        return self._reader(k)
-
-    def __iter__(self) -> Iterator[np.ndarray]:
-        return (self.read(k) for k in range(len(self)))
-
-    def sha256(self) -> str:
-        """Content hash of images and labels, streamed; the same as ``RawDataset.sha256``."""
-        return content_sha256(self.labels, self)
-
-    def materialize(self) -> RawDataset:
-        """Every image in memory (for the small sets: calibration, tests)."""
-        return RawDataset(list(self), self.labels.copy(), list(self.class_names), self.description)
 
 
 def open_data(

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from edgevit.data.source import ImageSource
+from edgevit.data.dataset import ImageSource
 from edgevit.data.transforms import preprocess, preprocess_image
 from edgevit.errors import DataError, EdgeVitError
 from edgevit.models.config import ModelConfig

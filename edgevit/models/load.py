@@ -36,9 +36,7 @@ class LoadedModel:
 
 def create(name: str, **kwargs: Any) -> nn.Module:
     """Create a model by ViT-Plus or timm name (random weights)."""
-    import timm
-
-    import edgevit.models.vit_plus  # noqa: F401  (registers the ViT-Plus names in timm)
+    import timm  # the ViT-Plus names are registered in timm by edgevit.models' __init__
 
     if not timm.is_model(name):
         close = timm.list_models(f"*{name.split('_')[0]}*")[:5] if "_" in name else []
@@ -210,7 +208,7 @@ def load(
 
     Args:
         name: ViT-Plus or timm model name; optional when the checkpoint's config names it.
-        checkpoint: ``builtin:<name>``, a directory with model.safetensors + config.json, a
+        checkpoint: a directory with model.safetensors + config.json, a
             .safetensors file, or a timm-style state dict (loaded with ``weights_only=True``).
         num_classes: classifier size when the checkpoint has no config (default: from the head).
         **model_kwargs: extra constructor arguments (e.g. ``ms_scales=(1,)``).
@@ -225,9 +223,11 @@ def load(
         return LoadedModel(model.eval(), config_for(name, model, model_kwargs=model_kwargs), None, None)
 
     if isinstance(checkpoint, str) and checkpoint.startswith("builtin:"):
-        from edgevit.models.builtin import resolve_builtin
-
-        checkpoint = resolve_builtin(checkpoint.removeprefix("builtin:"))
+        # builtin models are trained on first use, which sits above this module (edgevit.builtin)
+        raise ModelLoadError(
+            f"checkpoint {checkpoint} is a builtin model",
+            "load it with edgevit.load_model, which trains it once",
+        )
     weights, config_path = _locate(Path(checkpoint).expanduser())
     if config_path is not None and config_path.is_file():
         config = ModelConfig.read(config_path)

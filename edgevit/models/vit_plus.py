@@ -297,7 +297,7 @@ class VisionTransformerPlus(VisionTransformer):  # type: ignore[misc]
     @classmethod
     def from_pretrained(cls, path: str, **overrides: Any) -> VisionTransformerPlus:
         """Load a ViT-Plus from a local checkpoint (directory or file) with its JSON config."""
-        from edgevit.models.load import load  # local import: load.py imports this module
+        from edgevit.models.load import load  # local import: load.py sits above this module
 
         model = load(checkpoint=path, **overrides).model
         if not isinstance(model, cls):

@@ -19,7 +19,7 @@ from typing import Any, Generic, TypeVar
 
 from edgevit.check.accuracy import AccuracyResult
 from edgevit.quant.sensitivity import Ranking
-from edgevit.recipe.schema import AccuracyBudget
+from edgevit.quant.settings import AccuracyBudget
 
 Handle = TypeVar("Handle")
 

@@ -24,7 +24,7 @@ from edgevit.quant.outliers import outlier_pairs
 from edgevit.quant.scheme import Int8Scheme
 
 if TYPE_CHECKING:
-    from edgevit.recipe.schema import QuantizeStage
+    from edgevit.quant.settings import QuantizeStage
 
 
 @dataclass(frozen=True)

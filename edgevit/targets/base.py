@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from edgevit.devices import DeviceProfile
 from edgevit.errors import LoweringError, TargetUnavailableError
 from edgevit.models.config import ModelConfig
-from edgevit.recipe.schema import QuantizeStage
+from edgevit.quant.settings import QuantizeStage
 
 if TYPE_CHECKING:
     from edgevit.check.bundle import Inputs

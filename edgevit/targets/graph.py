@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from edgevit.recipe.schema import QuantizeStage
+from edgevit.quant.settings import QuantizeStage
 
 
 def nodes_of_layers(onnx_path: Path, layers: list[str]) -> set[str]:

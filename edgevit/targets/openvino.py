@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from edgevit.agent import OpenVinoSession
 from edgevit.errors import LoweringError
 from edgevit.quant.scheme import Int8Scheme, openvino_scheme
-from edgevit.recipe.schema import QuantizeStage
+from edgevit.quant.settings import QuantizeStage
 from edgevit.targets.base import Availability, LowerRequest, Runner, Target
 from edgevit.targets.calibration import calibration_batches
 from edgevit.targets.cpu import CpuInt8Options, seven_bit_weights, weight_bits

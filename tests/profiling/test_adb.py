@@ -207,7 +207,7 @@ def test_android_build_profiles_on_the_phone_and_gates_its_latency(
 ) -> None:
     pytest.importorskip("litert_torch")
     import edgevit
-    from edgevit.models import builtin
+    from edgevit import builtin
     from edgevit.train import TrainConfig
 
     monkeypatch.setenv("EDGEVIT_CACHE", str(tmp_path / "cache"))

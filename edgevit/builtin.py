@@ -6,10 +6,12 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from edgevit.errors import ModelLoadError
 from edgevit.fileio import sha256_bytes
 from edgevit.locking import FileLock
+from edgevit.models.load import LoadedModel, load
 from edgevit.paths import cache_dir
 from edgevit.train import LOG_FILE, TrainConfig
 
@@ -100,7 +102,7 @@ def _outlier_variant(name: str, base: Path, log: Callable[[str], None]) -> Path:
     with lock:
         if not (out / OUTLIERS_RECORD).is_file():
             from edgevit.fileio import atomic_write_json
-            from edgevit.models.load import load, save
+            from edgevit.models.load import save
             from edgevit.quant.outliers import add_outliers
 
             loaded = load(checkpoint=base)
@@ -109,3 +111,16 @@ def _outlier_variant(name: str, base: Path, log: Callable[[str], None]) -> Path:
             atomic_write_json(out / OUTLIERS_RECORD, {"base": base.name, "channels": applied})
             log(f"made builtin:{name} from {base.name} (function-preserving activation outliers)")
     return out
+
+
+def load_model(
+    name: str | None = None,
+    checkpoint: str | Path | None = None,
+    num_classes: int | None = None,
+    **model_kwargs: Any,
+) -> LoadedModel:
+    """:func:`edgevit.models.load.load`, where ``checkpoint`` may also be ``builtin:<name>``
+    (trained once and cached first)."""
+    if isinstance(checkpoint, str) and checkpoint.startswith("builtin:"):
+        checkpoint = resolve_builtin(checkpoint.removeprefix("builtin:"))
+    return load(name, checkpoint, num_classes, **model_kwargs)

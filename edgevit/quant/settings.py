@@ -1,0 +1,118 @@
+"""Post-training INT8 settings (the recipe's quantize stage) and the accuracy budget.
+
+They live below the recipe and the targets, which both read them: the recipe validates them, the
+targets lower by them.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from edgevit.settings import Strict
+
+
+class AccuracyBudget(Strict):
+    """What an INT8 target must keep against the float model it is built from: edgevit keeps the
+    most sensitive layers float, fewest first, until it does (every backend)."""
+
+    max_top1_drop: float | None = Field(default=None, ge=0, description="points of top-1")
+    min_sqnr_db: float | None = Field(default=None, description="logit SQNR against the float model")
+    min_agreement: float | None = Field(default=None, ge=0, le=1, description="top-1 agreement")
+    max_float_layers: int = Field(
+        default=8,
+        ge=1,
+        description="give up (best effort: the closest candidate) beyond this many float layers",
+    )
+    ranking: Literal["simulated", "measured", "alone"] = Field(
+        default="simulated",
+        description=(
+            "how layers are ranked: 'simulated' switches each quantized layer back to float in the "
+            "torch model of the target's INT8 grid (edgevit.quant) and ranks by the logit SQNR gained "
+            "on calibration images (no builds; 'measured' where the grid is not modelled); "
+            "'measured' does the same with one build of the target per layer; 'alone' ranks by the "
+            "layer-wise comparison's SQNR of each layer run alone (no extra builds; blind to how "
+            "errors propagate)"
+        ),
+    )
+    ranking_samples: int = Field(default=64, gt=0, description="calibration images the ranking runs on")
+    recover: Literal["float", "qat", "qat_then_float"] = Field(
+        default="float",
+        description=(
+            "what a target whose post-training INT8 misses the budget does: 'float' keeps its most "
+            "sensitive layers float (the search above); 'qat' runs quantization-aware distillation "
+            "against its grid (the recipe's qat stage settings, else that stage's defaults; needs "
+            "data.train) and keeps every layer INT8; 'qat_then_float' runs qat, then the float search "
+            "on the trained model if the budget is still missed. With qat in it, a qat stage in the "
+            "recipe runs only for the targets that need it"
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> AccuracyBudget:
+        if self.max_top1_drop is None and self.min_sqnr_db is None and self.min_agreement is None:
+            raise ValueError("set max_top1_drop, min_sqnr_db or min_agreement")
+        return self
+
+    def met(self, top1_drop: float, sqnr_db: float, agreement: float) -> bool:
+        """Whether scores meet every limit set."""
+        return self.shortfall(top1_drop, sqnr_db, agreement) == 0
+
+    def shortfall(self, top1_drop: float, sqnr_db: float, agreement: float) -> float:
+        """How far scores miss the budget: the sum of each set limit's miss, in points of top-1,
+        dB of SQNR and points (percent) of agreement; 0 when every limit is met."""
+        misses = [
+            0.0 if self.max_top1_drop is None else top1_drop - self.max_top1_drop - 1e-9,
+            0.0 if self.min_sqnr_db is None else self.min_sqnr_db - sqnr_db,
+            0.0 if self.min_agreement is None else 100 * (self.min_agreement - agreement) - 1e-7,
+        ]
+        return float(sum(max(0.0, m) for m in misses))
+
+
+class QuantizeStage(Strict):
+    """Post-training INT8 settings shared by every int8 target of the recipe.
+
+    By default only the Linear layers (MatMul/Gemm with a weight input) are quantized, with
+    per-channel symmetric INT8 weights; LayerNorm, Softmax, GELU, residual Adds, the activation x
+    activation attention MatMuls and the patch-embedding Conv stay float. Measured with ONNX
+    Runtime on an AVX2 host (7-bit weights, see targets/cpu.py; tools/bench_calibration.py):
+    quantizing the patch-embedding Conv cost 1.0 dB of logit SQNR on digits and 1.1 dB on shapes
+    for a ViT-Plus-base about 4% faster; adding the attention MatMuls cost another 0.7–1.9 dB and
+    was slower on the small models (p50 4.04 vs 2.52 ms). ``matmul_scope: all`` and
+    ``patch_embed: true`` turn them on.
+    """
+
+    order: ClassVar[int] = 30
+    stage: Literal["quantize"]
+    method: Literal["minmax", "percentile", "entropy"] = "minmax"
+    per_channel: bool = True
+    matmul_scope: Literal["weights", "all"] = "weights"
+    patch_embed: bool = False
+    calibration_batch: int = Field(default=16, gt=0)
+    smooth_quant_alpha: float | None = Field(
+        default=None,
+        ge=-1,
+        le=1,
+        description=(
+            "SmoothQuant migration strength for the Linear layers (OpenVINO/NNCF; the other backends "
+            "have none and ignore it): null is edgevit's 0.5 (measured best with NNCF's 0.95 and off; "
+            "README), -1 turns it off"
+        ),
+    )
+    float_layers: list[str] = Field(
+        default_factory=list,
+        description="layers (module paths, e.g. blocks.3.attn.proj) kept float in every int8 target",
+    )
+    equalize: Literal["off", "auto"] = Field(
+        default="auto",
+        description=(
+            "auto: fold SmoothQuant-style scales into the float model before export (LayerNorm -> "
+            "qkv/fc1/head, v -> proj), strength chosen per INT8 grid with the INT8 simulator on the "
+            "calibration images (none when that measures best); every backend whose static INT8 grid "
+            "edgevit.quant models (Linear scope). off: export the model as it is"
+        ),
+    )
+    accuracy_budget: AccuracyBudget | None = Field(
+        default=None, description="keep the most sensitive layers float until the budget is met"
+    )
