@@ -1,0 +1,101 @@
+"""What a task is: how its outputs are laid out, scored, gated, reported and trained.
+
+A task's scores are sums over images (a :class:`Scorer` takes a batch at a time), so scoring
+thousands of 224-px segmentation maps holds one batch, never the set.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One number a task reports: its key, a column header, its unit, and which way is better."""
+
+    key: str
+    header: str
+    unit: str = ""
+    better: Literal["higher", "lower"] = "higher"
+
+
+@dataclass(frozen=True)
+class GateSpec:
+    """A gate a task offers: the recipe's gate name, the metric it limits, max or min."""
+
+    name: str
+    key: str
+    kind: Literal["max", "min"]
+
+
+class Scorer(ABC):
+    """Scores an artifact's outputs batch by batch against ground truth and the float reference."""
+
+    @abstractmethod
+    def add(self, outputs: np.ndarray, targets: np.ndarray, reference: np.ndarray) -> None:
+        """Add one batch: the artifact's outputs, the ground truth, the float model's outputs."""
+
+    @abstractmethod
+    def result(self) -> dict[str, float | int]:
+        """The scores of every batch added (JSON-ready)."""
+
+
+class Task(ABC):
+    """A task (classification, segmentation, depth): everything the pipeline asks of one."""
+
+    name: ClassVar[str]
+    metrics: ClassVar[tuple[Metric, ...]]
+    gates: ClassVar[tuple[GateSpec, ...]]
+
+    @abstractmethod
+    def output_shape(self, batch: int, channels: int, size: tuple[int, int]) -> tuple[int, ...]:
+        """The NCHW (or N x classes) shape a model of ``channels`` outputs gives for ``batch`` images."""
+
+    @abstractmethod
+    def scorer(self) -> Scorer:
+        """A fresh scorer."""
+
+    @abstractmethod
+    def loss(
+        self, outputs: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0
+    ) -> torch.Tensor:
+        """The training loss against ground truth (a mean over the batch)."""
+
+    @abstractmethod
+    def distill_loss(self, student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+        """The loss that pulls the student's outputs towards the teacher's."""
+
+    def normalise(self, outputs: np.ndarray, expected: tuple[int, ...]) -> np.ndarray:
+        """``outputs`` in the layout ``expected`` names (a backend may give NHWC for NCHW);
+        raises ValueError naming both shapes when they cannot be matched."""
+        if outputs.shape == expected:
+            return outputs
+        if outputs.ndim == 4 and len(expected) == 4:
+            n, c, h, w = expected
+            if outputs.shape == (n, h, w, c):
+                return np.ascontiguousarray(outputs.transpose(0, 3, 1, 2))
+        raise ValueError(f"outputs of shape {outputs.shape}, expected {expected}")
+
+    def score(
+        self, outputs: np.ndarray, targets: np.ndarray, reference: np.ndarray
+    ) -> dict[str, float | int]:
+        """Score one set at once (small sets, tests)."""
+        scorer = self.scorer()
+        scorer.add(outputs, targets, reference)
+        return scorer.result()
+
+
+def sqnr_db(signal: float, noise: float) -> float:
+    """Signal-to-quantization-noise ratio in dB from summed energies (999 for no noise)."""
+    if noise <= 0:
+        return 999.0
+    if signal <= 0:
+        return -999.0
+    return float(min(999.0, 10 * np.log10(signal / noise)))
