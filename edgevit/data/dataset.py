@@ -23,7 +23,10 @@ class DataSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     source: str = Field(
-        description="'digits' or 'shapes' (embedded) or a directory with one sub-directory per class"
+        description=(
+            "'digits', 'shapes', 'shapes-seg' or 'shapes-depth' (embedded), a directory with one "
+            "sub-directory per class, or a dense folder (images/ + masks/ or depth/)"
+        )
     )
     split: Split = "test"
     count: int | None = Field(default=None, gt=0, description="take this many (seeded sample); all if unset")
@@ -77,7 +80,12 @@ def take(indices: np.ndarray, count: int | None, seed: int) -> np.ndarray:
 
 
 class ImageSource:
-    """The images a :class:`DataSpec` selects, read one at a time."""
+    """The images a :class:`DataSpec` selects, read one at a time.
+
+    A dense source (segmentation, depth) also reads each image's ground-truth map: ``targets(k)``
+    gives image ``k``'s H x W mask (uint8 class indices) or depth (float32 metres, 0 = none);
+    its ``labels`` are then zeros.
+    """
 
     def __init__(
         self,
@@ -85,11 +93,15 @@ class ImageSource:
         class_names: list[str],
         description: str,
         reader: Callable[[int], np.ndarray],
+        targets: Callable[[int], np.ndarray] | None = None,
+        task: str = "classification",
     ) -> None:
         self.labels = np.asarray(labels, dtype=np.int64)
         self.class_names = class_names
         self.description = description
         self._reader = reader
+        self._targets = targets
+        self.task = task
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -98,12 +110,29 @@ class ImageSource:
         """Image ``k`` of the selection as uint8 H x W x 3."""
         return self._reader(k)
 
+    def read_target(self, k: int) -> np.ndarray:
+        """Image ``k``'s ground-truth map (dense sources only)."""
+        if self._targets is None:
+            raise TypeError(f"{self.description} is a {self.task} source: it has labels, not maps")
+        return self._targets(k)
+
+    @property
+    def dense(self) -> bool:
+        """Whether each image has a ground-truth map instead of a label."""
+        return self._targets is not None
+
     def __iter__(self) -> Iterator[np.ndarray]:
         return (self.read(k) for k in range(len(self)))
 
+    def _with_targets(self) -> Iterator[np.ndarray]:
+        for k in range(len(self)):
+            yield self.read(k)
+            yield self.read_target(k)
+
     def sha256(self) -> str:
-        """Content hash of images and labels, streamed; the same as ``RawDataset.sha256``."""
-        return content_sha256(self.labels, self)
+        """Content hash of images and labels (and maps), streamed; the same as ``RawDataset.sha256``
+        for a classification source."""
+        return content_sha256(self.labels, self._with_targets() if self.dense else self)
 
     def materialize(self) -> RawDataset:
         """Every image in memory (for the small sets: calibration, tests)."""

@@ -13,11 +13,18 @@ from pathlib import Path
 from edgevit.data.dataset import DataSpec, ImageSource
 from edgevit.errors import DataError
 
+# the embedded dense sources: procedural scenes with masks or depth (edgevit.data.scenes)
+SCENE_SOURCES = {"shapes-seg": "segmentation", "shapes-depth": "depth"}
+
 
 def open_data(
-    spec: DataSpec, class_names: list[str] | None = None, base_dir: Path | None = None
+    spec: DataSpec,
+    class_names: list[str] | None = None,
+    base_dir: Path | None = None,
+    task: str | None = None,
 ) -> ImageSource:
-    """The images ``spec`` selects, to be read one at a time; its sha256 is checked by
+    """The images ``spec`` selects, to be read one at a time (with their maps for a dense source;
+    ``task`` picks which maps where a folder has both); its sha256 is checked by
     :func:`verify` (reading every image), which ``load_data`` does and streaming callers may."""
     if spec.source == "digits":
         from edgevit.data.digits import open_digits
@@ -27,11 +34,18 @@ def open_data(
         from edgevit.data.shapes import open_shapes
 
         return open_shapes(spec.split, spec.count, spec.seed)
+    if spec.source in SCENE_SOURCES:
+        from edgevit.data.scenes import open_scenes
+
+        return open_scenes(SCENE_SOURCES[spec.source], spec.split, spec.count, spec.seed)
+    from edgevit.data.dense_folder import dense_task, is_dense_folder, open_dense_folder
     from edgevit.data.folder import open_folder
 
     root = Path(spec.source).expanduser()
     if not root.is_absolute() and base_dir is not None:
         root = base_dir / root
+    if root.is_dir() and is_dense_folder(root):
+        return open_dense_folder(root, dense_task(root, task), spec.split, spec.count, spec.seed)
     return open_folder(root, spec.split, spec.count, spec.seed, class_names)
 
 

@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from edgevit.data.dataset import ImageSource
-from edgevit.data.transforms import preprocess, preprocess_image
+from edgevit.data.transforms import preprocess, preprocess_image, preprocess_target
 from edgevit.errors import DataError, EdgeVitError
 from edgevit.models.config import ModelConfig
 
@@ -39,7 +39,7 @@ class _Failure:
 
 
 class _Preprocessed(Dataset[Any]):
-    """Image ``k`` of a source, preprocessed for a model, with its label."""
+    """Image ``k`` of a source, preprocessed for a model, with its label (or its map)."""
 
     def __init__(self, source: ImageSource, config: ModelConfig) -> None:
         self.source = source
@@ -48,18 +48,24 @@ class _Preprocessed(Dataset[Any]):
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, k: int) -> tuple[np.ndarray, int] | _Failure:
+    def __getitem__(self, k: int) -> tuple[np.ndarray, Any] | _Failure:
         try:
-            return preprocess_image(self.source.read(k), self.config), int(self.source.labels[k])
+            pixels = preprocess_image(self.source.read(k), self.config)
+            if self.source.dense:
+                return pixels, preprocess_target(self.source.read_target(k), self.config)
+            return pixels, int(self.source.labels[k])
         except DataError as exc:
             return _Failure(exc.message, exc.fix)
 
 
-def _collate(items: list[tuple[np.ndarray, int] | _Failure]) -> tuple[torch.Tensor, torch.Tensor] | _Failure:
+def _collate(items: list[tuple[np.ndarray, Any] | _Failure]) -> tuple[torch.Tensor, torch.Tensor] | _Failure:
     for item in items:
         if isinstance(item, _Failure):
             return item
     pixels = np.stack([item[0] for item in items])  # type: ignore[index]
+    first = items[0][1]  # type: ignore[index]
+    if isinstance(first, np.ndarray):  # dense maps
+        return torch.from_numpy(pixels), torch.from_numpy(np.stack([item[1] for item in items]))  # type: ignore[index]
     labels = np.asarray([item[1] for item in items], dtype=np.int64)  # type: ignore[index]
     return torch.from_numpy(pixels), torch.from_numpy(labels)
 
@@ -107,13 +113,20 @@ class Images:
         self.config = config
         self.labels = torch.from_numpy(source.labels).long()
         limit = cache_limit_bytes() if cache_bytes is None else cache_bytes
-        self.nbytes = len(source) * int(np.prod(config.input_size)) * 4
+        # a dense source's maps take another H x W values (8 bytes each) per image
+        per_image = int(np.prod(config.input_size)) * 4 + (
+            8 * int(np.prod(config.image_size)) if source.dense else 0
+        )
+        self.nbytes = len(source) * per_image
         self.in_memory = self.nbytes <= limit
         self.workers = 0 if self.in_memory else (default_workers() if workers is None else workers)
         self.pin_memory = pin_memory
         self._x: torch.Tensor | None = None
         if self.in_memory:
             self._x = torch.from_numpy(preprocess(source.materialize(), config))
+            if source.dense:
+                maps = [preprocess_target(source.read_target(k), config) for k in range(len(source))]
+                self.labels = torch.from_numpy(np.stack(maps)) if maps else self.labels
 
     def __len__(self) -> int:
         return len(self.source)
@@ -129,7 +142,7 @@ class Images:
         return "in-memory" if self.in_memory else f"streamed, {self.workers} loader worker(s)"
 
     def batches(self, order: Sequence[Sequence[int]]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Images and labels of each list of indices in ``order``, in that order."""
+        """Images and labels (maps, for a dense source) of each list of indices in ``order``, in that order."""
         if self._x is not None:
             for idx in order:
                 t = torch.as_tensor(list(idx), dtype=torch.long)

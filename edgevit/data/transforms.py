@@ -10,6 +10,18 @@ from edgevit.data.dataset import RawDataset
 from edgevit.models.config import ModelConfig
 
 
+def _geometry(size: tuple[int, int], cfg: ModelConfig) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
+    """timm's eval transform for an image of ``size`` (w, h): resize the shorter side to the
+    pre-crop size, then centre crop — the new size and the crop box."""
+    out_h, out_w = cfg.image_size
+    scale_h, scale_w = math.floor(out_h / cfg.crop_pct), math.floor(out_w / cfg.crop_pct)
+    width, height = size
+    ratio = max(scale_h / height, scale_w / width)
+    new_w, new_h = max(out_w, round(width * ratio)), max(out_h, round(height * ratio))
+    left, top = (new_w - out_w) // 2, (new_h - out_h) // 2
+    return (new_w, new_h), (left, top, left + out_w, top + out_h)
+
+
 def preprocess_image(image: np.ndarray, cfg: ModelConfig) -> np.ndarray:
     """One uint8 HxWx3 image -> float32 3xHxW normalised as the model expects."""
     from PIL import Image
@@ -19,18 +31,26 @@ def preprocess_image(image: np.ndarray, cfg: ModelConfig) -> np.ndarray:
         "bilinear": Image.Resampling.BILINEAR,
         "bicubic": Image.Resampling.BICUBIC,
     }[cfg.interpolation]
-    out_h, out_w = cfg.image_size
-    scale_h, scale_w = math.floor(out_h / cfg.crop_pct), math.floor(out_w / cfg.crop_pct)
     img = Image.fromarray(image)
-    # Resize the shorter side to the pre-crop size (timm's eval transform), then centre crop.
-    ratio = max(scale_h / img.height, scale_w / img.width)
-    new_w, new_h = max(out_w, round(img.width * ratio)), max(out_h, round(img.height * ratio))
-    img = img.resize((new_w, new_h), resample)
-    left, top = (new_w - out_w) // 2, (new_h - out_h) // 2
-    img = img.crop((left, top, left + out_w, top + out_h))
+    size, box = _geometry(img.size, cfg)
+    img = img.resize(size, resample).crop(box)
     pixels = np.asarray(img, dtype=np.float32) / np.float32(255.0)
     normed = (pixels - np.asarray(cfg.mean, dtype=np.float32)) / np.asarray(cfg.std, dtype=np.float32)
     return np.ascontiguousarray(normed.transpose(2, 0, 1), dtype=np.float32)
+
+
+def preprocess_target(target: np.ndarray, cfg: ModelConfig) -> np.ndarray:
+    """A ground-truth map (H x W mask or depth) brought to the model's input geometry: the same
+    resize and crop as its image, nearest-neighbour so classes and depths are never blended."""
+    from PIL import Image
+
+    is_mask = target.dtype == np.uint8
+    img = Image.fromarray(target if is_mask else target.astype(np.float32), mode="L" if is_mask else "F")
+    size, box = _geometry(img.size, cfg)
+    if size != img.size:
+        img = img.resize(size, Image.Resampling.NEAREST)
+    out = np.asarray(img.crop(box))
+    return out.astype(np.int64) if is_mask else out.astype(np.float32)
 
 
 def preprocess(data: RawDataset, cfg: ModelConfig) -> np.ndarray:
