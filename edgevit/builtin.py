@@ -85,7 +85,9 @@ def resolve_builtin(
             log(f"training builtin:{name} once (cached in {out})")
             # on the CPU in fp32 wherever it runs: the same builtin weights on every machine
             result = train(BUILTINS[name], out, progress=progress, compute=resolve("cpu"))
-            summary = {k: result[k] for k in ("val_top1", "test_top1", "seconds_this_run")}
+            summary = {
+                k: v for k, v in result.items() if k.startswith(("val_", "test_")) or k == "seconds_this_run"
+            }
             log(f"trained builtin:{name}: {json.dumps(summary)}")
     return out
 

@@ -240,18 +240,29 @@ def _main_process() -> bool:
     return distributed.init().main
 
 
+# what ``edgevit train --task`` trains when --data / --model / --head are not given
+TASK_DEFAULTS: dict[str, dict[str, str]] = {
+    "segmentation": {"data": "shapes-seg", "model": "vit_plus_tiny_patch4_32", "head": "mlp"},
+    "depth": {"data": "shapes-depth", "model": "vit_plus_tiny_patch4_32", "head": "dpt"},
+}
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from edgevit.compute import resolve
     from edgevit.train import TrainConfig, train
 
+    dense = TASK_DEFAULTS.get(args.task, {})
+    if args.head and not dense:
+        raise EdgeVitError("--head is for dense tasks", "add --task segmentation or --task depth")
     fields = _given(
-        model=args.model,
-        data=args.data,
+        model=args.model or dense.get("model"),
+        data=args.data or dense.get("data"),
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
         seed=args.seed,
         init_checkpoint=args.init,
+        model_kwargs={"task": args.task, "dense_head": args.head or dense["head"]} if dense else None,
     )
     try:
         cfg = TrainConfig(**fields)
@@ -264,13 +275,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = train(cfg, Path(args.output), progress=not args.quiet, compute=compute)
     if not _main_process():
         return 0
-    summary = {k: result[k] for k in ("val_top1", "test_top1", "seconds_this_run")}
+    summary = {k: v for k, v in result.items() if k.startswith(("val_", "test_")) or k == "seconds_this_run"}
+    scores = ", ".join(
+        f"{k.replace('_', ' ')} {'n/a' if v is None else round(v, 4 if abs(v) < 1 else 2)}"
+        for k, v in summary.items()
+        if k != "seconds_this_run"
+    )
     print(
         json.dumps({"output": args.output, **summary})
         if args.json
-        else f"trained {cfg.model} on {cfg.data}: val top-1 {summary['val_top1']:.2f}%, test top-1 "
-        f"{summary['test_top1'] if summary['test_top1'] is None else round(summary['test_top1'], 2)}% "
-        f"-> {args.output}"
+        else f"trained {cfg.model} ({args.task}) on {cfg.data}: {scores} -> {args.output}"
     )
     return 0
 
@@ -531,7 +545,19 @@ def parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train or fine-tune a model; writes model.safetensors + config.json")
     t.add_argument("--model", help="ViT-Plus or timm model name (default vit_plus_tiny_patch8_32)")
-    t.add_argument("--data", help="'digits' or an ImageFolder directory (default digits)")
+    t.add_argument(
+        "--task",
+        choices=("classification", *TASK_DEFAULTS),
+        default="classification",
+        help="what the model predicts (dense tasks: a dense head on ViT-Plus, default data shapes-seg / shapes-depth)",
+    )
+    t.add_argument(
+        "--head", choices=("linear", "mlp", "dpt"), help="dense head (default: mlp, dpt for depth)"
+    )
+    t.add_argument(
+        "--data",
+        help="'digits', 'shapes', 'shapes-seg', 'shapes-depth', an ImageFolder or a dense folder (default digits)",
+    )
     t.add_argument("--init", help="checkpoint to fine-tune from (classifier resized to the data's classes)")
     t.add_argument("--epochs", type=int)
     t.add_argument("--batch-size", type=int)

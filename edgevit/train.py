@@ -64,6 +64,25 @@ def _shift(x: torch.Tensor, offsets: torch.Tensor, pixels: int) -> torch.Tensor:
     )
 
 
+def evaluate(model: nn.Module, data: Images, task: str, batch: int = 256) -> dict[str, float]:
+    """The task's headline scores of ``model`` on ``data`` against its ground truth (top-1 for
+    classification; mIoU and pixel accuracy; AbsRel, δ1 and RMSE), batch by batch."""
+    if task == "classification":
+        return {"top1": evaluate_top1(model, data, batch)}
+    from edgevit.tasks import TASKS
+
+    spec = TASKS.get(task)
+    scorer = spec.scorer()
+    model.eval()
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        for xb, yb in data.in_order(batch):
+            out = model(xb.to(device)).float().cpu().numpy()
+            scorer.add(out, yb.numpy(), out)
+    scores = scorer.result()
+    return {k: float(scores[k]) for k in spec.headline}
+
+
 def evaluate_top1(model: nn.Module, data: Images, batch: int = 256) -> float:
     """Top-1 accuracy in percent of ``model`` on ``data`` (on the model's device)."""
     model.eval()
@@ -76,7 +95,7 @@ def evaluate_top1(model: nn.Module, data: Images, batch: int = 256) -> float:
 
 
 def _build(cfg: TrainConfig, class_names: list[str]) -> tuple[nn.Module, ModelConfig]:
-    n = len(class_names)
+    n = len(class_names) or 1  # a depth model has one output channel and no classes
     if cfg.init_checkpoint:
         loaded = load(cfg.model, cfg.init_checkpoint, **cfg.model_kwargs)
         model = loaded.model
@@ -213,9 +232,10 @@ def fit(
         for batch, part, (xb, yb) in zip(global_batches, parts, data.batches(mine), strict=True):
             if optim.shift_pixels:  # drawn for the whole global batch: the same in every world size
                 offsets = torch.randint(0, 2 * optim.shift_pixels + 1, (len(batch), 2), generator=gen)
-                xb = _shift(
-                    xb, offsets[world.rank :: world.size] if part else offsets[:1], optim.shift_pixels
-                )
+                mine_offsets = offsets[world.rank :: world.size] if part else offsets[:1]
+                xb = _shift(xb, mine_offsets, optim.shift_pixels)
+                if yb.ndim == 3:  # a dense task's maps move with their images
+                    yb = _shift(yb[:, None].double(), mine_offsets, optim.shift_pixels)[:, 0].to(yb.dtype)
             xb = xb.to(compute.device, non_blocking=True)
             yb = yb.to(compute.device, non_blocking=True)
             # DDP averages the processes' gradients. Weighting each process's mean loss by its share
@@ -294,17 +314,26 @@ def train(
     distributed.init(compute.distributed_backend)
     ensure_dir(out_dir, "output directory")
     torch.manual_seed(cfg.seed)  # the model's initial weights
-    train_src = open_data(DataSpec(source=cfg.data, split="train"))
+    task = str(cfg.model_kwargs.get("task", "classification"))
+    train_src = open_data(DataSpec(source=cfg.data, split="train"), task=task)
+    if train_src.task != task:
+        raise EdgeVitError(
+            f"training data {cfg.data} is for {train_src.task}, the model for {task}",
+            "pick data with that task's ground truth (shapes-seg, shapes-depth, a dense folder) or another task",
+        )
     model, mcfg = _build(cfg, train_src.class_names)
     model.to(compute.device)
     images = Images(train_src, mcfg, pin_memory=compute.cuda)
-    val = Images(open_data(DataSpec(source=cfg.data, split="val"), train_src.class_names), mcfg)
+    val = Images(open_data(DataSpec(source=cfg.data, split="val"), train_src.class_names, task=task), mcfg)
     optim = Optim(
         cfg.epochs, cfg.batch_size, cfg.lr, cfg.weight_decay, cfg.warmup_epochs, cfg.shift_pixels, cfg.seed
     )
+    from edgevit.tasks import TASKS
+
+    objective = TASKS.get(task)
 
     def loss_fn(net: nn.Module, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(net(xb), yb, label_smoothing=cfg.label_smoothing)
+        return objective.loss(net(xb), yb, label_smoothing=cfg.label_smoothing)
 
     t0 = time.perf_counter()
     fitted = fit(
@@ -316,21 +345,26 @@ def train(
         cfg.model_dump_json(),
         f"train {cfg.model}",
         progress,
-        lambda m: {"val_top1": evaluate_top1(m, val)},
+        lambda m: {f"val_{k}": v for k, v in evaluate(m, val, task).items()},
         compute=compute,
     )
+    last = fitted.history[-1] if fitted.history else {}
     result: dict[str, Any] = {
         "config": cfg.model_dump(mode="json"),
         "history": fitted.history,
-        "val_top1": fitted.history[-1]["val_top1"] if fitted.history else None,
+        **{f"val_{k}": last.get(f"val_{k}") for k in objective.headline},
         "seconds_this_run": round(time.perf_counter() - t0, 1),
         **fitted.stats,
     }
     try:
-        test = Images(open_data(DataSpec(source=cfg.data, split="test"), train_src.class_names), mcfg)
-        result["test_top1"] = evaluate_top1(model, test)
+        test = Images(
+            open_data(DataSpec(source=cfg.data, split="test"), train_src.class_names, task=task), mcfg
+        )
+        result.update({f"test_{k}": v for k, v in evaluate(model, test, task).items()})
     except EdgeVitError:
-        result["test_top1"] = None  # a folder source may have no test split
+        result.update(
+            {f"test_{k}": None for k in objective.headline}
+        )  # a folder source may have no test split
     return finish(model, mcfg, out_dir, LOG_FILE, result)
 
 

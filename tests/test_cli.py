@@ -190,3 +190,31 @@ def test_qat_command_trains_against_a_backends_grid(tmp_path, tiny_checkpoint, c
         p.name for p in out.iterdir()
     }
     assert not (out / "train_state.pt").exists()  # finished: no resume state left
+
+
+def test_train_task_depth_on_a_dense_folder(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from edgevit.cli import main
+    from edgevit.data.scenes import write_dense_folder
+
+    write_dense_folder(tmp_path / "scenes", 20)
+    out = tmp_path / "depth"
+    args = [
+        "train",
+        "--task",
+        "depth",
+        "--head",
+        "linear",
+        "--data",
+        str(tmp_path / "scenes"),
+        "--epochs",
+        "1",
+    ]
+    code = main([*args, "--batch-size", "8", "-o", str(out), "--quiet"])
+    printed = capsys.readouterr().out
+    assert code == 0 and "(depth)" in printed and "val delta1" in printed and "test absrel" in printed
+    assert json.loads((out / "config.json").read_text())["model_kwargs"] == {
+        "task": "depth",
+        "dense_head": "linear",
+    }
+    line = _one_line_exit_2(capsys, "train", "--head", "mlp", "-o", str(tmp_path / "x"))
+    assert "--head is for dense tasks" in line

@@ -96,3 +96,44 @@ def test_mixed_precision_training_steps(tmp_path: Path, precision: str) -> None:
     assert result["precision"] == precision and all(math.isfinite(h["loss"]) for h in result["history"])
     loaded = load(checkpoint=tmp_path / "out")
     assert all(p.dtype == torch.float32 for p in loaded.model.parameters())
+
+
+def test_shifting_moves_a_dense_map_with_its_image() -> None:
+    import torch
+
+    from edgevit.train import _shift
+
+    mask = torch.randint(0, 6, (3, 8, 8))
+    offsets = torch.tensor([[0, 4], [2, 2], [4, 1]])
+    image = _shift(mask[:, None].double().expand(-1, 3, -1, -1), offsets, 2)
+    moved = _shift(mask[:, None].double(), offsets, 2)[:, 0].long()
+    assert torch.equal(image[:, 0].long(), moved)
+
+
+@pytest.mark.parametrize(
+    ("task", "head", "score"), [("segmentation", "linear", "miou"), ("depth", "linear", "delta1")]
+)
+def test_dense_training_on_a_dense_folder(tmp_path: Path, task: str, head: str, score: str) -> None:
+    from edgevit.data.scenes import write_dense_folder
+
+    write_dense_folder(tmp_path / "scenes", 30)
+    cfg = TrainConfig(
+        model="vit_plus_tiny_patch4_32",
+        data=str(tmp_path / "scenes"),
+        model_kwargs={"depth": 1, "task": task, "dense_head": head},
+        epochs=2,
+        batch_size=8,
+        warmup_epochs=0,
+    )
+    result = train(cfg, tmp_path / "out", progress=False)
+    assert result["history"][-1]["loss"] < result["history"][0]["loss"] * 1.5
+    assert 0 <= result[f"val_{score}"] <= 100 and f"test_{score}" in result
+    loaded = load(checkpoint=tmp_path / "out")
+    assert loaded.config.task == task
+
+
+def test_classification_data_for_a_dense_model_is_refused(tmp_path: Path) -> None:
+    data = write_image_folder(tmp_path / "imgs", {"dark": 4, "light": 4})
+    cfg = TrainConfig(data=str(data), model_kwargs={"depth": 1, "task": "depth"}, epochs=1)
+    with pytest.raises(EdgeVitError, match="is for classification, the model for depth"):
+        train(cfg, tmp_path / "out", progress=False)

@@ -1,4 +1,5 @@
-"""Models: the ViT-Plus family (registered in timm when this package is imported, before any\nsubmodule is used) and checkpoint loading."""
+"""Models: the ViT-Plus family (registered in timm when this package is imported, before any
+submodule is used) and checkpoint loading."""
 
 from edgevit.models.config import ModelConfig
 from edgevit.models.load import LoadedModel, create, load, save

@@ -31,6 +31,11 @@ class ModelConfig(BaseModel):
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
 
     @property
+    def task(self) -> str:
+        """What the model predicts: classification, segmentation or depth (a ViT-Plus ``task``)."""
+        return str(self.model_kwargs.get("task", "classification"))
+
+    @property
     def image_size(self) -> tuple[int, int]:
         """(height, width) of the model input."""
         return self.input_size[1], self.input_size[2]

@@ -51,6 +51,7 @@ class Task(ABC):
     """A task (classification, segmentation, depth): everything the pipeline asks of one."""
 
     name: ClassVar[str]
+    headline: ClassVar[tuple[str, ...]]  # the scores against ground truth that training logs
     metrics: ClassVar[tuple[Metric, ...]]
     gates: ClassVar[tuple[GateSpec, ...]]
 

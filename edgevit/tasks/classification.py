@@ -34,6 +34,7 @@ class Classification(Task):
     """Top-1 and, against the float model, top-1 agreement, logit cosine and SQNR."""
 
     name = "classification"
+    headline = ("top1",)
     metrics = (
         Metric("top1", "top-1", "%"),
         Metric("top1_drop", "top-1 drop", "points", "lower"),

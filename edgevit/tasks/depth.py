@@ -92,6 +92,7 @@ class Depth(Task):
     """Per-pixel depth."""
 
     name = "depth"
+    headline = ("absrel", "delta1", "rmse")
     metrics = (
         Metric("absrel", "AbsRel", "", "lower"),
         Metric("delta1", "δ1"),

@@ -91,6 +91,7 @@ class Segmentation(Task):
     """Per-pixel classes."""
 
     name = "segmentation"
+    headline = ("miou", "pixel_accuracy")
     metrics = (
         Metric("miou", "mIoU", "%"),
         Metric("miou_drop", "mIoU drop", "points", "lower"),
