@@ -7,7 +7,7 @@ import json
 import platform
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from edgevit.data.source import verified_sha256
 from edgevit.data.stream import Images
 from edgevit.data.transforms import preprocess
 from edgevit.devices import resolve_device
-from edgevit.errors import EdgeVitError, NotCheckable
+from edgevit.errors import EdgeVitError, NotCheckable, RecipeError
 from edgevit.fileio import atomic_write_json, atomic_write_text, sha256_bytes
 from edgevit.hostinfo import host_facts
 from edgevit.models.config import ModelConfig
@@ -44,6 +44,7 @@ from edgevit.stages.prune import run_prune
 from edgevit.stages.qat import LOG_FILE as QAT_LOG
 from edgevit.stages.qat import QatConfig, run_qat
 from edgevit.targets import TARGETS, LowerRequest
+from edgevit.tasks import TASKS, Task
 from edgevit.workspace import DEFAULT_WAIT_S, LOWERED_BUNDLE, StepResult, Workspace
 
 Log = Callable[[str], None]
@@ -87,6 +88,22 @@ def _load_reference(recipe: Recipe, log: Log, progress: bool) -> LoadedModel:
         checkpoint = path if path.is_absolute() else recipe.base_dir / path
     torch.manual_seed(0)  # a name-only model gets the same random weights every run
     return load(spec.name, checkpoint, num_classes=spec.num_classes)
+
+
+def _check_dense_recipe(recipe: Recipe, task: str) -> None:
+    """Raise for what a dense task's build does not do yet: compression stages, qat, the budget."""
+    stages = [s.stage for s in recipe.stages if s.stage != "quantize"]
+    q = recipe.quantize()
+    if stages:
+        raise RecipeError(
+            f"stages {', '.join(stages)} are classification-only so far, and the model is a {task} model",
+            "remove them: a dense model is built from its trained checkpoint (prune/distill/qat come later)",
+        )
+    if q is not None and q.accuracy_budget is not None:
+        raise RecipeError(
+            f"quantize.accuracy_budget is classification-only so far, and the model is a {task} model",
+            "remove accuracy_budget; keep layers float with quantize.float_layers",
+        )
 
 
 def _stage_details(step: StepResult) -> dict[str, Any]:
@@ -153,6 +170,7 @@ class Build:
         self._agent_bundle: Path | None = None  # the evaluation bundle the profiling agent scores against
         self._calibration_file: Path | None = None  # the quantize stage's preprocessed calibration images
         self._hashes: dict[tuple[str, tuple[str, ...]], str] = {}  # see _data_sha256
+        self.task: Task = TASKS.get("classification")  # the reference model's (set by run)
 
     def _data_sha256(self, source: ImageSource, spec: DataSpec) -> str:
         """``source``'s sha256, checked against ``spec``'s: read once per build, however many steps
@@ -168,6 +186,10 @@ class Build:
         started = time.time()
         ref = _load_reference(r, self.log, self.progress)
         cfg = ref.config
+        self.task = task = TASKS.get(cfg.task)
+        dense = task.name != "classification"
+        if dense:
+            _check_dense_recipe(r, task.name)
         self.log(
             f"model {cfg.architecture} ({sum(p.numel() for p in ref.model.parameters()) / 1e6:.2f}M params)"
         )
@@ -178,20 +200,30 @@ class Build:
         )
         weights_sha = ref_step.outputs["model.safetensors"]
 
-        eval_src = open_data(r.data.evaluation, cfg.class_names, r.base_dir)  # read, never held whole
+        eval_src = open_data(
+            r.data.evaluation, cfg.class_names, r.base_dir, cfg.task
+        )  # read, never held whole
+        if eval_src.task != task.name:
+            raise EdgeVitError(
+                f"evaluation data {eval_src.description} is for {eval_src.task}, the model for {task.name}",
+                "point data.evaluation at data with that task's ground truth",
+            )
         if len(eval_src) == 0:
             raise EdgeVitError(f"evaluation data {eval_src.description} is empty", "check data.evaluation")
         batch = r.check.eval_batch
 
         def make_eval(d: Path) -> None:
             images = Images(eval_src, cfg)
-            write_bundle(
-                d / "bundle.npz",
-                len(images),
-                cfg.input_size,
-                ((x.numpy(), logits_of(ref.model, x.numpy(), batch)) for x, _ in images.in_order(batch)),
-                eval_src.labels,
-            )
+            maps: list[np.ndarray] = []  # a dense task's ground truth, gathered as the images stream by
+
+            def batches() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+                for x, y in images.in_order(batch):
+                    if dense:
+                        maps.append(y.numpy())
+                    yield x.numpy(), logits_of(ref.model, x.numpy(), batch)
+
+            truth = (lambda: np.concatenate(maps)) if dense else eval_src.labels
+            write_bundle(d / "bundle.npz", len(images), cfg.input_size, batches(), truth)
 
         eval_step = self.ws.step(
             "eval",
@@ -206,8 +238,13 @@ class Build:
         )
         # the inputs are read a batch at a time from the bundle: a few thousand 224-px images are gigabytes
         x_eval, labels, ref_logits = open_bundle(eval_step.path("bundle.npz"))
-        ref_top1 = accuracy.top1(ref_logits, labels)
-        self.log(f"float reference top-1 {ref_top1:.2f}% on {len(labels)} images ({eval_src.description})")
+        ref_top1 = accuracy.top1(ref_logits, labels) if not dense else 0.0
+        ref_scores = {
+            k: v for k, v in task.score(ref_logits, labels, ref_logits).items() if k in task.headline
+        }
+        self.log(
+            f"float reference {task.summary(ref_scores)} on {len(labels)} images ({eval_src.description})"
+        )
         ref_size = self._size_record(ref.model, cfg, ref_step.path("model.safetensors"))
 
         model, weights_sha, stage_records = ref.model, weights_sha, []
@@ -237,7 +274,9 @@ class Build:
             )
 
         self._agent_bundle = (
-            self._lowered_bundle(x_eval, labels, src_logits, eval_step.outputs["bundle.npz"])
+            None  # the profiling agent scores classification only: a dense target's device run is timed
+            if dense
+            else self._lowered_bundle(x_eval, labels, src_logits, eval_step.outputs["bundle.npz"])
             if stage_records
             else eval_step.path("bundle.npz")
         )
@@ -308,18 +347,19 @@ class Build:
 
         gate_results = gates.evaluate_stages(stage_records, r.gates)
         for entry, spec in zip(results, r.targets, strict=True):
-            gate_results += gates.evaluate(entry, spec.gates or r.gates)
+            gate_results += gates.evaluate(entry, spec.gates or r.gates, task)
         doc: dict[str, Any] = {
             "format_version": 1,
             "recipe": r.name,
             "description": r.description,
+            **({"task": task.name} if dense else {}),
             "created_unix": round(started),
             "duration_s": round(time.time() - started, 2),
             "reference": {
                 "model": cfg.architecture,
                 "checkpoint": str(ref.checkpoint) if ref.checkpoint else None,
                 "sha256": weights_sha,
-                "top1": round(ref_top1, 4),
+                **({"scores": ref_scores} if dense else {"top1": round(ref_top1, 4)}),
                 "samples": len(labels),
                 "evaluation": eval_src.description,
                 "where": "host",
@@ -555,6 +595,20 @@ class Build:
         except Exception as exc:  # a backend crashed: report it on this target, keep building the rest
             self.log(f"{spec.name}: failed ({type(exc).__name__}: {exc})")
             return {**entry, "status": "failed", "reason": f"{type(exc).__name__}: {str(exc)[:500]}"}
+        if self.task.name != "classification":
+            return self._dense_entry(
+                entry,
+                spec,
+                logits,
+                labels,
+                src_logits,
+                lat,
+                on_device,
+                simulated,
+                findings,
+                built,
+                step.reused,
+            )
         acc = accuracy.compare(logits, labels, src_logits)
         latency_ms = None if lat is None else lat.to_dict()
         measured = on_device is not None and bool(on_device.get("ok"))
@@ -627,6 +681,53 @@ class Build:
             **findings,
             **built,
         }
+
+    def _dense_entry(
+        self,
+        entry: dict[str, Any],
+        spec: TargetSpec,
+        outputs: np.ndarray,
+        truth: np.ndarray,
+        reference: np.ndarray,
+        lat: Any,
+        on_device: dict[str, Any] | None,
+        simulated: str | None,
+        findings: dict[str, Any],
+        built: dict[str, Any],
+        reused: bool,
+    ) -> dict[str, Any]:
+        """A dense task's target entry: its outputs (NHWC from a backend normalised to NCHW) scored
+        against the maps and the float model's outputs."""
+        outputs = self.task.normalise(outputs, reference.shape)
+        scores = self.task.score(outputs, truth, reference)
+        latency_ms = None if lat is None else lat.to_dict()
+        device = resolve_device(spec.device)
+        if on_device is not None and on_device.get("ok"):
+            entry["where"] = on_device["where"]
+            latency_ms = on_device["latency_ms"]
+            findings["device_profile"] = {
+                k: on_device.get(k) for k in ("runtime", "versions", "device", "session") if k in on_device
+            }
+            entry["reason"] = (
+                f"latency measured on device {device.name}; the {self.task.name} scores were checked on this host "
+                "with the same artifact (the agent scores classification only)"
+            )
+        elif simulated:
+            entry["where"] = f"simulated:{simulated}"
+            entry["reason"] = (
+                f"latency not measured: no {spec.backend} runtime on this host; scores are from the "
+                f"{simulated} simulation of the same artifact"
+            )
+        elif device.transport != "local":
+            entry["reason"] = (
+                f"latency not measured: device {device.name} was not profiled; the scores were checked on "
+                "this host with the same artifact"
+            )
+        timing = "latency not measured" if latency_ms is None else f"p50 {latency_ms['p50']:.3f} ms"
+        self.log(
+            f"{spec.name}: {self.task.summary(scores)}, {timing}{' (artifact reused)' if reused else ''}"
+        )
+        return {**entry, "accuracy": scores, "latency_ms": latency_ms, **findings, **built}
 
     def _on_device(self, spec: TargetSpec, artifact: Path, threads: int) -> dict[str, Any] | None:
         """Profile ``artifact`` on the target's SSH device with the agent (None: not an agent artifact).

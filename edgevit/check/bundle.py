@@ -9,7 +9,7 @@ inputs a slice at a time: neither writing nor reading holds the set in memory.
 from __future__ import annotations
 
 import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +26,11 @@ def write_bundle(
     count: int,
     item_shape: Sequence[int],
     batches: Iterable[tuple[np.ndarray, np.ndarray]],
-    labels: np.ndarray,
+    labels: np.ndarray | Callable[[], np.ndarray],
 ) -> None:
-    """Write ``count`` inputs of ``item_shape`` from ``batches`` of (inputs, reference logits),
-    then ``labels`` and the gathered logits, into the .npz at ``path``."""
+    """Write ``count`` inputs of ``item_shape`` from ``batches`` of (inputs, reference outputs),
+    then ``labels`` (or what ``labels()`` gives once the batches are written: a dense task's maps,
+    gathered as they stream by) and the gathered outputs, into the .npz at ``path``."""
     logits: list[np.ndarray] = []
     written = 0
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
@@ -42,6 +43,7 @@ def write_bundle(
                 logits.append(np.asarray(y, dtype=np.float32))
         if written != count:
             raise ValueError(f"bundle {path}: {written} inputs written, {count} announced")
-        for name, array in (("labels", np.asarray(labels)), ("reference_logits", np.concatenate(logits))):
+        truth = labels() if callable(labels) else labels
+        for name, array in (("labels", np.asarray(truth)), ("reference_logits", np.concatenate(logits))):
             with zf.open(f"{name}.npy", "w", force_zip64=True) as fh:
                 np.lib.format.write_array(fh, array)

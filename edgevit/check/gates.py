@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from edgevit.recipe.schema import Gates
+from edgevit.tasks import Task
 
 # gate name -> (where the value lives in a target's result, "max" or "min")
 _GATES: dict[str, tuple[tuple[str, str], str]] = {
@@ -45,10 +46,19 @@ def evaluate_stages(stages: list[dict[str, Any]], gates: Gates) -> list[GateResu
     ]
 
 
-def evaluate(target: dict[str, Any], gates: Gates) -> list[GateResult]:
-    """Apply ``gates`` to one target's result dict (as written in report.json)."""
+def _table(task: Task | None) -> dict[str, tuple[tuple[str, str], str]]:
+    """The gates that apply to a task's targets: its own and the latency gates."""
+    if task is None:
+        return _GATES
+    latency = {k: v for k, v in _GATES.items() if v[0][0] == "latency_ms"}
+    return {**{g.name: (("accuracy", g.key), g.kind) for g in task.gates}, **latency}
+
+
+def evaluate(target: dict[str, Any], gates: Gates, task: Task | None = None) -> list[GateResult]:
+    """Apply ``gates`` to one target's result dict (as written in report.json); with ``task``, only
+    the task's own gates and the latency gates (a segmentation target has no top-1 to limit)."""
     results = []
-    for name, ((section, key), kind) in _GATES.items():
+    for name, ((section, key), kind) in _table(task).items():
         limit = getattr(gates, name)
         if limit is None:
             continue

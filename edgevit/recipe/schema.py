@@ -204,6 +204,28 @@ class Gates(Strict):
     )
     min_agreement: float | None = Field(default=None, ge=0, le=1)
     min_cosine: float | None = Field(default=None, ge=-1, le=1)
+    max_miou_drop: float | None = Field(
+        default=1.0,
+        ge=0,
+        description="segmentation: mIoU points an artifact may lose against its float model",
+    )
+    min_pixel_agreement: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="segmentation: fraction of pixels whose class matches the float model's",
+    )
+    max_depth_absrel_increase: float | None = Field(
+        default=0.01,
+        ge=0,
+        description="depth: AbsRel (vs ground truth) an artifact may add to its float model's",
+    )
+    max_depth_absrel_vs_float: float | None = Field(
+        default=None, ge=0, description="depth: mean relative difference from the float model's depth"
+    )
+    min_depth_pearson: float | None = Field(
+        default=None, ge=-1, le=1, description="depth: Pearson correlation with the float model's depth"
+    )
     max_latency_p50_ms: float | None = Field(default=None, gt=0)
     max_latency_p90_ms: float | None = Field(default=None, gt=0)
     fail_on_skipped: bool = False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,10 +37,52 @@ TARGET_COLUMNS = (
 GATE_COLUMNS = ("target", "gate", "limit", "value", "result")
 
 
-def target_cells(t: dict[str, Any]) -> list[str]:
+def _dense_task(doc: dict[str, Any]) -> Any:
+    """The report's dense task (None for classification, whose table is the one above)."""
+    name = doc.get("task", "classification")
+    if name == "classification":
+        return None
+    from edgevit.tasks import TASKS
+
+    return TASKS.get(name)
+
+
+def target_columns(doc: dict[str, Any]) -> tuple[str, ...]:
+    """The targets table's header: the task's metrics between the target and its latency."""
+    task = _dense_task(doc)
+    if task is None:
+        return TARGET_COLUMNS
+    metrics = tuple(
+        f"{m.header}{ {'points': ' (pts)', '': ''}.get(m.unit, ' ' + m.unit) }" for m in task.metrics
+    )
+    return (*TARGET_COLUMNS[:5], *metrics, *TARGET_COLUMNS[-4:])
+
+
+def reference_text(doc: dict[str, Any], bold: Callable[[str], str]) -> str:
+    """The float reference's scores, e.g. ``top-1 **64.40%**`` (``bold`` marks the numbers up)."""
+    ref, task = doc["reference"], _dense_task(doc)
+    if task is None:
+        return f"top-1 {bold(format(ref['top1'], '.2f') + '%')}"
+    scores = ref.get("scores") or {}
+    return f"{task.name}: " + ", ".join(
+        f"{m.header} {bold(format(scores[m.key], '.4g') + ('%' if m.unit == '%' else ''))}"
+        for m in task.metrics
+        if m.key in scores
+    )
+
+
+def target_cells(t: dict[str, Any], doc: dict[str, Any] | None = None) -> list[str]:
     """One target's row of the targets table (report.md and report.html), as text."""
     acc, lat = t.get("accuracy") or {}, t.get("latency_ms") or {}
     size = t.get("size_bytes")
+    task = _dense_task(doc or {})
+    if task is not None:
+        return [
+            t["name"], t["backend"], t["precision"], t["status"], str(t.get("where")),
+            *[fmt(acc.get(m.key), "+.2f" if m.unit == "points" else ".4g") for m in task.metrics],
+            fmt(lat.get("p50"), ".3f"), fmt(lat.get("p90"), ".3f"), fmt(lat.get("p99"), ".3f"),
+            "—" if size is None else f"{size / 1e6:.2f} MB",
+        ]  # fmt: skip
     return [
         t["name"], t["backend"], t["precision"], t["status"], str(t.get("where")),
         fmt(acc.get("top1"), ".2f"), fmt(acc.get("top1_drop"), "+.2f"), fmt(acc.get("agreement"), ".4f"),
@@ -174,13 +217,13 @@ def render_markdown(doc: dict[str, Any]) -> str:
         "",
         doc.get("description") or "",
         "",
-        f"Float reference **{ref['model']}**: top-1 **{ref['top1']:.2f}%** on {ref['samples']} images "
-        f"({ref['evaluation']}), measured on the host with PyTorch.",
+        f"Float reference **{ref['model']}**: {reference_text(doc, lambda x: f'**{x}**')} on {ref['samples']} "
+        f"images ({ref['evaluation']}), measured on the host with PyTorch.",
         *_stage_lines(doc),
         "",
-        _md_row(TARGET_COLUMNS),
-        _md_row(["---"] * len(TARGET_COLUMNS)),
-        *[_md_row(target_cells(t)) for t in doc["targets"]],
+        _md_row(target_columns(doc)),
+        _md_row(["---"] * len(target_columns(doc))),
+        *[_md_row(target_cells(t, doc)) for t in doc["targets"]],
     ]
     notes = [f"- **{t['name']}** {t['status']}: {t['reason']}" for t in doc["targets"] if t.get("reason")]
     if notes:

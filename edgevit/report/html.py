@@ -12,7 +12,7 @@ import html
 import io
 from typing import Any
 
-from edgevit.report.document import GATE_COLUMNS, TARGET_COLUMNS, gate_cells, target_cells
+from edgevit.report.document import GATE_COLUMNS, gate_cells, reference_text, target_cells, target_columns
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;color:#1b1b1b}
@@ -43,16 +43,26 @@ def _pyplot() -> Any:
     return plt
 
 
-def accuracy_latency_plot(targets: list[dict[str, Any]]) -> str | None:
-    """Top-1 drop and logit SQNR against p50 latency, one point per measured target (None if none)."""
+# the accuracy-lost axis of the accuracy/latency plot, by task
+_LOSS_AXIS = {
+    "classification": ("top1_drop", "top-1 drop (points)"),
+    "segmentation": ("miou_drop", "mIoU drop (points)"),
+    "depth": ("absrel_increase", "AbsRel increase"),
+}
+
+
+def accuracy_latency_plot(targets: list[dict[str, Any]], task: str = "classification") -> str | None:
+    """Accuracy lost (top-1 drop; mIoU drop; AbsRel increase) and output SQNR against p50
+    latency, one point per measured target (None if none)."""
     points = [t for t in targets if (t.get("latency_ms") or {}).get("p50") and t.get("accuracy")]
     if not points:
         return None
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    loss_key, loss_label = _LOSS_AXIS[task]
     for ax, key, label in (
-        (axes[0], "top1_drop", "top-1 drop (points)"),
-        (axes[1], "sqnr_db", "logit SQNR (dB)"),
+        (axes[0], loss_key, loss_label),
+        (axes[1], "sqnr_db", "logit SQNR (dB)" if task == "classification" else "output SQNR (dB)"),
     ):
         for t in points:
             x, y = t["latency_ms"]["p50"], t["accuracy"][key]
@@ -109,10 +119,11 @@ def render_html(doc: dict[str, Any]) -> str:
         f"<h1>edgevit build: {e(doc['recipe'])} — <span class='{'pass' if doc['passed'] else 'fail'}'>"
         f"{verdict}</span></h1>",
         f"<p>{e(doc.get('description') or '')}</p>",
-        f"<p>Float reference <b>{e(ref['model'])}</b>: top-1 <b>{ref['top1']:.2f}%</b> on {ref['samples']} images "
+        f"<p>Float reference <b>{e(ref['model'])}</b>: {reference_text(doc, lambda x: f'<b>{e(x)}</b>')} on "
+        f"{ref['samples']} images "
         f"({e(ref['evaluation'])}).</p>",
-        "<h2>Targets</h2><table>" + _row(TARGET_COLUMNS, "th"),
-        *[_row(target_cells(t)) for t in doc["targets"]],
+        "<h2>Targets</h2><table>" + _row(target_columns(doc), "th"),
+        *[_row(target_cells(t, doc)) for t in doc["targets"]],
     ]
     parts.append("</table>")
     notes = [
@@ -120,7 +131,7 @@ def render_html(doc: dict[str, Any]) -> str:
     ]
     if notes:
         parts.append(f"<ul class='note'>{''.join(notes)}</ul>")
-    plot = accuracy_latency_plot(doc["targets"])
+    plot = accuracy_latency_plot(doc["targets"], doc.get("task", "classification"))
     parts.append("<h2>Accuracy and latency</h2>")
     if plot:
         parts.append(f"<img alt='accuracy vs latency' src='{plot}'>")

@@ -85,13 +85,14 @@ class Runner(ABC):
         self._close()
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        """Run a float32 N x C x H x W batch; return N x num_classes float32 logits."""
+        """Run a float32 N x C x H x W batch; return its float32 outputs: N x num_classes logits, or
+        a dense task's N x C x H x W maps (as the backend lays them out: the task normalises)."""
         if not self._open:
             raise RuntimeError("open the runner first: `with runner: ...`")
         if batch.dtype != np.float32 or batch.ndim != 4 or tuple(batch.shape[1:]) != self.input_shape:
             raise ValueError(f"expected float32 N x {self.input_shape}, got {batch.dtype} {batch.shape}")
         out = np.asarray(self._infer(np.ascontiguousarray(batch)), dtype=np.float32)
-        if out.ndim != 2 or out.shape[0] != batch.shape[0]:
+        if out.ndim not in (2, 4) or out.shape[0] != batch.shape[0]:
             raise LoweringError(f"{self.artifact} returned shape {out.shape} for batch {batch.shape}")
         return out
 

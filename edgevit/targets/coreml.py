@@ -119,7 +119,10 @@ def predict_batch(model: Any, batch: np.ndarray) -> np.ndarray:
     """Logits of a batch from a batch-1 model's ``predict`` (Core ML's MLModel, or the MIL
     reference evaluator), one call per image."""
     outs = [np.asarray(model.predict({INPUT_NAME: batch[i : i + 1]})[OUTPUT_NAME]) for i in range(len(batch))]
-    return np.concatenate(outs).astype(np.float32).reshape(len(batch), -1)
+    out = np.concatenate(outs).astype(np.float32)
+    if out.ndim > 2 and out.shape[0] == len(batch):  # a dense task's maps keep their layout
+        return out
+    return out.reshape(len(batch), -1)
 
 
 class MilReferenceRunner(Runner):
@@ -414,8 +417,13 @@ class CoremlTarget(Target):
             f"float32 1x{'x'.join(map(str, cfg.input_size))} RGB image, (pixel/255 - mean) / std with "
             f"mean {list(cfg.mean)} and std {list(cfg.std)}"
         )
-        model.output_description[OUTPUT_NAME] = f"float32 1x{cfg.num_classes} logits, in class_names order"
+        h, w = cfg.image_size
+        model.output_description[OUTPUT_NAME] = {
+            "segmentation": f"float32 1x{cfg.num_classes}x{h}x{w} per-pixel logits, channels in class_names order",
+            "depth": f"float32 1x1x{h}x{w} depth in metres",
+        }.get(cfg.task, f"float32 1x{cfg.num_classes} logits, in class_names order")
         meta = model.user_defined_metadata
+        meta["edgevit.task"] = cfg.task
         meta["edgevit.class_names"] = json.dumps(labels)
         meta["edgevit.architecture"] = cfg.architecture
         meta["edgevit.mean"] = json.dumps(list(cfg.mean))

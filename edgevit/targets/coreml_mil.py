@@ -7,7 +7,8 @@ Core ML's own ``predict`` runs only on macOS. On other hosts edgevit loads the p
   constant folding uses);
 - compressed weights (``constexpr_*``: INT8/INT4 affine, palettized LUTs) through their
   ``materialized_val_inference``;
-- ``conv``, ``avg_pool`` and ``quantize``/``dequantize``, which coremltools does not evaluate, and
+- ``conv``, ``avg_pool``, ``upsample_bilinear`` and ``quantize``/``dequantize``, which coremltools
+  does not evaluate, and
   ``linear``, ``matmul`` and ``gelu``, which it evaluates slowly, through edgevit's own NumPy code.
 
 Every value is rounded to its variable's MIL dtype, so an FP16 program rounds to float16 between
@@ -199,6 +200,37 @@ def _matmul(op: Any, f32: F32) -> np.ndarray:
     return np.asarray(np.matmul(x, y))
 
 
+def _bilinear_axis(
+    n_in: int, n_out: int, align: bool, half: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices and weights along one axis, as MIL's upsample_bilinear samples its grid."""
+    o = np.arange(n_out, dtype=np.float64)
+    if align:
+        src = o * ((n_in - 1) / (n_out - 1)) if n_out > 1 else np.zeros(n_out)
+    elif half:
+        spacing = n_in / n_out
+        src = o * spacing + 0.5 * spacing - 0.5
+    else:
+        src = o * n_in / n_out
+    src = np.clip(src, 0, n_in - 1)
+    low = np.floor(src).astype(np.int64)
+    return low, np.minimum(low + 1, n_in - 1), (src - low).astype(np.float32)
+
+
+def _upsample_bilinear(op: Any, f32: F32) -> np.ndarray:
+    x = np.asarray(op.x.val, np.float32)
+    scale_h = 1.0 if op.scale_factor_height is None else float(op.scale_factor_height.val)
+    scale_w = 1.0 if op.scale_factor_width is None else float(op.scale_factor_width.val)
+    align = True if op.align_corners is None else bool(op.align_corners.val)
+    given = getattr(op, "half_pixel_centers", None)  # iOS16+; defaults to not align_corners
+    half = (not align) if given is None else bool(given.val)
+    h, w = x.shape[-2:]
+    lo, hi, wt = _bilinear_axis(h, int(np.floor(h * scale_h)), align, half)
+    x = x[..., lo, :] * (1 - wt)[:, None] + x[..., hi, :] * wt[:, None]
+    lo, hi, wt = _bilinear_axis(w, int(np.floor(w * scale_w)), align, half)
+    return np.asarray(x[..., lo] * (1 - wt) + x[..., hi] * wt)
+
+
 # Ops coremltools cannot evaluate (conv, avg_pool, quantize/dequantize) or evaluates slowly
 # (gelu maps math.erf element by element; linear/matmul convert float16 weights on every call).
 _OWN: dict[str, Callable[[Any, F32], np.ndarray]] = {
@@ -209,6 +241,7 @@ _OWN: dict[str, Callable[[Any, F32], np.ndarray]] = {
     "matmul": _matmul,
     "quantize": _quantize,
     "dequantize": _dequantize,
+    "upsample_bilinear": _upsample_bilinear,
 }
 
 

@@ -87,10 +87,20 @@ class Task(ABC):
     def score(
         self, outputs: np.ndarray, targets: np.ndarray, reference: np.ndarray
     ) -> dict[str, float | int]:
-        """Score one set at once (small sets, tests)."""
+        """Score one set at once, rounded for reports (full precision is not meaningful here)."""
         scorer = self.scorer()
         scorer.add(outputs, targets, reference)
-        return scorer.result()
+        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in scorer.result().items()}
+
+    def summary(self, scores: dict[str, float | int]) -> str:
+        """The scores as a log line's words (every metric, in the task's order)."""
+        parts = []
+        for m in self.metrics:
+            if m.key in scores:
+                value = float(scores[m.key])
+                unit = "%" if m.unit == "%" else (f" {m.unit}" if m.unit and m.unit != "points" else "")
+                parts.append(f"{m.header} {value:{'+.2f' if m.unit == 'points' else '.4g'}}{unit}")
+        return ", ".join(parts)
 
 
 def sqnr_db(signal: float, noise: float) -> float:

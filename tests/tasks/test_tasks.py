@@ -55,7 +55,7 @@ def test_segmentation_batches_sum_to_the_whole() -> None:
     for i in range(0, 6, 4):
         scorer.add(out[i : i + 4], truth[i : i + 4], ref[i : i + 4])
     whole = seg.score(out, truth, ref)
-    assert scorer.result() == pytest.approx(whole)
+    assert scorer.result() == pytest.approx(whole, abs=1e-6)
 
 
 def test_depth_scores_by_hand() -> None:
@@ -63,12 +63,12 @@ def test_depth_scores_by_hand() -> None:
     out = np.array([[[[1.0, 3.0], [4.0, 9.0]]]])
     depth = TASKS.get("depth")
     s = depth.score(out, truth, out)
-    assert s["absrel"] == pytest.approx((0 + 0.5 + 0) / 3)
-    assert s["delta1"] == pytest.approx(2 / 3)  # 3/2 >= 1.25
-    assert s["rmse"] == pytest.approx(np.sqrt(1 / 3))
+    assert s["absrel"] == pytest.approx((0 + 0.5 + 0) / 3, abs=1e-6)
+    assert s["delta1"] == pytest.approx(2 / 3, abs=1e-6)  # 3/2 >= 1.25
+    assert s["rmse"] == pytest.approx(np.sqrt(1 / 3), abs=1e-6)
     assert s["absrel_vs_float"] == 0 and s["pearson"] == pytest.approx(1) and s["absrel_increase"] == 0
     scaled = depth.score(out * 1.1, truth, out)
-    assert scaled["absrel_vs_float"] == pytest.approx(0.1)
+    assert scaled["absrel_vs_float"] == pytest.approx(0.1, abs=1e-6)
     assert scaled["pearson"] == pytest.approx(1)  # a scale keeps the correlation
 
 
@@ -80,7 +80,7 @@ def test_depth_batches_sum_to_the_whole() -> None:
     scorer = depth.scorer()
     for i in range(0, 5, 2):
         scorer.add(out[i : i + 2], truth[i : i + 2], ref[i : i + 2])
-    assert scorer.result() == pytest.approx(depth.score(out, truth, ref))
+    assert scorer.result() == pytest.approx(depth.score(out, truth, ref), abs=1e-6)
 
 
 def test_classification_scores_are_the_agents() -> None:
