@@ -52,9 +52,8 @@ def target_columns(doc: dict[str, Any]) -> tuple[str, ...]:
     task = _dense_task(doc)
     if task is None:
         return TARGET_COLUMNS
-    metrics = tuple(
-        f"{m.header}{ {'points': ' (pts)', '': ''}.get(m.unit, ' ' + m.unit) }" for m in task.metrics
-    )
+    suffix = {"points": " (pts)", "": ""}
+    metrics = tuple(m.header + suffix.get(m.unit, " " + m.unit) for m in task.metrics)
     return (*TARGET_COLUMNS[:5], *metrics, *TARGET_COLUMNS[-4:])
 
 
