@@ -28,6 +28,7 @@ from edgevit.fileio import confined, sha256_file
 from edgevit.models.config import ModelConfig
 from edgevit.recipe.schema import Recipe
 from edgevit.report.document import fmt
+from edgevit.tasks import TASKS
 from edgevit.workspace import DEFAULT_WAIT_S, LOWERED_BUNDLE, lock_build_dir
 
 
@@ -43,6 +44,7 @@ class Validation:
     baseline: str | None = None
     duration_s: float = 0.0
     notes: list[str] = field(default_factory=list)
+    task: str = "classification"
 
     @property
     def passed(self) -> bool:
@@ -53,6 +55,7 @@ class Validation:
         """JSON-ready."""
         return {
             "recipe": self.recipe,
+            **({"task": self.task} if self.task != "classification" else {}),
             "build_dir": str(self.build_dir),
             "passed": self.passed,
             "files_verified": self.files_verified,
@@ -98,6 +101,17 @@ class Validation:
         ET.indent(root)
         return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 
+    def _table_head(self) -> list[str]:
+        if self.task == "classification":
+            return [
+                "| target | backend | precision | checked | top-1 % | drop | agreement | cosine | SQNR dB | p50 ms "
+                "| gates |",
+                "|---|---|---|---|---|---|---|---|---|---|---|",
+            ]
+        metrics = [m.header for m in TASKS.get(self.task).metrics]
+        head = ["target", "backend", "precision", "checked", *metrics, "p50 ms", "gates"]
+        return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
     def markdown(self) -> str:
         """A summary for a pull-request comment."""
         verdict = "passed" if self.passed else "FAILED"
@@ -109,15 +123,23 @@ class Validation:
             + (f"; compared with baseline `{self.baseline}`" if self.baseline else "")
             + ".",
             "",
-            "| target | backend | precision | checked | top-1 % | drop | agreement | cosine | SQNR dB | p50 ms "
-            "| gates |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            *self._table_head(),
         ]
         for t in self.targets:
             a, lat = t.get("accuracy") or {}, t.get("latency_ms") or {}
             own = [g for g in self.gates if g.target == t["name"]]
             mark = "—" if not own else ("✅" if all(g.passed for g in own) else "❌")
             where = t.get("where", "") if t["status"] == "ok" else f"{t['status']}: {t.get('reason')}"
+            if self.task != "classification":
+                cells = [
+                    fmt(a.get(m.key), "+.2f" if m.unit == "points" else ".4g")
+                    for m in TASKS.get(self.task).metrics
+                ]
+                lines.append(
+                    f"| {t['name']} | {t['backend']} | {t['precision']} | {where} | {' | '.join(cells)} | "
+                    f"{fmt(lat.get('p50'), '.3f')} | {mark} |"
+                )
+                continue
             lines.append(
                 f"| {t['name']} | {t['backend']} | {t['precision']} | {where} | {fmt(a.get('top1'), '.2f')} | "
                 f"{fmt(a.get('top1_drop'), '+.2f')} | {fmt(a.get('agreement'), '.4f')} | "
@@ -236,7 +258,11 @@ def recheck(
         return {**entry, "status": "skipped", "reason": f"not re-checked: {exc}"}
     except EdgeVitError as exc:
         return {**entry, "status": "failed", "reason": f"re-check failed: {exc}"}
-    entry["accuracy"] = accuracy.compare(logits, labels, ref).to_dict()
+    if config.task == "classification":
+        entry["accuracy"] = accuracy.compare(logits, labels, ref).to_dict()
+    else:
+        task = TASKS.get(config.task)
+        entry["accuracy"] = task.score(task.normalise(logits, ref.shape), labels, ref)
     entry["rechecked"] = True
     entry["where"] = f"simulated:{simulated}" if simulated else "host"
     if replacement is not None:
@@ -260,26 +286,37 @@ def diagnose(build_dir: Path, t: dict[str, Any], x: np.ndarray) -> dict[str, Any
     return layerwise.summary(confined(build_dir, "export/model.onnx"), artifact, x, t.get("backend"))
 
 
+# what a baseline comparison holds each task to: a score in percent, higher is better
+BASELINE_SCORE = {"classification": ("top1", 1.0), "segmentation": ("miou", 1.0), "depth": ("delta1", 100.0)}
+
+
 def against_baseline(
-    targets: list[dict[str, Any]], baseline: dict[str, Any], tolerance: float, latency_tolerance: float | None
+    targets: list[dict[str, Any]],
+    baseline: dict[str, Any],
+    tolerance: float,
+    latency_tolerance: float | None,
+    task: str = "classification",
 ) -> list[GateResult]:
-    """Regressions against a previous build's report: top-1 lower by more than ``tolerance`` points,
-    p50 latency higher by more than ``latency_tolerance`` (a fraction), a target gone or broken."""
+    """Regressions against a previous build's report: top-1 (mIoU; δ1 in percent) lower by more
+    than ``tolerance`` points, p50 latency higher by more than ``latency_tolerance`` (a fraction),
+    a target gone or broken."""
+    key, scale = BASELINE_SCORE[task]
+    gate = f"baseline_{key}"
     now = {t["name"]: t for t in targets}
     results = []
     for b in baseline.get("targets", []):
-        if b.get("status") != "ok" or not b.get("accuracy"):
+        if b.get("status") != "ok" or not b.get("accuracy") or key not in b["accuracy"]:
             continue
         name, t = b["name"], now.get(b["name"])
-        base_top1 = float(b["accuracy"]["top1"])
+        base_top1 = float(b["accuracy"][key]) * scale
         if t is None or t["status"] != "ok" or not t.get("accuracy"):
             why = "gone from this build" if t is None else f"now {t['status']}"
-            results.append(GateResult(name, "baseline_top1", base_top1 - tolerance, None, False, why))
+            results.append(GateResult(name, gate, base_top1 - tolerance, None, False, why))
             continue
-        top1 = float(t["accuracy"]["top1"])
+        top1 = float(t["accuracy"][key]) * scale
         note = f"baseline {base_top1:.2f}%, tolerance {tolerance:g} points"
         passed = top1 >= base_top1 - tolerance - 1e-9
-        results.append(GateResult(name, "baseline_top1", base_top1 - tolerance, top1, passed, note))
+        results.append(GateResult(name, gate, base_top1 - tolerance, top1, passed, note))
         base_lat, lat = (b.get("latency_ms") or {}).get("p50"), (t.get("latency_ms") or {}).get("p50")
         if latency_tolerance is not None and base_lat:
             limit = float(base_lat) * (1 + latency_tolerance)
@@ -357,12 +394,13 @@ def _validate(
     targets = [
         recheck(build_dir, t, recipe, config, data, replacements.get(t["name"])) for t in report["targets"]
     ]
+    task = TASKS.get(config.task)
     results = gates.evaluate_stages(report.get("stages", []), recipe.gates)
     for t in targets:
         spec = next((s for s in recipe.targets if s.name == t["name"]), None)
-        results += gates.evaluate(t, (spec.gates if spec else None) or recipe.gates)
+        results += gates.evaluate(t, (spec.gates if spec else None) or recipe.gates, task)
     if base_doc is not None:
-        results += against_baseline(targets, base_doc, tolerance, latency_tolerance)
+        results += against_baseline(targets, base_doc, tolerance, latency_tolerance, task.name)
     failing = {g.target for g in results if not g.passed}
     for t, recorded in zip(targets, report["targets"], strict=True):
         if t["name"] in failing and t["status"] == "ok" and t["precision"] == "int8":
@@ -376,4 +414,5 @@ def _validate(
         len(manifest["files"]),
         str(baseline) if baseline else None,
         round(time.time() - started, 2),
+        task=task.name,
     )

@@ -1,7 +1,7 @@
 """Procedural scenes with per-pixel ground truth (``source: shapes-seg`` and ``shapes-depth``).
 
 Each scene is a ground plane that recedes towards the top of the image (depth 3–5 m at the
-bottom row, 8–14 m at the top) with stripes whose period shrinks with distance, and one to three
+bottom row, 8–14 m at the top) with stripes whose period shrinks with distance, and one or two
 shapes (circle, square, triangle, cross, ring) standing at 2–4.5 m, slightly tilted, drawn far to
 near so near shapes hide far ones. A shape's apparent size falls with its distance and every
 pixel is fogged by its depth, so a monocular model can read depth from the image. The class mask
@@ -44,11 +44,11 @@ def render_scene(index: int, size: int = SIZE) -> tuple[np.ndarray, np.ndarray, 
     stripes = (depth / period) % 1.0 < 0.5
     image = np.where(stripes[..., None], ground, ground * 0.6)
     shapes = sorted(
-        ((rng.uniform(2.0, 4.5), int(rng.integers(len(SHAPES)))) for _ in range(int(rng.integers(1, 4)))),
+        ((rng.uniform(2.0, 4.5), int(rng.integers(len(SHAPES)))) for _ in range(int(rng.integers(1, 3)))),
         reverse=True,
     )
     for z, kind in shapes:  # far to near: a nearer shape paints over a farther one
-        radius = 24.0 / z * rng.uniform(0.9, 1.1)
+        radius = 30.0 / z * rng.uniform(0.9, 1.1)
         cy, cx = rng.uniform(radius * 0.6, SIZE - radius * 0.6, 2)
         inside = _mask(SHAPES[kind], xx - cx, yy - cy, radius, rng.uniform(0, math.pi))
         tilt = rng.uniform(-0.03, 0.03, 2)  # metres per 32-px unit: a slightly tilted panel

@@ -1,0 +1,142 @@
+"""Dense builds: a segmentation and a depth ViT-Plus (1 block, random weights) on every backend,
+scored with the task's metrics, gated, re-checked by validate and diagnosed by compare."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import edgevit
+from edgevit.data.scenes import SEG_CLASSES
+from edgevit.models.load import config_for, create, save
+
+MODEL = "vit_plus_tiny_patch4_32"
+
+
+def _dense_checkpoint(out: Path, task: str, head: str) -> Path:
+    torch.manual_seed(0)
+    kwargs = {"depth": 1, "task": task, "dense_head": head}
+    classes = len(SEG_CLASSES) if task == "segmentation" else 1
+    model = create(MODEL, num_classes=classes, **kwargs)
+    if task == "depth":  # a depth model predicts metres: start near the scenes' depths
+        with torch.no_grad():
+            model.dense_head.out[0].bias.fill_(6.0)
+    names = list(SEG_CLASSES) if task == "segmentation" else None
+    cfg = config_for(MODEL, model, mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="bilinear", crop_pct=1.0)
+    save(model.eval(), cfg.model_copy(update={"class_names": names, "model_kwargs": kwargs}), out)
+    return out
+
+
+def _recipe(tmp_path: Path, task: str, head: str, targets: list[dict], gates: dict) -> Path:
+    source = "shapes-seg" if task == "segmentation" else "shapes-depth"
+    recipe = {
+        "name": f"dense-{task}",
+        "model": {"checkpoint": str(_dense_checkpoint(tmp_path / "model", task, head))},
+        "data": {
+            "calibration": {"source": source, "split": "train", "count": 8},
+            "evaluation": {"source": source, "split": "test", "count": 12},
+        },
+        "stages": [{"stage": "quantize"}],
+        "targets": targets,
+        "gates": gates,
+        "check": {"runs": 3, "warmup": 1, "layerwise_samples": 4},
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(json.dumps(recipe))
+    return path
+
+
+ALL_BACKENDS = [
+    {"name": "ort-fp32", "backend": "onnxruntime", "precision": "fp32"},
+    {"name": "ort-int8", "backend": "onnxruntime", "precision": "int8"},
+    {"name": "ov-int8", "backend": "openvino", "precision": "int8"},
+    {"name": "trt-int8", "backend": "tensorrt", "precision": "int8"},
+    {"name": "tfl-int8", "backend": "tflite", "precision": "int8"},
+    {"name": "coreml-int8", "backend": "coreml", "precision": "int8"},
+]
+
+
+@pytest.mark.slow
+def test_segmentation_builds_on_every_backend_and_a_damaged_layer_is_named(tmp_path: Path, capsys) -> None:
+    damaged = {
+        "name": "ort-int8-damaged",
+        "backend": "onnxruntime",
+        "precision": "int8",
+        "options": {"activation_scale_factors": {"blocks.0.mlp.fc2": 0.02}},
+    }
+    gates = {"max_miou_drop": 5.0, "min_pixel_agreement": 0.9}
+    report = edgevit.build(
+        _recipe(tmp_path, "segmentation", "mlp", [*ALL_BACKENDS, damaged], gates), tmp_path / "b"
+    )
+    doc = report.data
+    assert doc["task"] == "segmentation" and set(doc["reference"]["scores"]) == {"miou", "pixel_accuracy"}
+    by_name = {t["name"]: t for t in doc["targets"]}
+    for t in ALL_BACKENDS:
+        entry = by_name[t["name"]]
+        assert entry["status"] == "ok", (t["name"], entry.get("reason"))
+        acc = entry["accuracy"]
+        assert acc["pixel_agreement"] >= 0.9 and acc["samples"] == 12, (t["name"], acc)
+    assert by_name["trt-int8"]["where"].startswith("simulated:")
+    assert by_name["coreml-int8"]["where"] == "simulated:mil-reference"
+    assert by_name["ort-fp32"]["accuracy"]["pixel_agreement"] == 1.0
+    # only the task's gates (and latency's) apply: no top-1 gate on a segmentation target
+    names = {g["name"] for g in doc["gates"]}
+    assert names == {"max_miou_drop", "min_pixel_agreement"}
+    failed = {(g["target"], g["name"]) for g in doc["gates"] if not g["passed"]}
+    assert ("ort-int8-damaged", "min_pixel_agreement") in failed and not report.passed
+    assert all(target == "ort-int8-damaged" for target, _ in failed)
+    md = (tmp_path / "b" / "report.md").read_text()
+    assert "| mIoU % | mIoU drop (pts) |" in md and "segmentation: mIoU **" in md
+
+    from edgevit.cli import main
+
+    capsys.readouterr()
+    assert main(["compare", str(tmp_path / "b"), "--target", "ort-int8-damaged", "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)["ort-int8-damaged"]
+    assert found["layers"][0]["layer"] == "blocks.0.mlp.fc2"
+
+    from edgevit.check.validate import validate
+
+    checked = validate(tmp_path / "b")
+    again = {t["name"]: t for t in checked.targets}
+    assert again["ort-int8"]["accuracy"] == by_name["ort-int8"]["accuracy"]
+    assert not checked.passed and "mIoU" in checked.markdown()
+    assert 'name="min_pixel_agreement"' in checked.junit()
+
+
+@pytest.mark.slow
+def test_depth_builds_and_scores_against_the_float_model(tmp_path: Path) -> None:
+    targets = [ALL_BACKENDS[0], ALL_BACKENDS[1], ALL_BACKENDS[4]]
+    gates = {"max_depth_absrel_vs_float": 0.05, "min_depth_pearson": 0.9}
+    report = edgevit.build(_recipe(tmp_path, "depth", "dpt", targets, gates), tmp_path / "b")
+    doc = report.data
+    assert doc["task"] == "depth" and report.passed, doc["gates"]
+    for t in doc["targets"]:
+        acc = t["accuracy"]
+        assert t["status"] == "ok" and np.isfinite(acc["absrel"]) and 0 <= acc["delta1"] <= 1
+        assert acc["absrel_vs_float"] < 0.05 and acc["pearson"] > 0.9
+    assert {g["name"] for g in doc["gates"]} == {
+        "max_depth_absrel_increase",
+        "max_depth_absrel_vs_float",
+        "min_depth_pearson",
+    }
+
+
+def test_dense_models_refuse_what_they_cannot_do_yet(tmp_path: Path) -> None:
+    from edgevit.errors import RecipeError
+
+    path = _recipe(tmp_path, "segmentation", "linear", ALL_BACKENDS[:1], {})
+    recipe = json.loads(path.read_text())
+    recipe["stages"] = [{"stage": "prune", "target": {"macs": 0.75}}, {"stage": "quantize"}]
+    path.write_text(json.dumps(recipe))
+    with pytest.raises(RecipeError, match="stages prune are classification-only so far"):
+        edgevit.build(path, tmp_path / "b")
+    recipe["stages"] = [{"stage": "quantize"}]
+    recipe["data"]["evaluation"]["source"] = "shapes"
+    path.write_text(json.dumps(recipe))
+    with pytest.raises(edgevit.EdgeVitError, match="is for classification, the model for segmentation"):
+        edgevit.build(path, tmp_path / "b")
