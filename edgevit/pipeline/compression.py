@@ -1,0 +1,285 @@
+"""Compression stages (prune, distill), equalization and qat as cached build steps."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from edgevit.check import accuracy
+from edgevit.check.bundle import BundleInputs, Inputs, write_bundle
+from edgevit.data import open_data
+from edgevit.fileio import sha256_bytes
+from edgevit.models.config import ModelConfig
+from edgevit.models.load import LoadedModel, load, logits_of
+from edgevit.models.profile import count_macs, count_params
+from edgevit.pipeline.context import BuildContext
+from edgevit.pipeline.reference import Evaluation
+from edgevit.quant.simulate import Scope
+from edgevit.recipe.schema import DistillStage, PruneStage, TargetSpec, TrainingStage
+from edgevit.stages.distill import DistillConfig, run_distill
+from edgevit.stages.equalize import RECORD as EQUALIZE_RECORD
+from edgevit.stages.equalize import run_equalize, scheme_for
+from edgevit.stages.export import OPSET
+from edgevit.stages.prune import run_prune
+from edgevit.stages.qat import LOG_FILE as QAT_LOG
+from edgevit.stages.qat import QatConfig, run_qat
+from edgevit.targets import LowerRequest
+from edgevit.workspace import LOWERED_BUNDLE, StepResult
+
+
+def stage_details(step: StepResult) -> dict[str, Any]:
+    """The summary a stage wrote (prune.json, or distill.json without its per-epoch history)."""
+    import json
+
+    for name in ("prune.json", "distill.json"):
+        if name in step.outputs:
+            doc = json.loads(step.path(name).read_text())
+            doc.pop("history", None)
+            return dict(doc)
+    return {}
+
+
+@dataclass
+class Lowered:
+    """The float model the targets are built from: the reference, or the last compression
+    stage's output, with its outputs on the evaluation set and the stages' records."""
+
+    model: torch.nn.Module
+    config: ModelConfig
+    weights_sha: str
+    step: StepResult
+    outputs: np.ndarray
+    records: list[dict[str, Any]]
+
+
+class Compression:
+    """The steps that change the float model: prune and distill, equalization and qat per INT8
+    grid, and the agent's bundle of the lowered model's outputs."""
+
+    def __init__(self, ctx: BuildContext) -> None:
+        self.ctx = ctx
+
+    def run_stages(
+        self, ref: LoadedModel, ref_step: StepResult, ev: Evaluation, ref_size: dict[str, int]
+    ) -> Lowered:
+        """Run the recipe's prune and distill stages in order, each on the previous one's model."""
+        r = self.ctx.recipe
+        model, cfg, weights_sha = ref.model, ref.config, ref_step.outputs["model.safetensors"]
+        outputs, prev_step, records = ev.outputs, ref_step, []
+        for index, stage in enumerate(r.compression()):
+            prev_step = self.compress_step(index, stage, ref_step, prev_step, model, cfg)
+            loaded = load(checkpoint=prev_step.directory)
+            model, cfg, weights_sha = loaded.model, loaded.config, prev_step.outputs["model.safetensors"]
+            outputs = logits_of(model, ev.x, r.check.eval_batch)
+            top1 = accuracy.top1(outputs, ev.labels)
+            size = self.size_record(model, cfg, prev_step.path("model.safetensors"))
+            records.append(
+                {
+                    "stage": stage.stage,
+                    "step": prev_step.name,
+                    **size,
+                    "top1": round(top1, 4),
+                    "top1_drop": round(ev.top1 - top1, 4),
+                    "reused": prev_step.reused,
+                    "details": stage_details(prev_step),
+                }
+            )
+            self.ctx.log(
+                f"{stage.stage}: {size['params'] / 1e6:.2f}M params, {size['macs'] / 1e6:.1f}M MACs "
+                f"({size['macs'] / ref_size['macs']:.2f}x), float top-1 {top1:.2f}% "
+                f"(drop {ev.top1 - top1:+.2f}){' (reused)' if prev_step.reused else ''}"
+            )
+        return Lowered(model, cfg, weights_sha, prev_step, outputs, records)
+
+    def compress_step(
+        self,
+        index: int,
+        stage: PruneStage | DistillStage,
+        ref_step: StepResult,
+        prev: StepResult,
+        model: torch.nn.Module,
+        cfg: ModelConfig,
+    ) -> StepResult:
+        """Run one prune or distill stage as a cached step on ``model``, the output of step ``prev``."""
+        r = self.ctx.recipe
+        where = f"stages[{r.stages.index(stage)}]"
+        base_key = {
+            "input": prev.outputs["model.safetensors"],
+            "stage": stage.identity() if isinstance(stage, TrainingStage) else stage.model_dump(mode="json"),
+            "torch": self.ctx.versions["torch"],
+        }
+        classes = cfg.class_names
+        if isinstance(stage, PruneStage):
+            data = open_data(r.data.calibration, classes, r.base_dir)
+            return self.ctx.ws.step(
+                f"stages/{index}-prune",
+                {**base_key, "data": self.ctx.data_sha256(data, r.data.calibration)},
+                lambda d: run_prune(model, cfg, stage, data, d, where, self.ctx.log),
+                {"producer": "stages.prune", "data": data.description},
+            )
+        assert r.data.train is not None  # the schema requires it with a distill stage
+        train_raw = open_data(r.data.train, classes, r.base_dir)  # streamed: hashed, not held
+        student = stage.student or str(prev.directory)
+        job = DistillConfig(
+            teacher=str(ref_step.directory),
+            student=student,
+            data=r.data.train,
+            base_dir=str(r.base_dir),
+            settings=stage,
+        )
+        self.ctx.log(
+            f"{stage.stage}: {stage.epochs} epochs on {train_raw.description}, {stage.nproc} process(es)"
+        )
+        return self.ctx.ws.step(
+            f"stages/{index}-distill",
+            {
+                **base_key,
+                "teacher": ref_step.outputs["model.safetensors"],
+                "student": stage.student,
+                "data": self.ctx.data_sha256(train_raw, r.data.train),
+            },
+            lambda d: run_distill(job, d, self.ctx.progress),
+            {"producer": "stages.distill", "data": train_raw.description},
+            resumable=True,
+        )
+
+    def equalize(
+        self,
+        spec: TargetSpec,
+        request: LowerRequest,
+        model: torch.nn.Module,
+        cfg: ModelConfig,
+        weights_sha: str,
+        calib_sha: str | None,
+    ) -> tuple[str | None, dict[str, Any]]:
+        """Point ``request`` at the model equalized for ``spec``'s INT8 grid (a cached step); return
+        that ONNX's sha256 (None: not equalized) and what the report says about it."""
+        scheme = scheme_for(spec.backend, request)
+        if scheme is None:
+            note = f"not applied: the INT8 simulator does not model {spec.backend} with this scope yet"
+            self.ctx.log(f"{spec.name}: equalization {note}")
+            return None, {"applied": False, "reason": note}
+        assert request.quantize is not None and request.calibration is not None
+        stage, calibration = request.quantize, request.calibration
+        step = self.ctx.ws.step(
+            f"equalize/{scheme.tag}",  # one step per INT8 grid: targets that share it share the work
+            {
+                "weights": weights_sha,
+                "calibration": calib_sha,
+                "scheme": asdict(scheme),
+                "scope": {"patch_embed": stage.patch_embed, "float_layers": stage.float_layers},
+                "opset": OPSET,
+                "torch": self.ctx.versions["torch"],
+            },
+            lambda d: run_equalize(model, cfg, scheme, stage, calibration, d),
+            {"producer": "stages.equalize"},
+        )
+        record = json.loads(step.path(EQUALIZE_RECORD).read_text())
+        request.onnx_path, request.checkpoint = step.path("model.onnx"), step.directory
+        self.ctx.log(
+            f"{spec.name}: equalization alpha {record['alpha']} (simulated SQNR by alpha: "
+            f"{record['simulated_sqnr_db']}){' (reused)' if step.reused else ''}"
+        )
+        return step.outputs["model.onnx"], {"applied": record["alpha"] is not None, **record}
+
+    def qat(
+        self,
+        spec: TargetSpec,
+        request: LowerRequest,
+        onnx_sha: str,
+        calib_sha: str | None,
+        x_eval: Inputs,
+        labels: np.ndarray,
+    ) -> tuple[str, dict[str, Any]]:
+        """Point ``request`` at the model trained against ``spec``'s INT8 grid (one cached,
+        resumable step per grid and input model); return its ONNX's sha256 and the stage's record."""
+        r, stage = self.ctx.recipe, self.ctx.recipe.qat_settings()
+        assert stage is not None and r.data.train is not None and request.checkpoint is not None
+        scheme = scheme_for(spec.backend, request)
+        if scheme is None:
+            note = f"not applied: the INT8 simulator does not model {spec.backend} with these options"
+            self.ctx.log(f"{spec.name}: qat {note}")
+            return onnx_sha, {"applied": False, "reason": note}
+        assert request.quantize is not None
+        scope = Scope.of(request.quantize)
+        train_raw = open_data(r.data.train, request.model_config.class_names, r.base_dir)  # streamed
+        job = QatConfig(
+            model=str(request.checkpoint),
+            scheme=asdict(scheme),
+            patch_embed=scope.patch_embed,
+            matmuls=scope.matmuls,
+            float_layers=scope.float_layers,
+            calibration=str(self.ctx.calibration_file),
+            data=r.data.train,
+            base_dir=str(r.base_dir),
+            settings=stage,
+        )
+        self.ctx.log(
+            f"{spec.name}: qat against {scheme.tag}, {stage.epochs} epochs on {train_raw.description}, "
+            f"{stage.nproc} process(es)"
+        )
+        step = self.ctx.ws.step(
+            f"qat/{scheme.tag}{'-widest' if scope.matmuls else ''}",
+            {
+                "input_onnx": onnx_sha,  # the equalized or plain export of the model it starts from
+                "scheme": asdict(scheme),
+                "scope": asdict(scope),
+                "calibration": calib_sha,
+                "data": self.ctx.data_sha256(train_raw, r.data.train),
+                "stage": stage.identity(),
+                "torch": self.ctx.versions["torch"],
+            },
+            lambda d: run_qat(job, d, self.ctx.progress),
+            {"producer": "stages.qat", "data": train_raw.description},
+            resumable=True,
+        )
+        record = json.loads(step.path(QAT_LOG).read_text())
+        request.onnx_path, request.checkpoint = step.path("model.onnx"), step.directory
+        trained = load(checkpoint=step.directory).model
+        float_logits = logits_of(trained, x_eval, r.check.eval_batch)
+        sim = record["simulated_sqnr_db"]
+        self.ctx.log(
+            f"{spec.name}: qat simulated INT8 SQNR {sim['before']} -> {sim['after']} dB in "
+            f"{record['seconds_this_run']} s{' (reused)' if step.reused else ''}"
+        )
+        return step.outputs["model.onnx"], {
+            "applied": True,
+            "step": step.name,
+            "reused": step.reused,
+            "float_top1": round(accuracy.top1(float_logits, labels), 4),
+            "float_logits": float_logits,
+            **{k: v for k, v in record.items() if k not in ("history", "model", "settings")},
+            "epochs": stage.epochs,
+        }
+
+    def lowered_bundle(
+        self, x_eval: BundleInputs, labels: np.ndarray, src_logits: np.ndarray, eval_sha: str
+    ) -> Path:
+        """The evaluation images with the lowered float model's logits: what the profiling agent scores
+        a device's logits against when compression stages changed the model."""
+        b = self.ctx.recipe.check.eval_batch
+        step = self.ctx.ws.step(
+            LOWERED_BUNDLE.split("/")[0],
+            {"eval_bundle": eval_sha, "logits": sha256_bytes(src_logits.tobytes())},
+            lambda d: write_bundle(
+                d / "bundle.npz",
+                len(x_eval),
+                x_eval.shape[1:],
+                ((x_eval[i : i + b], src_logits[i : i + b]) for i in range(0, len(x_eval), b)),
+                labels,
+            ),
+            {"producer": "pipeline (agent bundle)"},
+        )
+        return step.path("bundle.npz")
+
+    def size_record(self, model: torch.nn.Module, cfg: ModelConfig, weights: Path) -> dict[str, int]:
+        return {
+            "params": count_params(model),
+            "macs": count_macs(model, cfg.input_size),
+            "checkpoint_bytes": weights.stat().st_size,
+        }

@@ -1,0 +1,112 @@
+"""The float reference: the model a recipe names, its evaluation set (images, ground truth and the
+reference's outputs, as a cached bundle), and what a dense model's build cannot do yet."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from edgevit.builtin import resolve_builtin
+from edgevit.check import accuracy
+from edgevit.check.bundle import BundleInputs, open_bundle, write_bundle
+from edgevit.data import open_data
+from edgevit.data.stream import Images
+from edgevit.errors import EdgeVitError, RecipeError
+from edgevit.models.load import LoadedModel, load, logits_of
+from edgevit.pipeline.context import BuildContext, Log
+from edgevit.recipe.schema import Recipe
+from edgevit.workspace import StepResult
+
+
+def load_reference(recipe: Recipe, log: Log, progress: bool) -> LoadedModel:
+    spec = recipe.model
+    checkpoint: str | Path | None = spec.checkpoint
+    if spec.checkpoint is not None and spec.checkpoint.startswith("builtin:"):
+        checkpoint = resolve_builtin(spec.checkpoint.removeprefix("builtin:"), progress, log)
+    elif spec.checkpoint is not None:
+        path = Path(spec.checkpoint).expanduser()
+        checkpoint = path if path.is_absolute() else recipe.base_dir / path
+    torch.manual_seed(0)  # a name-only model gets the same random weights every run
+    return load(spec.name, checkpoint, num_classes=spec.num_classes)
+
+
+def check_dense_recipe(recipe: Recipe, task: str) -> None:
+    """Raise for what a dense task's build does not do yet: compression stages, qat, the budget."""
+    stages = [s.stage for s in recipe.stages if s.stage != "quantize"]
+    q = recipe.quantize()
+    if stages:
+        raise RecipeError(
+            f"stages {', '.join(stages)} are classification-only so far, and the model is a {task} model",
+            "remove them: a dense model is built from its trained checkpoint (prune/distill/qat come later)",
+        )
+    if q is not None and q.accuracy_budget is not None:
+        raise RecipeError(
+            f"quantize.accuracy_budget is classification-only so far, and the model is a {task} model",
+            "remove accuracy_budget; keep layers float with quantize.float_layers",
+        )
+
+
+@dataclass
+class Evaluation:
+    """The evaluation set of a build: images (read a batch at a time from the bundle), ground truth
+    (labels or maps), the float reference's outputs and its scores."""
+
+    step: StepResult
+    x: BundleInputs
+    labels: np.ndarray
+    outputs: np.ndarray
+    top1: float  # classification's reference top-1 (0 for a dense task)
+    scores: dict[str, Any]  # the task's headline scores of the reference
+    description: str
+
+
+def evaluation_set(ctx: BuildContext, ref: LoadedModel, weights_sha: str) -> Evaluation:
+    """The evaluation images with their ground truth and the reference's outputs: one cached step
+    (``eval/bundle.npz``), written batch by batch and read back a batch at a time."""
+    r, cfg, task = ctx.recipe, ref.config, ctx.task
+    dense = task.name != "classification"
+    source = open_data(r.data.evaluation, cfg.class_names, r.base_dir, cfg.task)  # read, never held whole
+    if source.task != task.name:
+        raise EdgeVitError(
+            f"evaluation data {source.description} is for {source.task}, the model for {task.name}",
+            "point data.evaluation at data with that task's ground truth",
+        )
+    if len(source) == 0:
+        raise EdgeVitError(f"evaluation data {source.description} is empty", "check data.evaluation")
+    batch = r.check.eval_batch
+
+    def make_eval(d: Path) -> None:
+        images = Images(source, cfg)
+        maps: list[np.ndarray] = []  # a dense task's ground truth, gathered as the images stream by
+
+        def batches() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+            for x, y in images.in_order(batch):
+                if dense:
+                    maps.append(y.numpy())
+                yield x.numpy(), logits_of(ref.model, x.numpy(), batch)
+
+        truth = (lambda: np.concatenate(maps)) if dense else source.labels
+        write_bundle(d / "bundle.npz", len(images), cfg.input_size, batches(), truth)
+
+    step = ctx.ws.step(
+        "eval",
+        {
+            "weights": weights_sha,
+            "data": ctx.data_sha256(source, r.data.evaluation),
+            "config": cfg.model_dump(),
+            "torch": ctx.versions["torch"],
+        },
+        make_eval,
+        {"producer": "data+reference", "data": source.description},
+    )
+    # the inputs are read a batch at a time from the bundle: a few thousand 224-px images are gigabytes
+    x, labels, outputs = open_bundle(step.path("bundle.npz"))
+    top1 = accuracy.top1(outputs, labels) if not dense else 0.0
+    scores = {k: v for k, v in task.score(outputs, labels, outputs).items() if k in task.headline}
+    ctx.log(f"float reference {task.summary(scores)} on {len(labels)} images ({source.description})")
+    return Evaluation(step, x, labels, outputs, top1, scores, source.description)
