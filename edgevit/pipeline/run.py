@@ -25,6 +25,7 @@ from edgevit.recipe.loader import load_recipe
 from edgevit.recipe.schema import Recipe, TargetSpec
 from edgevit.report.document import Report, render_markdown
 from edgevit.report.html import render_html
+from edgevit.report.previews import input_preview, map_preview
 from edgevit.stages.export import OPSET, export_onnx
 from edgevit.targets import LowerRequest
 from edgevit.tasks import TASKS
@@ -155,6 +156,15 @@ class Build:
             entry["qat"] = trained
         return entry
 
+    def _reference_preview(self, ev: Evaluation, low: Lowered) -> dict[str, Any]:
+        """The first evaluation image and the float model's map of it, for report.html's pictures."""
+        cfg = low.config
+        return {
+            "index": 0,
+            "input": input_preview(ev.x[0], cfg.mean, cfg.std),
+            "output": map_preview(self.ctx.task.name, low.outputs[0]),
+        }
+
     def _document(
         self,
         started: float,
@@ -181,7 +191,11 @@ class Build:
                 "model": low.config.architecture,
                 "checkpoint": str(ref.checkpoint) if ref.checkpoint else None,
                 "sha256": low.weights_sha,
-                **({"scores": ev.scores} if dense else {"top1": round(ev.top1, 4)}),
+                **(
+                    {"scores": ev.scores, "preview": self._reference_preview(ev, low)}
+                    if dense
+                    else {"top1": round(ev.top1, 4)}
+                ),
                 "samples": len(ev.labels),
                 "evaluation": ev.description,
                 "where": "host",

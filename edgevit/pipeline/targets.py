@@ -17,6 +17,7 @@ from edgevit.fileio import sha256_bytes
 from edgevit.pipeline.context import BuildContext
 from edgevit.pipeline.float_search import FloatSearch
 from edgevit.recipe.schema import TargetSpec
+from edgevit.report.previews import map_preview
 from edgevit.targets import TARGETS, LowerRequest
 from edgevit.workspace import StepResult
 
@@ -283,6 +284,7 @@ class TargetChecker:
         against the maps and the float model's outputs."""
         outputs = self.ctx.task.normalise(outputs, reference.shape)
         scores = self.ctx.task.score(outputs, truth, reference)
+        findings["preview"] = {"index": 0, "output": map_preview(self.ctx.task.name, outputs[0])}
         latency_ms = None if lat is None else lat.to_dict()
         device = resolve_device(spec.device)
         if on_device is not None and on_device.get("ok"):

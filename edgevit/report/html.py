@@ -144,6 +144,21 @@ def render_html(doc: dict[str, Any]) -> str:
             )
     else:
         parts.append("<p class='note'>No target has a measured latency.</p>")
+    task, ref_preview = doc.get("task", "classification"), doc["reference"].get("preview")
+    if ref_preview is not None:
+        from edgevit.report.previews import preview_plot
+
+        shown = [t for t in doc["targets"] if t.get("preview")]
+        if shown:
+            parts.append(
+                f"<h2>Outputs on evaluation image {ref_preview['index']}</h2><p class='note'>The input, the float "
+                "model's output, the artifact's, and where they differ, per target.</p>"
+            )
+        for t in shown:
+            picture = preview_plot(
+                task, t["name"], ref_preview["input"], ref_preview["output"], t["preview"]["output"]
+            )
+            parts.append(f"<img alt='outputs of {e(t['name'])}' src='{picture}'>")
     for t in doc["targets"]:
         lw = t.get("layerwise") or {}
         if not lw.get("layers"):
