@@ -2,7 +2,16 @@
 submodule is used) and checkpoint loading."""
 
 from edgevit.models.config import ModelConfig
+from edgevit.models.dense import DenseVisionTransformerPlus
 from edgevit.models.load import LoadedModel, create, load, save
 from edgevit.models.vit_plus import VisionTransformerPlus
 
-__all__ = ["LoadedModel", "ModelConfig", "VisionTransformerPlus", "create", "load", "save"]
+__all__ = [
+    "DenseVisionTransformerPlus",
+    "LoadedModel",
+    "ModelConfig",
+    "VisionTransformerPlus",
+    "create",
+    "load",
+    "save",
+]

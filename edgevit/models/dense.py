@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-TASKS = ("classification", "segmentation", "depth")
+from edgevit.models.vit_plus import VisionTransformerPlus, register_task_model
+
 HEADS = ("linear", "mlp", "dpt")
 
 
@@ -132,3 +134,57 @@ def make_head(
     if kind == "dpt":
         return DptHead(dim, len(blocks), out, image, width, patch)
     raise ValueError(f"unknown dense_head {kind!r}: use one of {', '.join(HEADS)}")
+
+
+class DenseVisionTransformerPlus(VisionTransformerPlus):
+    """A ViT-Plus whose classifier is replaced by a dense head: N x C x H x W segmentation logits,
+    or N x 1 x H x W depth in metres.
+
+    Args:
+        task: ``segmentation`` or ``depth``.
+        dense_head: ``linear``, ``mlp`` or ``dpt``.
+        dense_blocks: the blocks the head reads (default: the head's own choice).
+        decoder_dim: the head's width.
+        **kwargs: any :class:`VisionTransformerPlus` argument.
+    """
+
+    def __init__(
+        self,
+        task: str,
+        dense_head: str = "linear",
+        dense_blocks: Sequence[int] | None = None,
+        decoder_dim: int = 64,
+        **kwargs: Any,
+    ) -> None:
+        if kwargs.get("distill_token"):
+            raise ValueError("distill_token is for classification")
+        super().__init__(**kwargs)
+        self.task = task
+        depth = len(self.blocks)
+        blocks = tuple(dense_blocks) if dense_blocks is not None else default_blocks(dense_head, depth)
+        if not blocks or any(not 0 <= b < depth for b in blocks) or list(blocks) != sorted(set(blocks)):
+            raise ValueError(f"dense_blocks must be increasing block indices below {depth}, got {blocks}")
+        self.dense_blocks = blocks
+        image, patch = self.patch_embed.img_size, self.patch_embed.patch_size
+        self.grid = (image[0] // patch[0], image[1] // patch[1])
+        out = self.num_classes if task == "segmentation" else 1
+        self.head = nn.Identity()  # the dense head replaces the classifier
+        self.dense_head = make_head(
+            dense_head, self.embed_dim, blocks, out, tuple(image), patch[0], decoder_dim
+        )
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """The dense head's N x C x H x W output."""
+        x = self.norm_pre(self.patch_drop(self._pos_embed(self.patch_embed(x))))
+        taps = []
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i in self.dense_blocks:
+                taps.append(self.norm(x) if i == len(self.blocks) - 1 else x)
+            if i == self.dense_blocks[-1]:
+                break  # blocks after the last one the head reads do not run
+        return self.dense_head([tokens_to_grid(t, self.num_prefix_tokens, self.grid) for t in taps])  # type: ignore[no-any-return]
+
+
+register_task_model("segmentation", DenseVisionTransformerPlus)
+register_task_model("depth", DenseVisionTransformerPlus)

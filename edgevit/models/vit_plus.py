@@ -21,8 +21,6 @@ from timm.models import register_model
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
-from edgevit.models import dense
-
 DEFAULT_MS_SCALES: tuple[int, ...] = (1, 2, 4)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -210,18 +208,15 @@ def _shaped_blocks(
 class VisionTransformerPlus(VisionTransformer):  # type: ignore[misc]
     """timm ``VisionTransformer`` with multi-scale attention in every block.
 
+    This class is the classifier; a dense task's model (``task=segmentation|depth``) is its
+    subclass in :mod:`edgevit.models.dense`, registered in :data:`TASK_MODELS`.
+
     Args:
         ms_scales: pooling factor per head group; ``(1,)`` turns multi-scale attention off.
         block_heads: per block, the head count of each scale group (a pruned model; sets depth).
         block_mlp: per block, the MLP hidden width (a pruned model).
         head_dim: width of one attention head (default ``embed_dim // num_heads``).
         distill_token: add a DeiT-style distillation token and head; inference averages both heads.
-        task: ``classification`` (logits), ``segmentation`` (N x num_classes x H x W logits) or
-            ``depth`` (N x 1 x H x W metres) — a dense head (edgevit.models.dense) replaces the
-            classifier.
-        dense_head: ``linear``, ``mlp`` or ``dpt`` (dense tasks).
-        dense_blocks: the blocks the dense head reads (default: the head's own choice).
-        decoder_dim: the dense head's width.
         **kwargs: any timm ``VisionTransformer`` argument (img_size, patch_size, embed_dim, ...).
     """
 
@@ -232,16 +227,8 @@ class VisionTransformerPlus(VisionTransformer):  # type: ignore[misc]
         block_mlp: Sequence[int] | None = None,
         head_dim: int | None = None,
         distill_token: bool = False,
-        task: str = "classification",
-        dense_head: str = "linear",
-        dense_blocks: Sequence[int] | None = None,
-        decoder_dim: int = 64,
         **kwargs: Any,
     ) -> None:
-        if task not in dense.TASKS:
-            raise ValueError(f"unknown task {task!r}: use one of {', '.join(dense.TASKS)}")
-        if task != "classification" and distill_token:
-            raise ValueError("distill_token is for classification")
         img = kwargs.get("img_size", 224)
         patch = kwargs.get("patch_size", 16)
         img_hw = (img, img) if isinstance(img, int) else tuple(img)
@@ -285,43 +272,6 @@ class VisionTransformerPlus(VisionTransformer):  # type: ignore[misc]
             nn.init.trunc_normal_(self.dist_token, std=0.02)
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
             self.head_dist = nn.Linear(self.embed_dim, self.num_classes)
-        self.task = task
-        if task != "classification":
-            blocks = (
-                tuple(dense_blocks)
-                if dense_blocks is not None
-                else dense.default_blocks(dense_head, len(self.blocks))
-            )
-            if (
-                not blocks
-                or any(not 0 <= b < len(self.blocks) for b in blocks)
-                or list(blocks) != sorted(set(blocks))
-            ):
-                raise ValueError(
-                    f"dense_blocks must be increasing block indices below {len(self.blocks)}, got {blocks}"
-                )
-            self.dense_blocks = blocks
-            self.grid = grid
-            out = self.num_classes if task == "segmentation" else 1
-            self.head = nn.Identity()  # the dense head replaces the classifier
-            self.dense_head = dense.make_head(
-                dense_head, self.embed_dim, blocks, out, img_hw, patch_hw[0], decoder_dim
-            )
-
-    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        """Logits (classification), or the dense head's N x C x H x W output."""
-        if self.task == "classification":
-            return super().forward(x, *args, **kwargs)
-        x = self.norm_pre(self.patch_drop(self._pos_embed(self.patch_embed(x))))
-        taps = []
-        last = self.dense_blocks[-1]
-        for i, block in enumerate(self.blocks):
-            x = block(x)
-            if i in self.dense_blocks:
-                taps.append(self.norm(x) if i == len(self.blocks) - 1 else x)
-            if i == last:
-                break  # blocks after the last one the head reads do not run
-        return self.dense_head([dense.tokens_to_grid(t, self.num_prefix_tokens, self.grid) for t in taps])
 
     def set_distilled_training(self, enable: bool = True) -> None:
         """In training mode, return (class-head, distillation-head) logits separately."""
@@ -399,6 +349,17 @@ _EXTRA: dict[str, tuple[str, int, int, dict[str, Any]]] = {
 
 _DEFAULTS: dict[str, dict[str, Any]] = {}
 
+# The class that builds a model for each task (``task=...`` in the model arguments); the dense
+# tasks' class registers itself from edgevit.models.dense.
+TASK_MODELS: dict[str, Callable[..., VisionTransformerPlus]] = {}
+
+
+def register_task_model(task: str, cls: Callable[..., VisionTransformerPlus]) -> None:
+    """Build models of ``task`` with ``cls`` (a second registration of a task raises)."""
+    if task in TASK_MODELS:
+        raise ValueError(f"task {task!r} is registered twice")
+    TASK_MODELS[task] = cls
+
 
 def _entrypoint(name: str) -> Callable[..., VisionTransformerPlus]:
     def create(pretrained: bool = False, **kwargs: Any) -> VisionTransformerPlus:
@@ -408,7 +369,12 @@ def _entrypoint(name: str) -> Callable[..., VisionTransformerPlus]:
             )
         for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
             kwargs.pop(key, None)
-        model = VisionTransformerPlus(**{**_DEFAULTS[name], **kwargs})
+        task = kwargs.get("task", "classification")
+        if task not in TASK_MODELS:
+            raise ValueError(f"unknown task {task!r}: use one of {', '.join(TASK_MODELS)}")
+        if task == "classification":
+            kwargs.pop("task", None)
+        model = TASK_MODELS[task](**{**_DEFAULTS[name], **kwargs})
         img = model.patch_embed.img_size
         model.pretrained_cfg = {  # type: ignore[assignment]
             "architecture": name,
@@ -450,4 +416,5 @@ def _register_all() -> None:
         register_model(fn)
 
 
+TASK_MODELS["classification"] = VisionTransformerPlus
 _register_all()

@@ -7,12 +7,12 @@ that has a layer-wise comparison.
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 from typing import Any
 
 from edgevit.report.document import GATE_COLUMNS, gate_cells, reference_text, target_cells, target_columns
+from edgevit.report.plotting import png as _png
+from edgevit.report.plotting import pyplot as _pyplot
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;color:#1b1b1b}
@@ -26,21 +26,6 @@ td:first-child,th:first-child{text-align:left}.pass{color:#17702a}.fail{color:#b
 
 def _row(cells: list[str] | tuple[str, ...], tag: str = "td") -> str:
     return "<tr>" + "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in cells) + "</tr>"
-
-
-def _png(fig: Any) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 # the accuracy-lost axis of the accuracy/latency plot, by task

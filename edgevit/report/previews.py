@@ -38,9 +38,9 @@ def map_preview(task: str, output: np.ndarray) -> list[Any]:
 
 def preview_plot(task: str, name: str, image: list[Any], reference: list[Any], artifact: list[Any]) -> str:
     """The four panels of one target as a PNG data URI."""
-    from edgevit.report.html import _png, _pyplot
+    from edgevit.report.plotting import png, pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     ref, out = np.asarray(reference), np.asarray(artifact)
     fig, axes = plt.subplots(1, 4, figsize=(10, 2.9))
     axes[0].imshow(np.asarray(image, np.uint8))
@@ -61,6 +61,6 @@ def preview_plot(task: str, name: str, image: list[Any], reference: list[Any], a
     for ax, title in zip(axes, titles, strict=True):
         ax.set_title(title, fontsize=8)
         ax.axis("off")
-    uri = _png(fig)
+    uri = png(fig)
     plt.close(fig)
     return uri
