@@ -26,6 +26,27 @@ BUILTINS: dict[str, TrainConfig] = {
     "shapes": TrainConfig(
         model="vit_plus_tiny_patch4_32", data="shapes", epochs=30, lr=1e-3, warmup_epochs=2, seed=0
     ),
+    # Dense tasks on the procedural scenes (edgevit/data/scenes.py): the same backbone with an
+    # all-MLP segmentation decoder over its 4 blocks, and a light DPT depth decoder.
+    "shapes-seg": TrainConfig(
+        model="vit_plus_tiny_patch4_32",
+        data="shapes-seg",
+        epochs=30,
+        lr=1.5e-3,
+        warmup_epochs=2,
+        label_smoothing=0.0,
+        seed=0,
+        model_kwargs={"task": "segmentation", "dense_head": "mlp"},
+    ),
+    "shapes-depth": TrainConfig(
+        model="vit_plus_tiny_patch4_32",
+        data="shapes-depth",
+        epochs=20,
+        lr=1e-3,
+        warmup_epochs=2,
+        seed=0,
+        model_kwargs={"task": "depth", "dense_head": "dpt"},
+    ),
 }
 
 # Function-preserving outlier variants of the builtin models (edgevit.quant.outliers): per

@@ -140,3 +140,28 @@ def test_dense_models_refuse_what_they_cannot_do_yet(tmp_path: Path) -> None:
     path.write_text(json.dumps(recipe))
     with pytest.raises(edgevit.EdgeVitError, match="is for classification, the model for segmentation"):
         edgevit.build(path, tmp_path / "b")
+
+
+def test_a_dense_accuracy_budget_keeps_layers_float(tmp_path: Path) -> None:
+    budget = {"min_pixel_agreement": 0.99999, "max_float_layers": 2, "ranking": "alone"}
+    targets = [ALL_BACKENDS[1], {**ALL_BACKENDS[1], "name": "ort-int8-top1", "gates": {"max_top1_drop": 1}}]
+    path = _recipe(tmp_path, "segmentation", "linear", targets, {})
+    recipe = json.loads(path.read_text())
+    recipe["stages"] = [{"stage": "quantize", "accuracy_budget": budget}]
+    path.write_text(json.dumps(recipe))
+    report = edgevit.build(path, tmp_path / "b")
+    entry = report.target("ort-int8")
+    fallback = entry["fallback"]
+    assert fallback["applied"] and fallback["tried"][0]["float_layers"] == []
+    assert "pixel_agreement" in fallback["tried"][0] and "top1_drop" not in fallback["tried"][0]
+    assert fallback["met"] or len(fallback["float_layers"]) <= 2
+    # a target-level top-1 gate on a segmentation model is another task's: it does not apply
+    assert not any(
+        g["target"] == "ort-int8-top1" and g["name"] == "max_top1_drop" for g in report.data["gates"]
+    )
+
+    recipe["stages"] = [{"stage": "quantize", "accuracy_budget": {"max_top1_drop": 0.5}}]
+    path.write_text(json.dumps(recipe))
+    wrong = edgevit.build(path, tmp_path / "c").target("ort-int8")
+    assert wrong["status"] == "failed"
+    assert "accuracy_budget.max_top1_drop does not apply to a segmentation model" in wrong["reason"]

@@ -2,7 +2,7 @@
 
 Each scene is a ground plane that recedes towards the top of the image (depth 3–5 m at the
 bottom row, 8–14 m at the top) with stripes whose period shrinks with distance, and one or two
-shapes (circle, square, triangle, cross, ring) standing at 2–4.5 m, slightly tilted, drawn far to
+shapes (circle, square, triangle, cross, ring) standing at 2–3.5 m, slightly tilted, drawn far to
 near so near shapes hide far ones. A shape's apparent size falls with its distance and every
 pixel is fogged by its depth, so a monocular model can read depth from the image. The class mask
 (0 background, 1–5 the shapes) and the depth map (metres) are analytic: exact at every pixel.
@@ -44,7 +44,7 @@ def render_scene(index: int, size: int = SIZE) -> tuple[np.ndarray, np.ndarray, 
     stripes = (depth / period) % 1.0 < 0.5
     image = np.where(stripes[..., None], ground, ground * 0.6)
     shapes = sorted(
-        ((rng.uniform(2.0, 4.5), int(rng.integers(len(SHAPES)))) for _ in range(int(rng.integers(1, 3)))),
+        ((rng.uniform(2.0, 3.5), int(rng.integers(len(SHAPES)))) for _ in range(int(rng.integers(1, 3)))),
         reverse=True,
     )
     for z, kind in shapes:  # far to near: a nearer shape paints over a farther one
@@ -54,6 +54,8 @@ def render_scene(index: int, size: int = SIZE) -> tuple[np.ndarray, np.ndarray, 
         tilt = rng.uniform(-0.03, 0.03, 2)  # metres per 32-px unit: a slightly tilted panel
         surface = z + tilt[0] * (xx - cx) + tilt[1] * (yy - cy)
         colour = rng.uniform(30, 255, 3)
+        while np.abs(colour - ground).mean() < 60:  # every shape stands out from the ground
+            colour = rng.uniform(30, 255, 3)
         shade = np.clip(1.0 - 0.05 * (yy - cy) / max(radius, 1.0), 0.7, 1.3)[..., None]
         image = np.where(inside[..., None], np.clip(colour * shade, 0, 255), image)
         depth = np.where(inside, surface, depth)

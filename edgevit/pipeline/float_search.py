@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ from edgevit.errors import EdgeVitError
 from edgevit.models.load import load
 from edgevit.pipeline.context import BuildContext
 from edgevit.quant.sensitivity import Ranking
+from edgevit.quant.settings import BUDGET_LIMITS
 from edgevit.quant.simulate import Scope
 from edgevit.recipe.schema import TargetSpec
 from edgevit.stages.equalize import scheme_for
@@ -69,11 +70,27 @@ class FloatSearch:
 
         tried = 0
 
-        def attempt(extra: list[str]) -> tuple[accuracy.AccuracyResult, StepResult]:
+        task = self.ctx.task
+        unknown = [
+            k
+            for k, (key, _, _) in BUDGET_LIMITS.items()
+            if k in q.accuracy_budget.limits() and key not in {m.key for m in task.metrics}
+        ]
+        if unknown:
+            valid = [k for k, (key, _, _) in BUDGET_LIMITS.items() if key in {m.key for m in task.metrics}]
+            raise EdgeVitError(
+                f"accuracy_budget.{unknown[0]} does not apply to a {task.name} model",
+                f"use {', '.join(valid)}",
+            )
+
+        def attempt(extra: list[str]) -> tuple[dict[str, Any], StepResult]:
             nonlocal tried
             step, artifact = candidate(str(tried), extra)
             tried += 1
-            return accuracy.compare(infer(artifact, x_eval), labels, src_logits), step
+            outputs = infer(artifact, x_eval)
+            if task.name == "classification":
+                return asdict(accuracy.compare(outputs, labels, src_logits)), step
+            return task.score(task.normalise(outputs, src_logits.shape), labels, src_logits), step
 
         # Rank on calibration images (not the evaluation set the budget and gates are checked on).
         images = request.calibration if request.calibration is not None else x_eval
@@ -83,7 +100,8 @@ class FloatSearch:
             artifact = first.path(target.artifact_name)
             return self._ranking(spec, target, request, artifact, images, candidate, infer)
 
-        return BudgetSearch(q.accuracy_budget, attempt, rank, self.ctx.log, spec.name).run()
+        words = None if task.name == "classification" else task.summary
+        return BudgetSearch(q.accuracy_budget, attempt, rank, self.ctx.log, spec.name, words).run()
 
     def _ranking(
         self,

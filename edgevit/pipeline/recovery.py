@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import Any
 
 import numpy as np
@@ -59,7 +59,7 @@ class Recovery:
             "recover": budget.recover,
             "post_training": {**ptq.to_dict(), "step": step.name},
         }
-        if budget.met(ptq.top1_drop, ptq.sqnr_db, ptq.agreement):
+        if budget.met(asdict(ptq)):
             self.ctx.log(f"{spec.name}: post-training INT8 meets the accuracy budget: no qat needed")
             entry = self.checker.check(spec, plain, onnx_sha, *args, prebuilt=step)
             entry["fallback"] = {**record, "met": True, "needed": "none", "float_layers": [], "tried": []}
@@ -78,7 +78,7 @@ class Recovery:
             return entry, trained
         searched = entry.get("fallback") or {}
         floated = list(searched.get("float_layers") or [])
-        met = budget.met(acc["top1_drop"], acc["sqnr_db"], acc["agreement"])
+        met = budget.met(acc)
         entry["fallback"] = {
             **searched,
             **record,

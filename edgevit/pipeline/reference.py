@@ -36,7 +36,7 @@ def load_reference(recipe: Recipe, log: Log, progress: bool) -> LoadedModel:
 
 
 def check_dense_recipe(recipe: Recipe, task: str) -> None:
-    """Raise for what a dense task's build does not do yet: compression stages, qat, the budget."""
+    """Raise for what a dense task's build does not do yet: compression stages and qat."""
     stages = [s.stage for s in recipe.stages if s.stage != "quantize"]
     q = recipe.quantize()
     if stages:
@@ -44,10 +44,11 @@ def check_dense_recipe(recipe: Recipe, task: str) -> None:
             f"stages {', '.join(stages)} are classification-only so far, and the model is a {task} model",
             "remove them: a dense model is built from its trained checkpoint (prune/distill/qat come later)",
         )
-    if q is not None and q.accuracy_budget is not None:
+    if q is not None and q.accuracy_budget is not None and q.accuracy_budget.recover != "float":
         raise RecipeError(
-            f"quantize.accuracy_budget is classification-only so far, and the model is a {task} model",
-            "remove accuracy_budget; keep layers float with quantize.float_layers",
+            f"accuracy_budget.recover: {q.accuracy_budget.recover} needs qat, classification-only so far, "
+            f"and the model is a {task} model",
+            "use recover: float (keep the most sensitive layers float)",
         )
 
 

@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-from edgevit.check.accuracy import AccuracyResult
 from edgevit.quant.sensitivity import Ranking
 from edgevit.quant.settings import AccuracyBudget
 
@@ -30,23 +29,25 @@ class BudgetSearch(Generic[Handle]):
     def __init__(
         self,
         budget: AccuracyBudget,
-        attempt: Callable[[list[str]], tuple[AccuracyResult, Handle]],
+        attempt: Callable[[list[str]], tuple[dict[str, Any], Handle]],
         rank: Callable[[Handle], Ranking],
         log: Callable[[str], None],
         name: str = "",
+        describe: Callable[[dict[str, Any]], str] | None = None,
     ) -> None:
         self.budget, self._attempt, self._rank, self._log, self.name = budget, attempt, rank, log, name
+        self._describe = describe or _classification_words
         self.tried: list[dict[str, Any]] = []
 
     def _try(self, extra: list[str]) -> Handle:
-        acc, handle = self._attempt(extra)
-        b = self.budget
-        met = b.met(acc.top1_drop, acc.sqnr_db, acc.agreement)
-        short = b.shortfall(acc.top1_drop, acc.sqnr_db, acc.agreement)
-        self.tried.append({"float_layers": extra, **acc.to_dict(), "met": met, "shortfall": round(short, 4)})
+        scores, handle = self._attempt(extra)
+        met = self.budget.met(scores)
+        short = self.budget.shortfall(scores)
+        shown = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in scores.items()}
+        self.tried.append({"float_layers": extra, **shown, "met": met, "shortfall": round(short, 4)})
         self._log(
-            f"{self.name}: fallback with {len(extra)} float layer(s): drop {acc.top1_drop:+.2f}, SQNR "
-            f"{acc.sqnr_db:.1f} dB, agreement {acc.agreement:.4f}{' (budget met)' if met else ''}"
+            f"{self.name}: fallback with {len(extra)} float layer(s): {self._describe(scores)}"
+            f"{' (budget met)' if met else ''}"
         )
         return handle
 
@@ -82,3 +83,7 @@ class BudgetSearch(Generic[Handle]):
                 self._log(f"{self.name}: keeping {layer} float did not help; it stays quantized")
         self._log(f"{self.name}: accuracy budget not met with {len(chosen)} float layers (best effort kept)")
         return {**out, "met": False, "float_layers": chosen}, chosen_handle
+
+
+def _classification_words(scores: dict[str, Any]) -> str:
+    return f"drop {scores['top1_drop']:+.2f}, SQNR {scores['sqnr_db']:.1f} dB, agreement {scores['agreement']:.4f}"

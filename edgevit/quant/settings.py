@@ -6,7 +6,7 @@ targets lower by them.
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -18,8 +18,18 @@ class AccuracyBudget(Strict):
     most sensitive layers float, fewest first, until it does (every backend)."""
 
     max_top1_drop: float | None = Field(default=None, ge=0, description="points of top-1")
-    min_sqnr_db: float | None = Field(default=None, description="logit SQNR against the float model")
+    min_sqnr_db: float | None = Field(default=None, description="output (logit) SQNR against the float model")
     min_agreement: float | None = Field(default=None, ge=0, le=1, description="top-1 agreement")
+    max_miou_drop: float | None = Field(default=None, ge=0, description="segmentation: points of mIoU")
+    min_pixel_agreement: float | None = Field(
+        default=None, ge=0, le=1, description="segmentation: pixels whose class is the float model's"
+    )
+    max_depth_absrel_vs_float: float | None = Field(
+        default=None, ge=0, description="depth: mean relative difference from the float model's depth"
+    )
+    min_depth_pearson: float | None = Field(
+        default=None, ge=-1, le=1, description="depth: Pearson correlation with the float model's depth"
+    )
     max_float_layers: int = Field(
         default=8,
         ge=1,
@@ -51,23 +61,41 @@ class AccuracyBudget(Strict):
 
     @model_validator(mode="after")
     def _some_limit(self) -> AccuracyBudget:
-        if self.max_top1_drop is None and self.min_sqnr_db is None and self.min_agreement is None:
-            raise ValueError("set max_top1_drop, min_sqnr_db or min_agreement")
+        if all(getattr(self, name) is None for name in BUDGET_LIMITS):
+            raise ValueError(f"set one of {', '.join(BUDGET_LIMITS)}")
         return self
 
-    def met(self, top1_drop: float, sqnr_db: float, agreement: float) -> bool:
-        """Whether scores meet every limit set."""
-        return self.shortfall(top1_drop, sqnr_db, agreement) == 0
+    def limits(self) -> dict[str, float]:
+        """The limits set: field name -> value."""
+        return {name: getattr(self, name) for name in BUDGET_LIMITS if getattr(self, name) is not None}
 
-    def shortfall(self, top1_drop: float, sqnr_db: float, agreement: float) -> float:
-        """How far scores miss the budget: the sum of each set limit's miss, in points of top-1,
-        dB of SQNR and points (percent) of agreement; 0 when every limit is met."""
-        misses = [
-            0.0 if self.max_top1_drop is None else top1_drop - self.max_top1_drop - 1e-9,
-            0.0 if self.min_sqnr_db is None else self.min_sqnr_db - sqnr_db,
-            0.0 if self.min_agreement is None else 100 * (self.min_agreement - agreement) - 1e-7,
-        ]
-        return float(sum(max(0.0, m) for m in misses))
+    def met(self, scores: dict[str, Any]) -> bool:
+        """Whether ``scores`` (a target's accuracy entry) meet every limit set."""
+        return self.shortfall(scores) == 0
+
+    def shortfall(self, scores: dict[str, Any]) -> float:
+        """How far ``scores`` miss the budget: the sum of each set limit's miss, in points (of
+        top-1, mIoU, or percent for fractions) and dB of SQNR; 0 when every limit is met. A limit
+        whose score is not in ``scores`` (another task's) raises KeyError."""
+        total = 0.0
+        for name, limit in self.limits().items():
+            key, kind, scale = BUDGET_LIMITS[name]
+            value = float(scores[key])
+            miss = (value - limit) * scale if kind == "max" else (limit - value) * scale
+            total += max(0.0, miss - (1e-7 if scale == 100 else 1e-9 if kind == "max" else 0.0))
+        return total
+
+
+# budget field -> (the score it limits, max or min, the scale of its miss: points per unit)
+BUDGET_LIMITS: dict[str, tuple[str, str, float]] = {
+    "max_top1_drop": ("top1_drop", "max", 1.0),
+    "min_sqnr_db": ("sqnr_db", "min", 1.0),
+    "min_agreement": ("agreement", "min", 100.0),
+    "max_miou_drop": ("miou_drop", "max", 1.0),
+    "min_pixel_agreement": ("pixel_agreement", "min", 100.0),
+    "max_depth_absrel_vs_float": ("absrel_vs_float", "max", 100.0),
+    "min_depth_pearson": ("pearson", "min", 100.0),
+}
 
 
 class QuantizeStage(Strict):
