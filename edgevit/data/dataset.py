@@ -10,6 +10,8 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from edgevit.errors import DataError
+
 Split = Literal["train", "val", "test", "all"]
 # Fractions for sources without their own split folders; the split permutation uses a fixed seed
 # so that train/val/test never overlap, whatever seed samples ``count`` images from a split.
@@ -70,6 +72,15 @@ def split_indices(n: int, split: Split) -> np.ndarray:
     bounds = {"train": (0, n_train), "val": (n_train, n_train + n_val), "test": (n_train + n_val, n)}
     lo, hi = bounds[split]
     return np.sort(order[lo:hi])
+
+
+def select(n: int, split: Split, presplit: bool, count: int | None, seed: int, where: str) -> np.ndarray:
+    """The indices of ``count`` of a folder's ``n`` files in ``split`` (all of them when the folder
+    is the split's own, ``presplit``); raise when none are left."""
+    idx = take(np.arange(n) if presplit or split == "all" else split_indices(n, split), count, seed)
+    if len(idx) == 0:
+        raise DataError(f"{where} has no images in split {split!r}", "add more images")
+    return idx
 
 
 def take(indices: np.ndarray, count: int | None, seed: int) -> np.ndarray:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgevit.data.dataset import ImageSource, Split, split_indices, take
+from edgevit.data.dataset import ImageSource, Split, select
 from edgevit.data.folder import IMAGE_SUFFIXES, read_image
 from edgevit.errors import DataError
 
@@ -63,10 +63,7 @@ def open_dense_folder(
     files = sorted(f for f in images.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise DataError(f"data folder {images} holds no PNG/JPEG images", "add images")
-    idx = np.arange(len(files)) if base is not root or split == "all" else split_indices(len(files), split)
-    idx = take(idx, count, seed)
-    if len(idx) == 0:
-        raise DataError(f"data folder {base} has no images in split {split!r}", "add more images")
+    idx = select(len(files), split, base is not root, count, seed, f"data folder {base}")
     chosen = [files[i] for i in idx]
     targets = [maps / f"{f.stem}.png" for f in chosen]
     missing = next((t for t in targets if not t.is_file()), None)

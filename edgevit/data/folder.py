@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgevit.data.dataset import ImageSource, Split, split_indices, take
+from edgevit.data.dataset import ImageSource, Split, select
 from edgevit.errors import DataError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
@@ -45,10 +45,7 @@ def open_folder(
         ]
     if not files:
         raise DataError(f"image folder {base} holds no PNG/JPEG images", "add images to its class folders")
-    idx = np.arange(len(files)) if base is not root or split == "all" else split_indices(len(files), split)
-    idx = take(idx, count, seed)
-    if len(idx) == 0:
-        raise DataError(f"image folder {base} has no images in split {split!r}", "add more images")
+    idx = select(len(files), split, base is not root, count, seed, f"image folder {base}")
     chosen = [files[i][0] for i in idx]
     labels = np.asarray([files[i][1] for i in idx], dtype=np.int64)
     return ImageSource(labels, list(order), f"{base}/{split}", partial(_read_at, chosen))
