@@ -696,20 +696,21 @@ class DeviceLock:
 
 
 class BundleInputs:
-    """An evaluation bundle's ``inputs`` read from its .npz a slice at a time, so that memory holds
+    """An evaluation bundle's ``inputs`` (or another ``member``: a dense task's maps and reference
+    outputs) read from its .npz a slice at a time, so that memory holds
     one batch rather than the set (a few thousand 224-px images are gigabytes): ``np.savez`` and
     edgevit's bundle writer store the members uncompressed, so the array lies contiguous in the file.
     Sliced like an array (``x[i:j]``); a compressed member falls back to being read whole."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, member: str = "inputs") -> None:
         import struct
         import zipfile
 
         with zipfile.ZipFile(str(path)) as zf:
             try:
-                info = zf.getinfo("inputs.npy")
+                info = zf.getinfo(f"{member}.npy")
             except KeyError:
-                raise AgentError(f"evaluation bundle {path} has no inputs") from None
+                raise AgentError(f"evaluation bundle {path} has no {member}") from None
             whole = None if info.compress_type == zipfile.ZIP_STORED else np.load(zf.open(info))
         self._file = open(str(path), "rb")  # noqa: SIM115  (closed by close())
         self._whole = whole
@@ -728,7 +729,7 @@ class BundleInputs:
         )
         shape, fortran, dtype = read_header(self._file)
         if fortran:
-            raise AgentError(f"evaluation bundle {path}: inputs are in Fortran order; re-make the bundle")
+            raise AgentError(f"evaluation bundle {path}: {member} are in Fortran order; re-make the bundle")
         self.shape, self.dtype = tuple(shape), np.dtype(dtype)
         self._start = self._file.tell()
         self._row = self.dtype.itemsize * int(np.prod(self.shape[1:]))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 
 @dataclass(frozen=True)
@@ -23,16 +24,17 @@ class AccuracyResult:
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 
-def top1(logits: np.ndarray, labels: np.ndarray) -> float:
+def top1(logits: ArrayLike, labels: ArrayLike) -> float:
     """Top-1 accuracy in percent."""
+    logits, labels = np.asarray(logits), np.asarray(labels)
     return float(100.0 * np.mean(logits.argmax(axis=1) == labels)) if len(labels) else 0.0
 
 
-def compare(logits: np.ndarray, labels: np.ndarray, reference: np.ndarray) -> AccuracyResult:
+def compare(logits: ArrayLike, labels: ArrayLike, reference: ArrayLike) -> AccuracyResult:
     """Score ``logits`` against labels and the reference logits of the same inputs."""
     from edgevit.agent import fidelity  # the agent scores device runs with the same code
 
-    return from_dict(fidelity(logits, labels, reference))
+    return from_dict(fidelity(np.asarray(logits), np.asarray(labels), np.asarray(reference)))
 
 
 def from_dict(scores: dict[str, float | int]) -> AccuracyResult:

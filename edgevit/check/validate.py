@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from edgevit.check import accuracy, gates, latency
-from edgevit.check.bundle import Inputs, open_bundle
+from edgevit.check.bundle import Inputs, open_bundle, open_dense
 from edgevit.check.gates import GateResult
 from edgevit.devices import resolve_device
 from edgevit.errors import BuildDirError, EdgeVitError, NotCheckable
@@ -29,6 +29,7 @@ from edgevit.models.config import ModelConfig
 from edgevit.recipe.schema import Recipe
 from edgevit.report.document import fmt
 from edgevit.tasks import TASKS
+from edgevit.tasks.base import score_run
 from edgevit.workspace import DEFAULT_WAIT_S, LOWERED_BUNDLE, lock_build_dir
 
 
@@ -201,8 +202,11 @@ def verify_files(build_dir: Path, skip: tuple[str, ...] = ()) -> dict[str, Any]:
     return dict(manifest)
 
 
-def _reference(build_dir: Path, report: dict[str, Any]) -> tuple[Inputs, np.ndarray, np.ndarray]:
-    """(inputs, read a batch at a time; labels; logits of the float model the artifacts were lowered from)."""
+def _reference(build_dir: Path, report: dict[str, Any]) -> tuple[Inputs, Inputs, Inputs]:
+    """(inputs, read a batch at a time; labels; logits of the float model the artifacts were lowered
+    from); a dense task's maps and outputs are read a batch at a time too."""
+    if report.get("task", "classification") != "classification":
+        return open_dense(build_dir / "eval" / "bundle.npz")
     x, labels, ref = open_bundle(build_dir / "eval" / "bundle.npz")
     if report.get("stages"):
         lowered = build_dir / LOWERED_BUNDLE
@@ -220,7 +224,7 @@ def recheck(
     t: dict[str, Any],
     recipe: Recipe,
     config: ModelConfig,
-    data: tuple[Inputs, np.ndarray, np.ndarray],
+    data: tuple[Inputs, Inputs, Inputs],
     replacement: Path | None = None,
 ) -> dict[str, Any]:
     """Run one built target's artifact again on the evaluation set; its report entry, re-scored.
@@ -248,7 +252,10 @@ def recheck(
     batch, c = recipe.check.eval_batch, recipe.check
     try:
         with target.runner(artifact, threads, config.input_size, device) as runner:
-            logits = runner.infer_all(x, batch)
+            if config.task == "classification":
+                entry["accuracy"] = accuracy.compare(runner.infer_all(x, batch), labels, ref).to_dict()
+            else:  # scored batch by batch, as the build does
+                entry["accuracy"], _ = score_run(TASKS.get(config.task), runner.infer, x, labels, ref, batch)
             simulated = runner.simulated
             if replacement is not None:
                 local = device.transport == "local" and not simulated
@@ -258,11 +265,6 @@ def recheck(
         return {**entry, "status": "skipped", "reason": f"not re-checked: {exc}"}
     except EdgeVitError as exc:
         return {**entry, "status": "failed", "reason": f"re-check failed: {exc}"}
-    if config.task == "classification":
-        entry["accuracy"] = accuracy.compare(logits, labels, ref).to_dict()
-    else:
-        task = TASKS.get(config.task)
-        entry["accuracy"] = task.score(task.normalise(logits, ref.shape), labels, ref)
     entry["rechecked"] = True
     entry["where"] = f"simulated:{simulated}" if simulated else "host"
     if replacement is not None:

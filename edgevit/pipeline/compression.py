@@ -53,7 +53,7 @@ class Lowered:
     config: ModelConfig
     weights_sha: str
     step: StepResult
-    outputs: np.ndarray
+    outputs: Inputs
     records: list[dict[str, Any]]
 
 
@@ -194,7 +194,7 @@ class Compression:
         onnx_sha: str,
         calib_sha: str | None,
         x_eval: Inputs,
-        labels: np.ndarray,
+        labels: Inputs,
     ) -> tuple[str, dict[str, Any]]:
         """Point ``request`` at the model trained against ``spec``'s INT8 grid (one cached,
         resumable step per grid and input model); return its ONNX's sha256 and the stage's record."""
@@ -257,21 +257,21 @@ class Compression:
             "epochs": stage.epochs,
         }
 
-    def lowered_bundle(
-        self, x_eval: BundleInputs, labels: np.ndarray, src_logits: np.ndarray, eval_sha: str
-    ) -> Path:
+    def lowered_bundle(self, x_eval: BundleInputs, labels: Inputs, src_logits: Inputs, eval_sha: str) -> Path:
         """The evaluation images with the lowered float model's logits: what the profiling agent scores
-        a device's logits against when compression stages changed the model."""
+        a device's logits against when compression stages changed the model (classification: the
+        labels and logits are small)."""
+        truth, logits = np.asarray(labels), np.asarray(src_logits)
         b = self.ctx.recipe.check.eval_batch
         step = self.ctx.ws.step(
             LOWERED_BUNDLE.split("/")[0],
-            {"eval_bundle": eval_sha, "logits": sha256_bytes(src_logits.tobytes())},
+            {"eval_bundle": eval_sha, "logits": sha256_bytes(logits.tobytes())},
             lambda d: write_bundle(
                 d / "bundle.npz",
                 len(x_eval),
                 x_eval.shape[1:],
-                ((x_eval[i : i + b], src_logits[i : i + b]) for i in range(0, len(x_eval), b)),
-                labels,
+                ((x_eval[i : i + b], logits[i : i + b]) for i in range(0, len(x_eval), b)),
+                truth,
             ),
             {"producer": "pipeline (agent bundle)"},
         )

@@ -20,6 +20,7 @@ from edgevit.quant.simulate import Scope
 from edgevit.recipe.schema import TargetSpec
 from edgevit.stages.equalize import scheme_for
 from edgevit.targets import TARGETS, LowerRequest
+from edgevit.tasks.base import score_run
 from edgevit.workspace import StepResult
 
 
@@ -39,8 +40,8 @@ class FloatSearch:
         device: Any,
         threads: int,
         x_eval: Inputs,
-        labels: np.ndarray,
-        src_logits: np.ndarray,
+        labels: Inputs,
+        src_logits: Inputs,
     ) -> tuple[dict[str, Any], StepResult]:
         """The accuracy-budget search (:mod:`edgevit.quant.budget`) for one INT8 target: candidates
         are cached build steps scored on the evaluation set; the ranking is the budget's
@@ -87,10 +88,11 @@ class FloatSearch:
             nonlocal tried
             step, artifact = candidate(str(tried), extra)
             tried += 1
-            outputs = infer(artifact, x_eval)
             if task.name == "classification":
-                return asdict(accuracy.compare(outputs, labels, src_logits)), step
-            return task.score(task.normalise(outputs, src_logits.shape), labels, src_logits), step
+                return asdict(accuracy.compare(infer(artifact, x_eval), labels, src_logits)), step
+            with target.runner(artifact, threads, request.model_config.input_size, device) as runner:
+                scores, _ = score_run(task, runner.infer, x_eval, labels, src_logits, r.check.eval_batch)
+            return scores, step
 
         # Rank on calibration images (not the evaluation set the budget and gates are checked on).
         images = request.calibration if request.calibration is not None else x_eval

@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import asdict, replace
 from typing import Any
 
-import numpy as np
-
 from edgevit.check import accuracy
 from edgevit.check.bundle import Inputs
 from edgevit.devices import resolve_device
@@ -35,8 +33,8 @@ class Recovery:
         onnx_sha: str,
         calib_sha: str | None,
         x_eval: Inputs,
-        labels: np.ndarray,
-        src_logits: np.ndarray,
+        labels: Inputs,
+        src_logits: Inputs,
         ref_top1: float,
     ) -> tuple[dict[str, Any], dict[str, Any] | None]:
         """One INT8 target under ``accuracy_budget.recover: qat | qat_then_float``: post-training
@@ -102,8 +100,8 @@ class Recovery:
         onnx_sha: str,
         calib_sha: str | None,
         x_eval: Inputs,
-        labels: np.ndarray,
-        src_logits: np.ndarray,
+        labels: Inputs,
+        src_logits: Inputs,
     ) -> tuple[accuracy.AccuracyResult, StepResult] | None:
         """Build ``request`` (post-training INT8) as a cached step and score it on the evaluation
         set; None when this host cannot build or run it."""

@@ -13,13 +13,14 @@ import torch
 
 from edgevit.builtin import resolve_builtin
 from edgevit.check import accuracy
-from edgevit.check.bundle import BundleInputs, open_bundle, write_bundle
+from edgevit.check.bundle import BundleInputs, Inputs, open_bundle, open_dense, write_bundle
 from edgevit.data import open_data
 from edgevit.data.stream import Images
 from edgevit.errors import EdgeVitError, RecipeError
 from edgevit.models.load import LoadedModel, load, logits_of
 from edgevit.pipeline.context import BuildContext, Log
 from edgevit.recipe.schema import Recipe
+from edgevit.tasks.base import score_batches
 from edgevit.workspace import StepResult
 
 
@@ -59,8 +60,8 @@ class Evaluation:
 
     step: StepResult
     x: BundleInputs
-    labels: np.ndarray
-    outputs: np.ndarray
+    labels: Inputs  # labels, or a dense task's maps read a batch at a time
+    outputs: Inputs  # the reference's logits, or a dense task's outputs read a batch at a time
     top1: float  # classification's reference top-1 (0 for a dense task)
     scores: dict[str, Any]  # the task's headline scores of the reference
     description: str
@@ -83,16 +84,15 @@ def evaluation_set(ctx: BuildContext, ref: LoadedModel, weights_sha: str) -> Eva
 
     def make_eval(d: Path) -> None:
         images = Images(source, cfg)
-        maps: list[np.ndarray] = []  # a dense task's ground truth, gathered as the images stream by
-
-        def batches() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-            for x, y in images.in_order(batch):
-                if dense:
-                    maps.append(y.numpy())
-                yield x.numpy(), logits_of(ref.model, x.numpy(), batch)
-
-        truth = (lambda: np.concatenate(maps)) if dense else source.labels
-        write_bundle(d / "bundle.npz", len(images), cfg.input_size, batches(), truth)
+        if dense:  # a dense task's maps are written as they stream by, beside the images
+            batches: Iterator[tuple[np.ndarray, ...]] = (
+                (x.numpy(), logits_of(ref.model, x.numpy(), batch), y.numpy())
+                for x, y in images.in_order(batch)
+            )
+            write_bundle(d / "bundle.npz", len(images), cfg.input_size, batches)
+            return
+        pairs = ((x.numpy(), logits_of(ref.model, x.numpy(), batch)) for x, _ in images.in_order(batch))
+        write_bundle(d / "bundle.npz", len(images), cfg.input_size, pairs, source.labels)
 
     step = ctx.ws.step(
         "eval",
@@ -106,8 +106,22 @@ def evaluation_set(ctx: BuildContext, ref: LoadedModel, weights_sha: str) -> Eva
         {"producer": "data+reference", "data": source.description},
     )
     # the inputs are read a batch at a time from the bundle: a few thousand 224-px images are gigabytes
-    x, labels, outputs = open_bundle(step.path("bundle.npz"))
-    top1 = accuracy.top1(outputs, labels) if not dense else 0.0
-    scores = {k: v for k, v in task.score(outputs, labels, outputs).items() if k in task.headline}
+    labels: Inputs
+    outputs: Inputs
+    if dense:  # so are a dense task's maps and outputs
+        x, labels, outputs = open_dense(step.path("bundle.npz"))
+        scores = score_batches(
+            task,
+            (
+                (outputs[i : i + batch], labels[i : i + batch], outputs[i : i + batch])
+                for i in range(0, len(x), batch)
+            ),
+        )
+        top1 = 0.0
+    else:
+        x, labels, outputs = open_bundle(step.path("bundle.npz"))
+        scores = task.score(outputs, labels, outputs)
+        top1 = accuracy.top1(outputs, labels)
+    scores = {k: v for k, v in scores.items() if k in task.headline}
     ctx.log(f"float reference {task.summary(scores)} on {len(labels)} images ({source.description})")
     return Evaluation(step, x, labels, outputs, top1, scores, source.description)

@@ -19,6 +19,7 @@ from edgevit.pipeline.float_search import FloatSearch
 from edgevit.recipe.schema import TargetSpec
 from edgevit.report.previews import map_preview
 from edgevit.targets import TARGETS, LowerRequest
+from edgevit.tasks.base import score_run
 from edgevit.workspace import StepResult
 
 
@@ -77,8 +78,8 @@ class TargetChecker:
         onnx_sha: str,
         calib_sha: str | None,
         x_eval: Inputs,
-        labels: np.ndarray,
-        src_logits: np.ndarray,
+        labels: Inputs,
+        src_logits: Inputs,
         ref_top1: float,
         qat_logits: np.ndarray | None = None,
         prebuilt: StepResult | None = None,
@@ -157,7 +158,12 @@ class TargetChecker:
             if settings:
                 built["build_settings"] = settings
             with target.runner(artifact, threads, request.model_config.input_size, device) as runner:
-                logits = runner.infer_all(x_eval, r.check.eval_batch)
+                if self.ctx.task.name == "classification":
+                    logits = runner.infer_all(x_eval, r.check.eval_batch)
+                else:  # scored batch by batch: a dense set's outputs are never held whole
+                    dense = score_run(
+                        self.ctx.task, runner.infer, x_eval, labels, src_logits, r.check.eval_batch
+                    )
                 simulated = runner.simulated
                 findings = runner.findings()
                 lat = (
@@ -183,9 +189,7 @@ class TargetChecker:
             return self._dense_entry(
                 entry,
                 spec,
-                logits,
-                labels,
-                src_logits,
+                *dense,
                 lat,
                 on_device,
                 simulated,
@@ -270,9 +274,8 @@ class TargetChecker:
         self,
         entry: dict[str, Any],
         spec: TargetSpec,
-        outputs: np.ndarray,
-        truth: np.ndarray,
-        reference: np.ndarray,
+        scores: dict[str, Any],
+        first: np.ndarray,
         lat: Any,
         on_device: dict[str, Any] | None,
         simulated: str | None,
@@ -280,11 +283,9 @@ class TargetChecker:
         built: dict[str, Any],
         reused: bool,
     ) -> dict[str, Any]:
-        """A dense task's target entry: its outputs (NHWC from a backend normalised to NCHW) scored
-        against the maps and the float model's outputs."""
-        outputs = self.ctx.task.normalise(outputs, reference.shape)
-        scores = self.ctx.task.score(outputs, truth, reference)
-        findings["preview"] = {"index": 0, "output": map_preview(self.ctx.task.name, outputs[0])}
+        """A dense task's target entry: its scores against the maps and the float model's outputs,
+        and a preview of its first output."""
+        findings["preview"] = {"index": 0, "output": map_preview(self.ctx.task.name, first)}
         latency_ms = None if lat is None else lat.to_dict()
         device = resolve_device(spec.device)
         if on_device is not None and on_device.get("ok"):

@@ -7,10 +7,12 @@ thousands of 224-px segmentation maps holds one batch, never the set.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 if TYPE_CHECKING:
     import torch
@@ -110,3 +112,43 @@ def sqnr_db(signal: float, noise: float) -> float:
     if signal <= 0:
         return -999.0
     return float(min(999.0, 10 * np.log10(signal / noise)))
+
+
+def score_batches(
+    task: Task, batches: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]
+) -> dict[str, float | int]:
+    """Score (outputs, ground truth, reference) batches as one set, rounded like ``Task.score``;
+    outputs a backend laid out channels-last are normalised to the reference's layout."""
+    scorer = task.scorer()
+    for outputs, truth, reference in batches:
+        scorer.add(
+            task.normalise(np.asarray(outputs), np.asarray(reference).shape),
+            np.asarray(truth),
+            np.asarray(reference),
+        )
+    return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in scorer.result().items()}
+
+
+def score_run(
+    task: Task,
+    run: Callable[[np.ndarray], np.ndarray],
+    x: ArrayLike,
+    truth: ArrayLike,
+    reference: ArrayLike,
+    batch: int,
+) -> tuple[dict[str, float | int], np.ndarray]:
+    """Run ``x`` through ``run`` ``batch`` images at a time and score each batch as it comes (the
+    inputs, ground truth and reference may be read by slices, e.g. from a bundle): the scores and
+    the first image's output (normalised), never the set's outputs at once."""
+    first: list[np.ndarray] = []
+
+    def batches() -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        for i in range(0, len(x), batch):  # type: ignore[arg-type]
+            ref = np.asarray(reference[i : i + batch])  # type: ignore[index]
+            out = run(np.ascontiguousarray(x[i : i + batch], dtype=np.float32))  # type: ignore[index]
+            if not first:
+                first.append(task.normalise(np.asarray(out), ref.shape)[0])
+            yield out, np.asarray(truth[i : i + batch]), ref  # type: ignore[index]
+
+    scores = score_batches(task, batches())
+    return scores, first[0]
