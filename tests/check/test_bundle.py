@@ -37,6 +37,42 @@ def test_a_bundle_written_in_batches_is_an_npz_and_reads_by_slices(tmp_path: Pat
         write_bundle(tmp_path / "short.npz", 10, (3, 4, 4), [(x[:9], logits[:9])], labels)
 
 
+def test_a_dense_bundle_spools_its_maps_and_outputs_and_reads_them_by_slices(tmp_path: Path) -> None:
+    from edgevit.check.bundle import open_dense
+
+    rng = np.random.default_rng(1)
+    x = rng.random((7, 3, 4, 4), dtype=np.float32)
+    maps = rng.integers(0, 6, (7, 4, 4))
+    outputs = rng.random((7, 6, 4, 4), dtype=np.float32)
+    path = tmp_path / "dense.npz"
+    batches = ((x[i : i + 3], outputs[i : i + 3], maps[i : i + 3]) for i in range(0, 7, 3))
+    write_bundle(path, 7, (3, 4, 4), batches)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dense.npz"]  # the spools are gone
+    with np.load(path) as npz:  # still the np.savez layout
+        assert np.array_equal(npz["labels"], maps) and np.array_equal(npz["reference_logits"], outputs)
+    inputs, read_maps, read_outputs = open_dense(path)
+    assert np.array_equal(read_maps[2:5], maps[2:5]) and np.array_equal(read_outputs[5:], outputs[5:])
+    assert read_outputs.shape == (7, 6, 4, 4) and np.array_equal(inputs[:], x)
+
+
+def test_a_classification_bundle_is_byte_for_byte_np_savez(tmp_path: Path) -> None:
+    x, labels, logits = _arrays()
+    write_bundle(
+        tmp_path / "b.npz",
+        10,
+        (3, 4, 4),
+        ((x[i : i + 4], logits[i : i + 4]) for i in range(0, 10, 4)),
+        labels,
+    )
+    np.savez(tmp_path / "s.npz", inputs=x, labels=labels, reference_logits=logits)
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "b.npz") as a, zipfile.ZipFile(tmp_path / "s.npz") as b:
+        assert [i.filename for i in a.infolist()] == [i.filename for i in b.infolist()]
+        for name in ("inputs.npy", "labels.npy", "reference_logits.npy"):
+            assert a.read(name) == b.read(name), name
+
+
 @pytest.mark.parametrize("save", [np.savez, np.savez_compressed])
 def test_bundles_np_savez_wrote_still_read(tmp_path: Path, save) -> None:
     x, labels, logits = _arrays()
