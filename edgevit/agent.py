@@ -1,10 +1,12 @@
-"""edgevit's profiling agent: one self-contained file that runs an artifact where it will be deployed.
+"""edgevit's profiling agent: one file (with ``scoring.py`` beside it for dense tasks' scores) that
+runs an artifact where it will be deployed.
 
 It needs only Python >= 3.8, NumPy and the artifact's runtime (onnxruntime, openvino,
 ai-edge-litert / tflite-runtime, or TensorRT + cuda-python on an NVIDIA device). edgevit copies
 this file to the device (or runs it locally), with the artifact and optionally an evaluation
 bundle (.npz with ``inputs``, ``labels`` and ``reference_logits``; its inputs are read a batch at a
-time, so a device scores more images than its memory holds), and reads the one JSON
+time, so a device scores more images than its memory holds; a dense task's maps and outputs too,
+scored by edgevit/scoring.py), and reads the one JSON
 document it prints:
 
     python3 agent.py ARTIFACT [--runs N | --duration S] [--warmup N] [--threads T] [--batch B]
@@ -15,7 +17,7 @@ Exit 0 with ``{"ok": true, ...}``; exit 2 with ``{"ok": false, "error": "..."}``
 (unknown artifact type, missing runtime, device busy). edgevit's own host runners use the same
 session classes, so host and device numbers come from the same code.
 
-Keep this file importable by Python 3.8 with only the standard library and NumPy.
+Keep this file (and scoring.py) importable by Python 3.8 with only the standard library and NumPy.
 """
 
 from __future__ import annotations
@@ -32,6 +34,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+try:  # in the package; on a device the transport puts scoring.py beside this file
+    from edgevit import scoring
+except ImportError:  # pragma: no cover - the device side
+    import scoring  # type: ignore[no-redef]
 
 AGENT_VERSION = 1
 INPUT_NAME = "input"
@@ -770,6 +777,23 @@ def open_bundle(path: Path) -> tuple[BundleInputs, np.ndarray, np.ndarray]:
         return inputs, npz["labels"], npz["reference_logits"]
 
 
+def open_scored_bundle(path: Path) -> tuple[BundleInputs, Any, Any]:
+    """A bundle's inputs, labels and reference outputs; a dense task's maps and outputs (4-D) are
+    read by slices like the inputs, a classifier's labels and logits are small and read whole."""
+    reference = BundleInputs(path, "reference_logits")
+    if len(reference.shape) == 4:
+        return BundleInputs(path), BundleInputs(path, "labels"), reference
+    reference.close()
+    return open_bundle(path)
+
+
+def dense_accuracy(outputs: np.ndarray, labels: Any, reference: Any) -> dict[str, Any]:
+    """Dense outputs (NCHW, or NHWC) scored against maps and float outputs (edgevit.scoring)."""
+    tally = scoring.tally_for(reference)
+    tally.add(scoring.normalise(outputs, tuple(reference.shape)), np.asarray(labels), np.asarray(reference))
+    return scoring.rounded(tally.result())
+
+
 def profile(
     artifact: Path,
     runs: int = 100,
@@ -789,7 +813,7 @@ def profile(
     if bundle is not None:
         if not bundle.is_file():
             raise AgentError(f"evaluation bundle {bundle} does not exist")
-        inputs, labels, reference = open_bundle(bundle)
+        inputs, labels, reference = open_scored_bundle(bundle)
         data = {"inputs": inputs, "labels": labels, "reference_logits": reference}
         shape = inputs.shape[1:]
     sample = (
@@ -820,7 +844,9 @@ def profile(
     }
     if session.info():
         doc["session"] = session.info()
-    if data is not None:
+    if data is not None and len(data["reference_logits"].shape) == 4:
+        doc["accuracy"] = _dense_accuracy(session, data)
+    elif data is not None:
         x = data["inputs"]  # read 16 images at a time: a device's memory holds a batch, not the set
         logits = np.concatenate(
             [session(np.ascontiguousarray(x[i : i + 16], dtype=np.float32)) for i in range(0, len(x), 16)]
@@ -831,6 +857,18 @@ def profile(
         }
     doc["peak_rss_mb"] = peak_rss_mb()
     return doc
+
+
+def _dense_accuracy(session: Session, data: dict[str, Any]) -> dict[str, Any]:
+    """A dense artifact's scores against the bundle's maps and float outputs (edgevit.scoring),
+    16 images at a time."""
+    x, labels, reference = data["inputs"], data["labels"], data["reference_logits"]
+    tally = scoring.tally_for(reference)
+    for i in range(0, len(x), 16):
+        ref = reference[i : i + 16]
+        out = np.asarray(session(np.ascontiguousarray(x[i : i + 16], dtype=np.float32)), np.float32)
+        tally.add(scoring.normalise(out, ref.shape), labels[i : i + 16], ref)
+    return scoring.rounded(tally.result())
 
 
 def _input_shape(session: Session, artifact: Path) -> list[int]:

@@ -65,9 +65,7 @@ class Build:
         ref_size = self.compression.size_record(ref.model, ref.config, ref_step.path("model.safetensors"))
         low = self.compression.run_stages(ref, ref_step, ev, ref_size)
         ctx.agent_bundle = (
-            None  # the profiling agent scores classification only: a dense target's device run is timed
-            if ctx.task.name != "classification"
-            else self.compression.lowered_bundle(ev.x, ev.labels, low.outputs, ev.step.outputs["bundle.npz"])
+            self.compression.lowered_bundle(ev.x, ev.labels, low.outputs, ev.step.outputs["bundle.npz"])
             if low.records
             else ev.step.path("bundle.npz")
         )

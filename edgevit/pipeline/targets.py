@@ -291,13 +291,20 @@ class TargetChecker:
         if on_device is not None and on_device.get("ok"):
             entry["where"] = on_device["where"]
             latency_ms = on_device["latency_ms"]
-            findings["device_profile"] = {
-                k: on_device.get(k) for k in ("runtime", "versions", "device", "session") if k in on_device
-            }
+            keys = ("runtime", "versions", "device", "session", "accuracy", "accuracy_note")
+            findings["device_profile"] = {k: on_device.get(k) for k in keys if k in on_device}
+            own = "device_profile.accuracy" if on_device.get("accuracy") else "not there"
             entry["reason"] = (
-                f"latency measured on device {device.name}; the {self.ctx.task.name} scores were checked on this host "
-                "with the same artifact (the agent scores classification only)"
+                f"latency measured on device {device.name}; the {self.ctx.task.name} scores were checked on this "
+                f"host with the same artifact (the device's own: {own})"
             )
+            if simulated and on_device.get("accuracy"):  # the host only simulated it: the device's rule
+                findings["host_simulation"] = {"where": f"simulated:{simulated}", "accuracy": scores}
+                scores = on_device["accuracy"]
+                entry["reason"] = (
+                    f"latency and scores measured on device {device.name} ({on_device.get('runtime')} there); the "
+                    f"{simulated} simulation of the same artifact on this host is under host_simulation"
+                )
         elif simulated:
             entry["where"] = f"simulated:{simulated}"
             entry["reason"] = (

@@ -307,15 +307,15 @@ class AdbTransport(Transport):
     def _accuracy(self, job: AgentRun, threads: int, remote: str) -> dict[str, Any]:
         """Run the bundle's first inputs on the phone, one benchmark_model invocation each; the
         ``accuracy`` entry, or ``accuracy_note`` saying why there is none."""
-        from edgevit.agent import interpreter_class, open_bundle
+        from edgevit.agent import dense_accuracy, interpreter_class, open_scored_bundle
 
         assert job.bundle is not None
         interp = interpreter_class()(model_path=str(job.artifact))
         detail_in, detail_out = interp.get_input_details()[0], interp.get_output_details()[0]
-        x, all_labels, all_reference = open_bundle(job.bundle)
+        x, all_labels, all_reference = open_scored_bundle(job.bundle)
         n = min(len(x), self.settings.accuracy_samples)
         inputs = np.ascontiguousarray(x[:n], dtype=np.float32)
-        labels, reference = all_labels[:n], all_reference[:n]
+        labels, reference = np.asarray(all_labels[:n]), np.asarray(all_reference[:n])
         x.close()
         if int(detail_in["shape"][0]) != 1:
             return {"accuracy_note": "not checked on the phone: the model's batch is not 1"}
@@ -363,7 +363,10 @@ class AdbTransport(Transport):
                         "accuracy_note": f"not checked on the phone: output {i} has {raw.size} values, not {width}"
                     }
                 y = raw[:width].reshape([int(d) for d in detail_out["shape"]])
-                logits.append(from_tensor(y, detail_out).reshape(1, -1))
+                y = from_tensor(y, detail_out)
+                logits.append(y if reference.ndim == 4 else y.reshape(1, -1))  # dense maps keep their shape
+        if reference.ndim == 4:
+            return {"accuracy": dense_accuracy(np.concatenate(logits).astype(np.float32), labels, reference)}
         scores = fidelity(np.concatenate(logits), labels, reference)
         return {"accuracy": {k: (round(v, 6) if isinstance(v, float) else v) for k, v in scores.items()}}
 

@@ -26,6 +26,7 @@ from edgevit.agent import PLAN_NAME
 from edgevit.errors import EdgeVitError
 
 AGENT = Path(__file__).resolve().parent.parent / "agent.py"
+SCORING = AGENT.with_name("scoring.py")  # the dense scores the agent imports, shipped beside it
 
 
 class ProfileError(EdgeVitError):
@@ -161,7 +162,7 @@ class SshTransport(Transport):
                 f"{self.description}: could not make a run directory: {made.stderr.strip()[:200]}"
             )
         try:
-            self._copy([AGENT, *job.files], remote, job.timeout_s)
+            self._copy([AGENT, SCORING, *job.files], remote, job.timeout_s)
             quoted = " ".join(shlex.quote(a) for a in job.args(lambda p: p.name))
             proc = self._ssh(
                 f"cd {shlex.quote(remote)} && {shlex.quote(self.python)} agent.py {quoted}", job.timeout_s

@@ -9,10 +9,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal, Protocol
 
 import numpy as np
 from numpy.typing import ArrayLike
+
+from edgevit import scoring
 
 if TYPE_CHECKING:
     import torch
@@ -37,14 +39,13 @@ class GateSpec:
     kind: Literal["max", "min"]
 
 
-class Scorer(ABC):
-    """Scores an artifact's outputs batch by batch against ground truth and the float reference."""
+class Scorer(Protocol):
+    """Scores an artifact's outputs batch by batch against ground truth and the float reference
+    (edgevit.scoring's tallies are scorers: they ship to devices without this module)."""
 
-    @abstractmethod
     def add(self, outputs: np.ndarray, targets: np.ndarray, reference: np.ndarray) -> None:
         """Add one batch: the artifact's outputs, the ground truth, the float model's outputs."""
 
-    @abstractmethod
     def result(self) -> dict[str, float | int]:
         """The scores of every batch added (JSON-ready)."""
 
@@ -78,13 +79,7 @@ class Task(ABC):
     def normalise(self, outputs: np.ndarray, expected: tuple[int, ...]) -> np.ndarray:
         """``outputs`` in the layout ``expected`` names (a backend may give NHWC for NCHW);
         raises ValueError naming both shapes when they cannot be matched."""
-        if outputs.shape == expected:
-            return outputs
-        if outputs.ndim == 4 and len(expected) == 4:
-            n, c, h, w = expected
-            if outputs.shape == (n, h, w, c):
-                return np.ascontiguousarray(outputs.transpose(0, 3, 1, 2))
-        raise ValueError(f"outputs of shape {outputs.shape}, expected {expected}")
+        return scoring.normalise(outputs, expected)
 
     def score(
         self, outputs: np.ndarray, targets: np.ndarray, reference: np.ndarray
@@ -92,7 +87,7 @@ class Task(ABC):
         """Score one set at once, rounded for reports (full precision is not meaningful here)."""
         scorer = self.scorer()
         scorer.add(outputs, targets, reference)
-        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in scorer.result().items()}
+        return scoring.rounded(scorer.result())
 
     def summary(self, scores: dict[str, float | int]) -> str:
         """The scores as a log line's words (every metric, in the task's order)."""
@@ -103,15 +98,6 @@ class Task(ABC):
                 unit = "%" if m.unit == "%" else (f" {m.unit}" if m.unit and m.unit != "points" else "")
                 parts.append(f"{m.header} {value:{'+.2f' if m.unit == 'points' else '.4g'}}{unit}")
         return ", ".join(parts)
-
-
-def sqnr_db(signal: float, noise: float) -> float:
-    """Signal-to-quantization-noise ratio in dB from summed energies (999 for no noise)."""
-    if noise <= 0:
-        return 999.0
-    if signal <= 0:
-        return -999.0
-    return float(min(999.0, 10 * np.log10(signal / noise)))
 
 
 def score_batches(
@@ -126,7 +112,7 @@ def score_batches(
             np.asarray(truth),
             np.asarray(reference),
         )
-    return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in scorer.result().items()}
+    return scoring.rounded(scorer.result())
 
 
 def score_run(

@@ -8,8 +8,8 @@ import torch
 
 from edgevit.agent import fidelity
 from edgevit.errors import RecipeError
+from edgevit.scoring import IGNORE, confusion, miou
 from edgevit.tasks import TASKS
-from edgevit.tasks.segmentation import IGNORE, confusion, miou
 
 
 def _onehot(classes: np.ndarray, c: int) -> np.ndarray:
