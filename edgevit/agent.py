@@ -35,9 +35,9 @@ from typing import Any
 
 import numpy as np
 
-try:  # in the package; on a device the transport puts scoring.py beside this file
-    from edgevit import scoring
-except ImportError:  # pragma: no cover - the device side
+try:  # scoring.py beside this file: in the package, or where a transport copied both
+    from . import scoring
+except ImportError:  # run as a script (on a device): its directory is on sys.path
     import scoring  # type: ignore[no-redef]
 
 AGENT_VERSION = 1

@@ -136,20 +136,26 @@ def test_two_profiles_on_one_device_do_not_overlap(tmp_path) -> None:
         pass
 
 
-def test_agent_file_is_python38_and_self_contained() -> None:
+@pytest.mark.parametrize("name", ["agent.py", "scoring.py"])
+def test_agent_files_are_python38_and_self_contained(name: str) -> None:
+    """agent.py and the scoring.py shipped beside it import only the standard library, NumPy,
+    the runtimes, and each other (never the edgevit package)."""
     import ast
 
-    source = Path(agent.__file__).read_text()
+    source = Path(agent.__file__).with_name(name).read_text()
     tree = ast.parse(source, feature_version=(3, 8))
     imported = {
-        (node.module or "").split(".")[0] if isinstance(node, ast.ImportFrom) else alias.name.split(".")[0]
+        ("." * node.level + (node.module or "")) if isinstance(node, ast.ImportFrom) else alias.name
         for node in ast.walk(tree)
         if isinstance(node, (ast.Import, ast.ImportFrom))
         for alias in node.names
     }
-    assert "edgevit" not in imported and imported <= set(sys.stdlib_module_names) | {
+    roots = {i.split(".")[0] for i in imported if not i.startswith(".")}
+    assert "edgevit" not in roots and roots <= set(sys.stdlib_module_names) | {
         "numpy", "__future__", "ai_edge_litert", "tflite_runtime", "cuda",  # cuda-python, for TensorRT
+        "scoring",  # the sibling file, on a device
     }  # fmt: skip
+    assert {i for i in imported if i.startswith(".")} <= {"."}  # `from . import scoring`, in the package
 
 
 def test_cli_profiles_a_build_directory(tmp_path, tiny_onnx, bundle) -> None:
