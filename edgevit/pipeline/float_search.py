@@ -72,13 +72,10 @@ class FloatSearch:
         tried = 0
 
         task = self.ctx.task
-        unknown = [
-            k
-            for k, (key, _, _) in BUDGET_LIMITS.items()
-            if k in q.accuracy_budget.limits() and key not in {m.key for m in task.metrics}
-        ]
+        scored = {m.key for m in task.metrics}
+        valid = [k for k, (key, _, _) in BUDGET_LIMITS.items() if key in scored]
+        unknown = [k for k in q.accuracy_budget.limits() if k not in valid]
         if unknown:
-            valid = [k for k, (key, _, _) in BUDGET_LIMITS.items() if key in {m.key for m in task.metrics}]
             raise EdgeVitError(
                 f"accuracy_budget.{unknown[0]} does not apply to a {task.name} model",
                 f"use {', '.join(valid)}",
