@@ -787,10 +787,18 @@ def open_scored_bundle(path: Path) -> tuple[BundleInputs, Any, Any]:
     return open_bundle(path)
 
 
-def dense_accuracy(outputs: np.ndarray, labels: Any, reference: Any) -> dict[str, Any]:
-    """Dense outputs (NCHW, or NHWC) scored against maps and float outputs (edgevit.scoring)."""
-    tally = scoring.tally_for(reference)
-    tally.add(scoring.normalise(outputs, tuple(reference.shape)), np.asarray(labels), np.asarray(reference))
+def dense_accuracy(batches: Any) -> dict[str, Any]:
+    """Dense outputs (NCHW, or NHWC) scored against maps and float outputs (edgevit.scoring), from
+    (outputs, maps, reference outputs) batches."""
+    tally = None
+    for outputs, labels, reference in batches:
+        reference = np.asarray(reference)
+        tally = tally or scoring.tally_for(reference)
+        tally.add(
+            scoring.normalise(np.asarray(outputs, np.float32), reference.shape), np.asarray(labels), reference
+        )
+    if tally is None:
+        raise AgentError("no dense outputs to score")
     return scoring.rounded(tally.result())
 
 
@@ -860,15 +868,16 @@ def profile(
 
 
 def _dense_accuracy(session: Session, data: dict[str, Any]) -> dict[str, Any]:
-    """A dense artifact's scores against the bundle's maps and float outputs (edgevit.scoring),
-    16 images at a time."""
+    """A dense artifact's scores on the bundle, 16 images at a time."""
     x, labels, reference = data["inputs"], data["labels"], data["reference_logits"]
-    tally = scoring.tally_for(reference)
-    for i in range(0, len(x), 16):
-        ref = reference[i : i + 16]
-        out = np.asarray(session(np.ascontiguousarray(x[i : i + 16], dtype=np.float32)), np.float32)
-        tally.add(scoring.normalise(out, ref.shape), labels[i : i + 16], ref)
-    return scoring.rounded(tally.result())
+    return dense_accuracy(
+        (
+            session(np.ascontiguousarray(x[i : i + 16], dtype=np.float32)),
+            labels[i : i + 16],
+            reference[i : i + 16],
+        )
+        for i in range(0, len(x), 16)
+    )
 
 
 def _input_shape(session: Session, artifact: Path) -> list[int]:

@@ -366,7 +366,7 @@ class AdbTransport(Transport):
                 y = from_tensor(y, detail_out)
                 logits.append(y if reference.ndim == 4 else y.reshape(1, -1))  # dense maps keep their shape
         if reference.ndim == 4:
-            return {"accuracy": dense_accuracy(np.concatenate(logits).astype(np.float32), labels, reference)}
+            return {"accuracy": dense_accuracy([(np.concatenate(logits), labels, reference)])}
         scores = fidelity(np.concatenate(logits), labels, reference)
         return {"accuracy": {k: (round(v, 6) if isinstance(v, float) else v) for k, v in scores.items()}}
 
