@@ -19,6 +19,7 @@ from torch import nn
 from edgevit import distributed
 from edgevit.compute import Compute, peak_memory, resolve
 from edgevit.data import DataSpec, open_data
+from edgevit.data.source import require_task
 from edgevit.data.stream import Images
 from edgevit.errors import EdgeVitError
 from edgevit.fileio import atomic_path, atomic_write_json, ensure_dir
@@ -315,12 +316,7 @@ def train(
     ensure_dir(out_dir, "output directory")
     torch.manual_seed(cfg.seed)  # the model's initial weights
     task = str(cfg.model_kwargs.get("task", "classification"))
-    train_src = open_data(DataSpec(source=cfg.data, split="train"), task=task)
-    if train_src.task != task:
-        raise EdgeVitError(
-            f"training data {cfg.data} is for {train_src.task}, the model for {task}",
-            "pick data with that task's ground truth (shapes-seg, shapes-depth, a dense folder) or another task",
-        )
+    train_src = require_task(open_data(DataSpec(source=cfg.data, split="train"), task=task), task, "data")
     model, mcfg = _build(cfg, train_src.class_names)
     model.to(compute.device)
     images = Images(train_src, mcfg, pin_memory=compute.cuda)

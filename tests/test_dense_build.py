@@ -129,17 +129,90 @@ def test_depth_builds_and_scores_against_the_float_model(tmp_path: Path) -> None
 def test_dense_models_refuse_what_they_cannot_do_yet(tmp_path: Path) -> None:
     from edgevit.errors import RecipeError
 
-    path = _recipe(tmp_path, "segmentation", "linear", ALL_BACKENDS[:1], {})
+    path = _recipe(tmp_path, "segmentation", "linear", ALL_BACKENDS[1:2], {})
     recipe = json.loads(path.read_text())
-    recipe["stages"] = [{"stage": "prune", "target": {"macs": 0.75}}, {"stage": "quantize"}]
-    path.write_text(json.dumps(recipe))
-    with pytest.raises(RecipeError, match="stages prune are classification-only so far"):
-        edgevit.build(path, tmp_path / "b")
+    recipe["data"]["train"] = recipe["data"]["calibration"]
+    refused = {
+        "the qat stage is classification-only so far": [{"stage": "qat", "epochs": 1}, {"stage": "quantize"}],
+        "remove_blocks: the segmentation head reads": [
+            {"stage": "prune", "target": {"macs": 0.9}, "remove_blocks": 1},
+            {"stage": "quantize"},
+        ],
+        "distill_token is for classification": [
+            {"stage": "distill", "epochs": 1, "distill_token": True, "student": MODEL},
+            {"stage": "quantize"},
+        ],
+    }
+    for message, stages in refused.items():
+        recipe["stages"] = stages
+        path.write_text(json.dumps(recipe))
+        with pytest.raises(RecipeError, match=message):  # exit 2, before anything trains
+            edgevit.build(path, tmp_path / "b")
     recipe["stages"] = [{"stage": "quantize"}]
     recipe["data"]["evaluation"]["source"] = "shapes"
     path.write_text(json.dumps(recipe))
     with pytest.raises(edgevit.EdgeVitError, match="is for classification, the model for segmentation"):
         edgevit.build(path, tmp_path / "b")
+
+
+@pytest.mark.slow
+def test_segmentation_prunes_and_distills_scored_by_the_task(tmp_path: Path) -> None:
+    path = _recipe(tmp_path, "segmentation", "mlp", [ALL_BACKENDS[1]], {"max_compression_miou_drop": 100})
+    recipe = json.loads(path.read_text())
+    recipe["data"]["train"] = {"source": "shapes-seg", "split": "train", "count": 16}
+    recipe["stages"] = [
+        {"stage": "prune", "target": {"macs": 0.8}, "steps": 1, "calibration_batch": 4},
+        {"stage": "distill", "epochs": 1, "batch_size": 8},
+        {"stage": "quantize"},
+    ]
+    path.write_text(json.dumps(recipe))
+    report = edgevit.build(path, tmp_path / "b")
+    doc = report.data
+    ref, pruned, distilled = doc["reference"], *doc["stages"]
+    assert pruned["macs"] <= 0.8 * ref["macs"] and distilled["macs"] == pruned["macs"]
+    for stage in (pruned, distilled):  # the task's scores, against the maps and the reference
+        assert 0 <= stage["miou"] <= 100 and 0 <= stage["pixel_agreement"] <= 1 and "top1" not in stage
+        assert stage["miou_drop"] == pytest.approx(ref["scores"]["miou"] - stage["miou"], abs=1e-3)
+    (gate,) = [g for g in doc["gates"] if g["target"].startswith("stage:")]
+    assert gate["name"] == "max_compression_miou_drop" and gate["value"] == pytest.approx(
+        distilled["miou_drop"]
+    )
+    # the target is scored against the distilled model, whose outputs are in the lowered bundle
+    from edgevit.check.bundle import open_dense
+    from edgevit.models.load import load, logits_of
+
+    x, maps, outputs = open_dense(tmp_path / "b" / "eval-lowered" / "bundle.npz")
+    student = load(checkpoint=tmp_path / "b" / doc["lowered"]["step"]).model
+    np.testing.assert_allclose(outputs[:4], logits_of(student, x[:4], 4), rtol=1e-4, atol=1e-4)
+    assert maps.shape == (12, 32, 32)
+    target = report.target("ort-int8")
+    assert target["status"] == "ok" and target["accuracy"]["pixel_agreement"] > 0.9
+    md = (tmp_path / "b" / "report.md").read_text()
+    assert "float mIoU %" in md and "float mIoU drop" in md and "| distill |" in md
+    from edgevit.check.validate import validate
+
+    checked = validate(tmp_path / "b")
+    assert checked.targets[0]["accuracy"] == target["accuracy"] and checked.passed
+
+
+@pytest.mark.slow
+def test_depth_distills_into_a_named_student(tmp_path: Path) -> None:
+    path = _recipe(tmp_path, "depth", "dpt", [ALL_BACKENDS[0]], {"max_compression_absrel_increase": 10})
+    recipe = json.loads(path.read_text())
+    recipe["data"]["train"] = {"source": "shapes-depth", "split": "train", "count": 16}
+    student = "vit_plus_tiny_patch8_32"  # named: it takes the teacher's task and head
+    recipe["stages"] = [{"stage": "distill", "epochs": 1, "batch_size": 8, "student": student}]
+    path.write_text(json.dumps(recipe))
+    doc = edgevit.build(path, tmp_path / "b").data
+    (stage,) = doc["stages"]
+    assert doc["lowered"]["model"] == student and np.isfinite(stage["absrel"])
+    assert stage["absrel_increase"] == pytest.approx(
+        stage["absrel"] - doc["reference"]["scores"]["absrel"], abs=1e-3
+    )
+    assert [g["name"] for g in doc["gates"] if g["target"].startswith("stage:")] == [
+        "max_compression_absrel_increase"
+    ]
+    assert doc["targets"][0]["status"] == "ok"
 
 
 def test_a_dense_accuracy_budget_keeps_layers_float(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from edgevit.recipe.schema import Gates
-from edgevit.tasks import Task
+from edgevit.tasks import TASKS, Task
 
 # gate name -> (where the value lives in a target's result, "max" or "min")
 _GATES: dict[str, tuple[tuple[str, str], str]] = {
@@ -34,16 +34,16 @@ class GateResult:
         return asdict(self)
 
 
-def evaluate_stages(stages: list[dict[str, Any]], gates: Gates) -> list[GateResult]:
-    """Apply ``max_compression_top1_drop`` to the float model the last prune/distill stage made."""
-    if not stages or gates.max_compression_top1_drop is None:
+def evaluate_stages(stages: list[dict[str, Any]], gates: Gates, task: Task | None = None) -> list[GateResult]:
+    """Apply the task's compression gate (``max_compression_top1_drop``; ``_miou_drop``;
+    ``_absrel_increase``) to the float model the last prune/distill stage made."""
+    spec = (task or TASKS.get("classification")).compression_gate
+    limit = getattr(gates, spec.name)
+    if not stages or limit is None:
         return []
     last = stages[-1]
-    limit = gates.max_compression_top1_drop
-    value = float(last["top1_drop"])
-    return [
-        GateResult(f"stage:{last['step']}", "max_compression_top1_drop", limit, value, value <= limit + 1e-9)
-    ]
+    value = float(last[spec.key])
+    return [GateResult(f"stage:{last['step']}", spec.name, limit, value, value <= limit + 1e-9)]
 
 
 def _table(task: Task | None) -> dict[str, tuple[tuple[str, str], str]]:

@@ -205,8 +205,11 @@ def verify_files(build_dir: Path, skip: tuple[str, ...] = ()) -> dict[str, Any]:
 def _reference(build_dir: Path, report: dict[str, Any]) -> tuple[Inputs, Inputs, Inputs]:
     """(inputs, read a batch at a time; labels; logits of the float model the artifacts were lowered
     from); a dense task's maps and outputs are read a batch at a time too."""
-    if report.get("task", "classification") != "classification":
-        return open_dense(build_dir / "eval" / "bundle.npz")
+    if report.get("task", "classification") != "classification":  # stages: the lowered model's outputs
+        lowered = build_dir / LOWERED_BUNDLE
+        return open_dense(
+            lowered if report.get("stages") and lowered.is_file() else build_dir / "eval" / "bundle.npz"
+        )
     x, labels, ref = open_bundle(build_dir / "eval" / "bundle.npz")
     if report.get("stages"):
         lowered = build_dir / LOWERED_BUNDLE
@@ -397,7 +400,7 @@ def _validate(
         recheck(build_dir, t, recipe, config, data, replacements.get(t["name"])) for t in report["targets"]
     ]
     task = TASKS.get(config.task)
-    results = gates.evaluate_stages(report.get("stages", []), recipe.gates)
+    results = gates.evaluate_stages(report.get("stages", []), recipe.gates, task)
     for t in targets:
         spec = next((s for s in recipe.targets if s.name == t["name"]), None)
         results += gates.evaluate(t, (spec.gates if spec else None) or recipe.gates, task)

@@ -49,6 +49,17 @@ def open_data(
     return open_folder(root, spec.split, spec.count, spec.seed, class_names)
 
 
+def require_task(source: ImageSource, task: str, field: str) -> ImageSource:
+    """``source``; raise naming ``field`` when its ground truth is for another task than ``task``."""
+    if source.task != task:
+        raise DataError(
+            f"{field}: {source.description} is for {source.task}, the model for {task}",
+            f"point {field} at data with {task} ground truth "
+            "(shapes / an image folder; shapes-seg, shapes-depth or a dense folder)",
+        )
+    return source
+
+
 def check_sha256(actual: str, spec: DataSpec, description: str) -> str:
     """``actual``, the selected images' sha256; raise when ``spec`` records another."""
     if spec.sha256 is not None and actual != spec.sha256:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -11,8 +12,9 @@ import numpy as np
 import torch
 
 from edgevit.check import accuracy
-from edgevit.check.bundle import BundleInputs, Inputs, write_bundle
+from edgevit.check.bundle import Inputs, open_dense, write_bundle
 from edgevit.data import open_data
+from edgevit.data.source import require_task
 from edgevit.fileio import sha256_bytes
 from edgevit.models.config import ModelConfig
 from edgevit.models.load import LoadedModel, load, logits_of
@@ -29,6 +31,7 @@ from edgevit.stages.prune import run_prune
 from edgevit.stages.qat import LOG_FILE as QAT_LOG
 from edgevit.stages.qat import QatConfig, run_qat
 from edgevit.targets import LowerRequest
+from edgevit.tasks.base import score_run
 from edgevit.workspace import LOWERED_BUNDLE, StepResult
 
 
@@ -55,6 +58,7 @@ class Lowered:
     step: StepResult
     outputs: Inputs
     records: list[dict[str, Any]]
+    bundle: Path | None = None  # the evaluation set with this model's outputs, when stages changed it
 
 
 class Compression:
@@ -68,33 +72,48 @@ class Compression:
         self, ref: LoadedModel, ref_step: StepResult, ev: Evaluation, ref_size: dict[str, int]
     ) -> Lowered:
         """Run the recipe's prune and distill stages in order, each on the previous one's model."""
-        r = self.ctx.recipe
+        r, task = self.ctx.recipe, self.ctx.task
         model, cfg, weights_sha = ref.model, ref.config, ref_step.outputs["model.safetensors"]
         outputs, prev_step, records = ev.outputs, ref_step, []
         for index, stage in enumerate(r.compression()):
             prev_step = self.compress_step(index, stage, ref_step, prev_step, model, cfg)
             loaded = load(checkpoint=prev_step.directory)
             model, cfg, weights_sha = loaded.model, loaded.config, prev_step.outputs["model.safetensors"]
-            outputs = logits_of(model, ev.x, r.check.eval_batch)
-            top1 = accuracy.top1(outputs, ev.labels)
+            if task.name == "classification":
+                outputs = logits_of(model, ev.x, r.check.eval_batch)
+                top1 = accuracy.top1(outputs, ev.labels)
+                scores: dict[str, Any] = {"top1": round(top1, 4), "top1_drop": round(ev.top1 - top1, 4)}
+            else:  # scored against the maps and the reference batch by batch, never held whole
+                scores, _ = score_run(
+                    task, self._runner(model), ev.x, ev.labels, ev.outputs, r.check.eval_batch
+                )
             size = self.size_record(model, cfg, prev_step.path("model.safetensors"))
             records.append(
                 {
                     "stage": stage.stage,
                     "step": prev_step.name,
                     **size,
-                    "top1": round(top1, 4),
-                    "top1_drop": round(ev.top1 - top1, 4),
+                    **scores,
                     "reused": prev_step.reused,
                     "details": stage_details(prev_step),
                 }
             )
             self.ctx.log(
                 f"{stage.stage}: {size['params'] / 1e6:.2f}M params, {size['macs'] / 1e6:.1f}M MACs "
-                f"({size['macs'] / ref_size['macs']:.2f}x), float top-1 {top1:.2f}% "
-                f"(drop {ev.top1 - top1:+.2f}){' (reused)' if prev_step.reused else ''}"
+                f"({size['macs'] / ref_size['macs']:.2f}x), float {task.summary(scores)}"
+                f"{' (reused)' if prev_step.reused else ''}"
             )
-        return Lowered(model, cfg, weights_sha, prev_step, outputs, records)
+        if not records:
+            return Lowered(model, cfg, weights_sha, prev_step, outputs, records)
+        bundle = self.lowered_bundle(ev, model, outputs, weights_sha)
+        if task.name != "classification":
+            outputs = open_dense(bundle)[2]  # read a batch at a time
+        return Lowered(model, cfg, weights_sha, prev_step, outputs, records, bundle)
+
+    def _runner(self, model: torch.nn.Module) -> Callable[[np.ndarray], np.ndarray]:
+        """``model`` as a function of a batch of preprocessed images."""
+        batch = self.ctx.recipe.check.eval_batch
+        return lambda xb: logits_of(model, xb, batch)
 
     def compress_step(
         self,
@@ -115,7 +134,9 @@ class Compression:
         }
         classes = cfg.class_names
         if isinstance(stage, PruneStage):
-            data = open_data(r.data.calibration, classes, r.base_dir)
+            data = require_task(  # a dense model's importance needs the maps
+                open_data(r.data.calibration, classes, r.base_dir, cfg.task), cfg.task, "data.calibration"
+            )
             return self.ctx.ws.step(
                 f"stages/{index}-prune",
                 {**base_key, "data": self.ctx.data_sha256(data, r.data.calibration)},
@@ -257,23 +278,36 @@ class Compression:
             "epochs": stage.epochs,
         }
 
-    def lowered_bundle(self, x_eval: BundleInputs, labels: Inputs, src_logits: Inputs, eval_sha: str) -> Path:
-        """The evaluation images with the lowered float model's logits: what the profiling agent scores
-        a device's logits against when compression stages changed the model (classification: the
-        labels and logits are small)."""
-        truth, logits = np.asarray(labels), np.asarray(src_logits)
+    def lowered_bundle(
+        self, ev: Evaluation, model: torch.nn.Module, logits: Inputs, weights_sha: str
+    ) -> Path:
+        """The evaluation images with the lowered float model's outputs: what the profiling agent
+        and validate score a device's outputs against when compression stages changed the model.
+        Classification: the labels and the model's ``logits`` (small); a dense task: the maps and
+        the model's outputs, computed and spooled batch by batch."""
         b = self.ctx.recipe.check.eval_batch
+        x = ev.x
+        key: dict[str, Any] = {"eval_bundle": ev.step.outputs["bundle.npz"]}
+        if self.ctx.task.name == "classification":
+            truth, src = np.asarray(ev.labels), np.asarray(logits)
+            key["logits"] = sha256_bytes(src.tobytes())
+
+            def write(d: Path) -> None:
+                batches = ((x[i : i + b], src[i : i + b]) for i in range(0, len(x), b))
+                write_bundle(d / "bundle.npz", len(x), x.shape[1:], batches, truth)
+
+        else:
+            key["weights"] = weights_sha
+
+            def write(d: Path) -> None:
+                batches = (
+                    (x[i : i + b], logits_of(model, x[i : i + b], b), ev.labels[i : i + b])
+                    for i in range(0, len(x), b)
+                )
+                write_bundle(d / "bundle.npz", len(x), x.shape[1:], batches)
+
         step = self.ctx.ws.step(
-            LOWERED_BUNDLE.split("/")[0],
-            {"eval_bundle": eval_sha, "logits": sha256_bytes(logits.tobytes())},
-            lambda d: write_bundle(
-                d / "bundle.npz",
-                len(x_eval),
-                x_eval.shape[1:],
-                ((x_eval[i : i + b], logits[i : i + b]) for i in range(0, len(x_eval), b)),
-                truth,
-            ),
-            {"producer": "pipeline (agent bundle)"},
+            LOWERED_BUNDLE.split("/")[0], key, write, {"producer": "pipeline (agent bundle)"}
         )
         return step.path("bundle.npz")
 

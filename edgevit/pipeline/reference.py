@@ -15,11 +15,12 @@ from edgevit.builtin import resolve_builtin
 from edgevit.check import accuracy
 from edgevit.check.bundle import BundleInputs, Inputs, open_bundle, open_dense, write_bundle
 from edgevit.data import open_data
+from edgevit.data.source import require_task
 from edgevit.data.stream import Images
 from edgevit.errors import EdgeVitError, RecipeError
 from edgevit.models.load import LoadedModel, load, logits_of
 from edgevit.pipeline.context import BuildContext, Log
-from edgevit.recipe.schema import Recipe
+from edgevit.recipe.schema import DistillStage, PruneStage, Recipe
 from edgevit.tasks.base import score_batches
 from edgevit.workspace import StepResult
 
@@ -37,13 +38,24 @@ def load_reference(recipe: Recipe, log: Log, progress: bool) -> LoadedModel:
 
 
 def check_dense_recipe(recipe: Recipe, task: str) -> None:
-    """Raise for what a dense task's build does not do yet: compression stages and qat."""
-    stages = [s.stage for s in recipe.stages if s.stage != "quantize"]
+    """Raise, before anything is trained, for what a dense task's build cannot do: qat (not yet),
+    a distillation token, removing whole blocks the head may read."""
     q = recipe.quantize()
-    if stages:
+    for i, stage in enumerate(recipe.stages):
+        if isinstance(stage, DistillStage) and stage.distill_token:
+            raise RecipeError(
+                f"stages[{i}].distill_token is for classification, and the model is a {task} model",
+                "set distill_token: false (a dense student learns the teacher's maps through its own head)",
+            )
+        if isinstance(stage, PruneStage) and stage.remove_blocks:
+            raise RecipeError(
+                f"stages[{i}].remove_blocks: the {task} head reads the blocks' tokens, so whole blocks cannot go",
+                "set remove_blocks: 0 (heads and MLP width prune as for classification)",
+            )
+    if recipe.qat() is not None:
         raise RecipeError(
-            f"stages {', '.join(stages)} are classification-only so far, and the model is a {task} model",
-            "remove them: a dense model is built from its trained checkpoint (prune/distill/qat come later)",
+            f"the qat stage is classification-only so far, and the model is a {task} model",
+            "remove it: prune, distill and post-training INT8 (with its accuracy budget) build dense models",
         )
     if q is not None and q.accuracy_budget is not None and q.accuracy_budget.recover != "float":
         raise RecipeError(
@@ -72,12 +84,9 @@ def evaluation_set(ctx: BuildContext, ref: LoadedModel, weights_sha: str) -> Eva
     (``eval/bundle.npz``), written batch by batch and read back a batch at a time."""
     r, cfg, task = ctx.recipe, ref.config, ctx.task
     dense = task.name != "classification"
-    source = open_data(r.data.evaluation, cfg.class_names, r.base_dir, cfg.task)  # read, never held whole
-    if source.task != task.name:
-        raise EdgeVitError(
-            f"evaluation data {source.description} is for {source.task}, the model for {task.name}",
-            "point data.evaluation at data with that task's ground truth",
-        )
+    source = require_task(  # read, never held whole
+        open_data(r.data.evaluation, cfg.class_names, r.base_dir, cfg.task), task.name, "data.evaluation"
+    )
     if len(source) == 0:
         raise EdgeVitError(f"evaluation data {source.description} is empty", "check data.evaluation")
     batch = r.check.eval_batch

@@ -64,11 +64,7 @@ class Build:
         ev = evaluation_set(ctx, ref, ref_step.outputs["model.safetensors"])
         ref_size = self.compression.size_record(ref.model, ref.config, ref_step.path("model.safetensors"))
         low = self.compression.run_stages(ref, ref_step, ev, ref_size)
-        ctx.agent_bundle = (
-            self.compression.lowered_bundle(ev.x, ev.labels, low.outputs, ev.step.outputs["bundle.npz"])
-            if low.records
-            else ev.step.path("bundle.npz")
-        )
+        ctx.agent_bundle = low.bundle or ev.step.path("bundle.npz")
         calibration, calib_sha = self._calibration(low.config)
         export_step = self._export(low)
         results = [self._target(spec, low, ev, export_step, calibration, calib_sha) for spec in r.targets]
@@ -175,7 +171,7 @@ class Build:
         """report.json's document: the reference, the stages, every target, the gates' verdict."""
         r, task = self.ctx.recipe, self.ctx.task
         dense = task.name != "classification"
-        gate_results = gates.evaluate_stages(low.records, r.gates)
+        gate_results = gates.evaluate_stages(low.records, r.gates, task)
         for entry, spec in zip(results, r.targets, strict=True):
             gate_results += gates.evaluate(entry, spec.gates or r.gates, task)
         return {

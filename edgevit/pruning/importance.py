@@ -7,12 +7,12 @@ from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from edgevit.data.stream import Batched
 from edgevit.models.vit_plus import MultiScaleAttention, VisionTransformerPlus
 from edgevit.pruning.structure import BlockView, blocks
+from edgevit.tasks import TASKS
 
 Importance = Literal["taylor", "magnitude"]
 
@@ -53,11 +53,13 @@ def _neuron_terms(view: BlockView, fn: str) -> torch.Tensor:
     return out.detach()
 
 
-def taylor(model: VisionTransformerPlus, data: Batched, batch: int) -> Scores:
+def taylor(model: VisionTransformerPlus, data: Batched, batch: int, task: str = "classification") -> Scores:
     """First-order Taylor importance: |sum of w * dL/dw| over a unit's weights, averaged over batches.
 
-    It estimates how much the cross-entropy loss changes when the unit is zeroed.
+    It estimates how much the task's loss (cross-entropy; per-pixel cross-entropy; relative depth
+    error) changes when the unit is zeroed.
     """
+    loss = TASKS.get(task).loss
     model.eval()
     views = blocks(model)
     heads = [torch.zeros(b.heads, dtype=torch.float64) for b in views]
@@ -65,7 +67,7 @@ def taylor(model: VisionTransformerPlus, data: Batched, batch: int) -> Scores:
     count = 0
     for xb, yb in data.in_order(batch):
         model.zero_grad(set_to_none=True)
-        F.cross_entropy(model(xb), yb).backward()
+        loss(model(xb), yb).backward()
         for i, view in enumerate(views):
             heads[i] += _head_terms(view.attn, "taylor").abs().double()
             neurons[i] += _neuron_terms(view, "taylor").abs().double()
@@ -88,15 +90,16 @@ def magnitude(model: VisionTransformerPlus) -> Scores:
         )
 
 
-def block_losses(model: VisionTransformerPlus, data: Batched, batch: int) -> np.ndarray:
-    """Cross-entropy increase when each block is skipped (its residual branches removed)."""
+def block_losses(
+    model: VisionTransformerPlus, data: Batched, batch: int, task: str = "classification"
+) -> np.ndarray:
+    """The task's loss increase (per image) when each block is skipped (its residual branches removed)."""
     model.eval()
+    objective = TASKS.get(task).loss
 
     def loss() -> float:
         with torch.no_grad():
-            total = sum(
-                float(F.cross_entropy(model(xb), yb, reduction="sum")) for xb, yb in data.in_order(batch)
-            )
+            total = sum(float(objective(model(xb), yb)) * len(xb) for xb, yb in data.in_order(batch))
         return total / max(1, len(data))
 
     base = loss()
@@ -111,6 +114,8 @@ def block_losses(model: VisionTransformerPlus, data: Batched, batch: int) -> np.
     return np.array(out)
 
 
-def score(model: VisionTransformerPlus, kind: Importance, data: Batched, batch: int) -> Scores:
+def score(
+    model: VisionTransformerPlus, kind: Importance, data: Batched, batch: int, task: str = "classification"
+) -> Scores:
     """Scores of every head and neuron by ``kind``."""
-    return taylor(model, data, batch) if kind == "taylor" else magnitude(model)
+    return taylor(model, data, batch, task) if kind == "taylor" else magnitude(model)

@@ -176,6 +176,13 @@ def _check_limits(model: VisionTransformerPlus, stage: PruneStage, where: str) -
             f"{where}.min_heads: {stage.min_heads} is more than the {heads} heads per block",
             f"use at most {heads}",
         )
+    reads = getattr(model, "dense_blocks", None)
+    if stage.remove_blocks and reads is not None:
+        raise RecipeError(
+            f"{where}.remove_blocks: the {getattr(model, 'task', 'dense')} head reads blocks "
+            f"{list(reads)}, so whole blocks cannot go",
+            "set remove_blocks: 0 (heads and MLP width prune as for classification)",
+        )
     if stage.remove_blocks >= depth:
         raise RecipeError(
             f"{where}.remove_blocks: cannot remove {stage.remove_blocks} of {depth} blocks",
@@ -191,8 +198,8 @@ def prune(
     where: str = "stages[prune]",
     log: Callable[[str], None] | None = None,
 ) -> PruneResult:
-    """Prune ``model`` to ``stage.target`` of its MACs or parameters, scored on ``data`` (labelled
-    calibration images, in memory or streamed).
+    """Prune ``model`` to ``stage.target`` of its MACs or parameters, scored on ``data`` (calibration
+    images with their labels, or a dense model's maps; in memory or streamed) by the task's loss.
 
     Whole blocks go first (``remove_blocks``, least loss increase when skipped), then heads and
     MLP neurons over ``stage.steps`` steps, re-scoring after each, until the budget is met.
@@ -209,7 +216,7 @@ def prune(
     with torch.random.fork_rng():
         torch.manual_seed(0)
         if stage.remove_blocks:
-            losses = importance.block_losses(vit, data, stage.calibration_batch)
+            losses = importance.block_losses(vit, data, stage.calibration_batch, config.task)
             drop = sorted(int(i) for i in np.argsort(losses, kind="stable")[: stage.remove_blocks])
             keep = [i for i in range(len(vit.blocks)) if i not in drop]
             summary["removed_blocks"] = drop
@@ -223,7 +230,7 @@ def prune(
             current = _measure(vit, measure, size)
             if current <= goal and fixed is None:
                 continue
-            scores = importance.score(vit, stage.importance, data, stage.calibration_batch)
+            scores = importance.score(vit, stage.importance, data, stage.calibration_batch, config.task)
             try:
                 vit, config = _step(vit, config, stage, scores, goal, current, measure, fixed)
             except _Infeasible:

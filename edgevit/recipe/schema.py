@@ -126,8 +126,10 @@ class DistillStage(TrainingStage):
 
     The student is the pruned model when a prune stage comes first, else the ViT-Plus named in
     ``student`` (trained from scratch). Loss: ``alpha`` x KL(teacher || student) at
-    ``temperature`` (scaled by T^2) + (1 - alpha) x cross-entropy on the labels of ``data.train``.
-    ``nproc`` > 1 trains that many processes under torchrun (DistributedDataParallel).
+    ``temperature`` (scaled by T^2) + (1 - alpha) x cross-entropy on the labels of ``data.train``;
+    a segmentation model the same per pixel against its masks, a depth model relative L1 against
+    the teacher's depth and the ground truth. ``nproc`` > 1 trains that many processes under
+    torchrun (DistributedDataParallel).
     """
 
     order: ClassVar[int] = 20
@@ -204,6 +206,14 @@ class Gates(Strict):
     )
     min_agreement: float | None = Field(default=None, ge=0, le=1)
     min_cosine: float | None = Field(default=None, ge=-1, le=1)
+    max_compression_miou_drop: float | None = Field(
+        default=1.0,
+        ge=0,
+        description="segmentation: mIoU points prune/distill may lose against the float reference",
+    )
+    max_compression_absrel_increase: float | None = Field(
+        default=0.01, ge=0, description="depth: AbsRel prune/distill may add to the float reference's"
+    )
     max_miou_drop: float | None = Field(
         default=1.0,
         ge=0,

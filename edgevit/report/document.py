@@ -106,25 +106,45 @@ def _stage_lines(doc: dict[str, Any]) -> list[str]:
     stages = doc.get("stages") or []
     if not stages:
         return []
-    ref = doc["reference"]
+    ref, task = doc["reference"], _dense_task(doc)
+    if task is None:
+        columns = [("top1", "float top-1 %", ".2f"), ("top1_drop", "drop (pts)", "+.2f")]
+        ref_row = {"stage": "reference", **ref, "top1_drop": 0.0}
+    else:  # the task's scores against ground truth, then what the stage lost against the reference
+        shown = (*task.headline, task.compression_gate.key)
+        columns = [
+            (
+                m.key,
+                f"float {m.header}{' %' if m.unit == '%' else ''}",
+                "+.4g" if m.key == shown[-1] else ".4g",
+            )
+            for key in shown
+            for m in task.metrics
+            if m.key == key
+        ]
+        ref_row = {"stage": "reference", **ref, **(ref.get("scores") or {}), task.compression_gate.key: 0.0}
     lines = [
         "",
         "## Compression",
         "",
-        "| model | params | MACs | MACs vs reference | checkpoint | float top-1 % | drop (pts) |",
-        "|---|---|---|---|---|---|---|",
+        "| model | params | MACs | MACs vs reference | checkpoint | "
+        + " | ".join(c[1] for c in columns)
+        + " |",
+        "|---|---|---|---|---|" + "---|" * len(columns),
     ]
-    for row in [{"stage": "reference", "top1_drop": 0.0, **ref}, *stages]:
+    for row in [ref_row, *stages]:
         lines.append(
             f"| {row['stage']} | {row['params'] / 1e6:.2f}M | {row['macs'] / 1e6:.1f}M "
-            f"| {row['macs'] / ref['macs']:.3f} | {row['checkpoint_bytes'] / 1e6:.2f} MB "
-            f"| {row['top1']:.2f} | {row['top1_drop']:+.2f} |"
+            f"| {row['macs'] / ref['macs']:.3f} | {row['checkpoint_bytes'] / 1e6:.2f} MB | "
+            + " | ".join(fmt(row.get(key), spec) for key, _, spec in columns)
+            + " |"
         )
+    compared = "drop, agreement and cosine" if task is None else "scores against the float model"
     lines += [
         "",
-        f"Targets are built from the output of `{doc['lowered']['step']}`; their drop, agreement and cosine "
-        "compare each artifact with that float model (the reference's drop is in report.json as "
-        "`reference_top1_drop`).",
+        f"Targets are built from the output of `{doc['lowered']['step']}`; their {compared} "
+        "compare each artifact with that float model"
+        + (" (the reference's drop is in report.json as `reference_top1_drop`)." if task is None else "."),
     ]
     return lines
 

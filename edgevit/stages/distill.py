@@ -14,7 +14,7 @@ from torch import nn
 from edgevit import distributed
 from edgevit.compute import resolve
 from edgevit.data import DataSpec, open_data
-from edgevit.data.source import verify
+from edgevit.data.source import require_task, verify
 from edgevit.data.stream import Images
 from edgevit.errors import EdgeVitError, ModelLoadError
 from edgevit.fileio import ensure_dir
@@ -22,6 +22,7 @@ from edgevit.models.config import ModelConfig
 from edgevit.models.load import create, create_configured, load
 from edgevit.models.vit_plus import VisionTransformerPlus, add_distill_token
 from edgevit.recipe.schema import RUN_PLACEMENT, DistillStage, QatStage
+from edgevit.tasks import TASKS
 from edgevit.train import Optim, finish, fit
 
 LOG_FILE = "distill.json"
@@ -40,23 +41,38 @@ class DistillConfig(BaseModel):
 
 
 def kd_loss(
-    student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, s: DistillStage | QatStage
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    labels: torch.Tensor,
+    s: DistillStage | QatStage,
+    task: str = "classification",
 ) -> torch.Tensor:
-    """alpha * T^2 * KL(teacher || student at temperature T) + (1 - alpha) * cross-entropy."""
-    t = s.temperature
-    soft = F.kl_div(
-        F.log_softmax(student / t, dim=-1),
-        F.log_softmax(teacher / t, dim=-1),
-        reduction="batchmean",
-        log_target=True,
-    )
-    hard = F.cross_entropy(student, labels, label_smoothing=s.label_smoothing)
-    return s.alpha * t * t * soft + (1 - s.alpha) * hard
+    """alpha * the task's distillation loss (classification: T^2 * KL(teacher || student at
+    temperature T); segmentation: the same per pixel; depth: relative L1 to the teacher's depth)
+    + (1 - alpha) * the task's loss against ground truth (labels or maps)."""
+    objective = TASKS.get(task)
+    soft = objective.distill_loss(student, teacher, s.temperature)
+    if s.alpha == 1.0:
+        return soft
+    hard = objective.loss(student, labels, label_smoothing=s.label_smoothing)
+    return s.alpha * soft + (1 - s.alpha) * hard
+
+
+# what a student named by architecture takes over from a dense teacher: its task and head
+_HEAD_KWARGS = ("task", "dense_head", "decoder_dim")
 
 
 def _student(cfg: DistillConfig, teacher: ModelConfig) -> tuple[nn.Module, ModelConfig]:
     path = Path(cfg.student).expanduser()
-    extra = {"distill_token": True} if cfg.settings.distill_token else {}
+    dense = teacher.task != "classification"
+    if dense and cfg.settings.distill_token:
+        raise EdgeVitError(
+            f"distill_token is for classification, and the teacher is a {teacher.task} model",
+            "set distill_token: false (a dense student learns the teacher's maps through its own head)",
+        )
+    extra: dict[str, Any] = {"distill_token": True} if cfg.settings.distill_token else {}
+    if dense and not path.exists():
+        extra.update({k: v for k, v in teacher.model_kwargs.items() if k in _HEAD_KWARGS})
     if path.exists():
         loaded = load(checkpoint=path)
         model, config = loaded.model, loaded.config
@@ -70,6 +86,11 @@ def _student(cfg: DistillConfig, teacher: ModelConfig) -> tuple[nn.Module, Model
         torch.manual_seed(cfg.settings.seed)
         model, config = create_configured(
             cfg.student, teacher.num_classes, teacher.class_names, teacher.model_dump(), extra
+        )
+    if config.task != teacher.task:
+        raise ModelLoadError(
+            f"student {cfg.student} is a {config.task} model, the teacher a {teacher.task} model",
+            "pick a student for the teacher's task",
         )
     if config.input_size != teacher.input_size or config.num_classes != teacher.num_classes:
         raise ModelLoadError(
@@ -105,7 +126,8 @@ def distill(cfg: DistillConfig, out_dir: Path, progress: bool = True) -> dict[st
     teacher = load(checkpoint=Path(cfg.teacher))
     model, config = _student(cfg, teacher.config)
     base = Path(cfg.base_dir) if cfg.base_dir else None
-    source = open_data(cfg.data, teacher.config.class_names, base)
+    task = teacher.config.task
+    source = require_task(open_data(cfg.data, teacher.config.class_names, base, task), task, "data.train")
     verify(source, cfg.data)
     images = Images(source, teacher.config, pin_memory=compute.cuda)
     teacher_model = teacher.model.eval().to(compute.device)
@@ -122,7 +144,7 @@ def distill(cfg: DistillConfig, out_dir: Path, progress: bool = True) -> dict[st
             return (1 - s.alpha) * F.cross_entropy(
                 cls_out, yb, label_smoothing=s.label_smoothing
             ) + s.alpha * kd_loss(dist_out, target, yb, s.model_copy(update={"alpha": 1.0}))
-        return kd_loss(out, target, yb, s)
+        return kd_loss(out, target, yb, s, task)
 
     optim = Optim(s.epochs, s.batch_size, s.lr, s.weight_decay, s.warmup_epochs, s.shift_pixels, s.seed)
     vit = model if isinstance(model, VisionTransformerPlus) else None

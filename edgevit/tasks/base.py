@@ -57,6 +57,7 @@ class Task(ABC):
     headline: ClassVar[tuple[str, ...]]  # the scores against ground truth that training logs
     metrics: ClassVar[tuple[Metric, ...]]
     gates: ClassVar[tuple[GateSpec, ...]]
+    compression_gate: ClassVar[GateSpec]  # limits what prune/distill may lose against the reference
 
     @abstractmethod
     def output_shape(self, batch: int, channels: int, size: tuple[int, int]) -> tuple[int, ...]:

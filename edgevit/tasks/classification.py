@@ -47,6 +47,7 @@ class Classification(Task):
         GateSpec("min_agreement", "agreement", "min"),
         GateSpec("min_cosine", "cosine", "min"),
     )
+    compression_gate = GateSpec("max_compression_top1_drop", "top1_drop", "max")
 
     def output_shape(self, batch: int, channels: int, size: tuple[int, int]) -> tuple[int, ...]:
         return (batch, channels)

@@ -25,6 +25,7 @@ class Depth(Task):
         Metric("absrel", "AbsRel", "", "lower"),
         Metric("delta1", "δ1"),
         Metric("rmse", "RMSE", "m", "lower"),
+        Metric("absrel_increase", "AbsRel increase", "", "lower"),
         Metric("absrel_vs_float", "AbsRel vs float", "", "lower"),
         Metric("pearson", "Pearson vs float"),
         Metric("sqnr_db", "SQNR", "dB"),
@@ -34,6 +35,7 @@ class Depth(Task):
         GateSpec("min_depth_pearson", "pearson", "min"),
         GateSpec("max_depth_absrel_increase", "absrel_increase", "max"),
     )
+    compression_gate = GateSpec("max_compression_absrel_increase", "absrel_increase", "max")
 
     def output_shape(self, batch: int, channels: int, size: tuple[int, int]) -> tuple[int, ...]:
         return (batch, 1, *size)
