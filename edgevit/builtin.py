@@ -26,17 +26,18 @@ BUILTINS: dict[str, TrainConfig] = {
     "shapes": TrainConfig(
         model="vit_plus_tiny_patch4_32", data="shapes", epochs=30, lr=1e-3, warmup_epochs=2, seed=0
     ),
-    # Dense tasks on the procedural scenes (edgevit/data/scenes.py): the same backbone with an
-    # all-MLP segmentation decoder over its 4 blocks, and a light DPT depth decoder.
+    # Dense tasks on the procedural scenes (edgevit/data/scenes.py): the same backbone with a light
+    # DPT decoder (residual fusion of 4 blocks, x2 upsampling steps). Measured here for segmentation,
+    # 10 epochs: 80.1% test mIoU (the all-MLP decoder over the same blocks: 57.1% after 30 epochs).
     "shapes-seg": TrainConfig(
         model="vit_plus_tiny_patch4_32",
         data="shapes-seg",
-        epochs=30,
+        epochs=10,
         lr=1.5e-3,
         warmup_epochs=2,
         label_smoothing=0.0,
         seed=0,
-        model_kwargs={"task": "segmentation", "dense_head": "mlp"},
+        model_kwargs={"task": "segmentation", "dense_head": "dpt"},
     ),
     "shapes-depth": TrainConfig(
         model="vit_plus_tiny_patch4_32",

@@ -126,14 +126,13 @@ def test_depth_builds_and_scores_against_the_float_model(tmp_path: Path) -> None
     }
 
 
-def test_dense_models_refuse_what_they_cannot_do_yet(tmp_path: Path) -> None:
+def test_dense_models_refuse_what_they_cannot_do(tmp_path: Path) -> None:
     from edgevit.errors import RecipeError
 
     path = _recipe(tmp_path, "segmentation", "linear", ALL_BACKENDS[1:2], {})
     recipe = json.loads(path.read_text())
     recipe["data"]["train"] = recipe["data"]["calibration"]
     refused = {
-        "the qat stage is classification-only so far": [{"stage": "qat", "epochs": 1}, {"stage": "quantize"}],
         "remove_blocks: the segmentation head reads": [
             {"stage": "prune", "target": {"macs": 0.9}, "remove_blocks": 1},
             {"stage": "quantize"},
@@ -240,3 +239,37 @@ def test_a_dense_accuracy_budget_keeps_layers_float(tmp_path: Path) -> None:
     wrong = edgevit.build(path, tmp_path / "c").target("ort-int8")
     assert wrong["status"] == "failed"
     assert "accuracy_budget.max_top1_drop does not apply to a segmentation model" in wrong["reason"]
+
+
+@pytest.mark.slow
+def test_segmentation_qat_trains_against_the_int8_grid(tmp_path: Path) -> None:
+    path = _recipe(tmp_path, "segmentation", "dpt", [ALL_BACKENDS[1]], {})
+    recipe = json.loads(path.read_text())
+    recipe["data"]["train"] = {"source": "shapes-seg", "split": "train", "count": 16}
+    recipe["stages"] = [{"stage": "qat", "epochs": 1, "batch_size": 8}, {"stage": "quantize"}]
+    path.write_text(json.dumps(recipe))
+    target = edgevit.build(path, tmp_path / "b").target("ort-int8")
+    qat = target["qat"]
+    assert target["status"] == "ok" and qat["applied"] and "float_logits" not in qat
+    assert set(qat["float_scores"]) >= {"miou", "miou_drop", "pixel_agreement"}
+    assert np.isfinite(qat["simulated_sqnr_db"]["before"]) and np.isfinite(qat["simulated_sqnr_db"]["after"])
+    assert 0 <= target["accuracy"]["pixel_agreement"] <= 1
+
+
+@pytest.mark.slow
+def test_a_missed_depth_budget_recovers_with_qat(tmp_path: Path) -> None:
+    path = _recipe(tmp_path, "depth", "dpt", [ALL_BACKENDS[1]], {})
+    recipe = json.loads(path.read_text())
+    recipe["data"]["train"] = {"source": "shapes-depth", "split": "train", "count": 16}
+    budget = {"min_depth_pearson": 0.9999999, "recover": "qat"}  # post-training INT8 cannot meet it
+    recipe["stages"] = [
+        {"stage": "qat", "epochs": 1, "batch_size": 8},
+        {"stage": "quantize", "accuracy_budget": budget},
+    ]
+    path.write_text(json.dumps(recipe))
+    target = edgevit.build(path, tmp_path / "b").target("ort-int8")
+    fallback = target["fallback"]
+    assert fallback["recover"] == "qat" and fallback["needed"] == "qat"
+    assert fallback["post_training"]["pearson"] < 0.9999999 and "top1_drop" not in fallback["post_training"]
+    assert target["qat"]["applied"] and "absrel" in target["qat"]["float_scores"]
+    assert fallback["met"] == (target["accuracy"]["pearson"] >= 0.9999999)

@@ -16,6 +16,7 @@ Q/DQ tensors get suffixes), and OpenVINO keeps ONNX tensor names through convers
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,20 @@ def sqnr_db(reference: np.ndarray, other: np.ndarray) -> float:
     """10·log10(signal / noise) of ``other`` against ``reference``, capped at 150 dB."""
     energy = _Noise()
     energy.add(reference, other)
+    return energy.db()
+
+
+def outputs_sqnr_db(
+    reference: Callable[[np.ndarray], np.ndarray],
+    other: Callable[[np.ndarray], np.ndarray],
+    x: np.ndarray,
+    batch: int,
+) -> float:
+    """:func:`sqnr_db` of ``other``'s outputs against ``reference``'s on ``x``, run ``batch`` images
+    at a time: a dense model's outputs are never held for the whole set."""
+    energy = _Noise()
+    for i in range(0, len(x), batch):
+        energy.add(reference(x[i : i + batch]), other(x[i : i + batch]))
     return energy.db()
 
 

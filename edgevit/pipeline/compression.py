@@ -216,9 +216,12 @@ class Compression:
         calib_sha: str | None,
         x_eval: Inputs,
         labels: Inputs,
+        reference: Inputs,
     ) -> tuple[str, dict[str, Any]]:
         """Point ``request`` at the model trained against ``spec``'s INT8 grid (one cached,
-        resumable step per grid and input model); return its ONNX's sha256 and the stage's record."""
+        resumable step per grid and input model); return its ONNX's sha256 and the stage's record
+        (with the trained float model's scores on the evaluation set against ``labels`` and, for a
+        dense task, the outputs of the model it started from, ``reference``)."""
         r, stage = self.ctx.recipe, self.ctx.recipe.qat_settings()
         assert stage is not None and r.data.train is not None and request.checkpoint is not None
         scheme = scheme_for(spec.backend, request)
@@ -228,7 +231,12 @@ class Compression:
             return onnx_sha, {"applied": False, "reason": note}
         assert request.quantize is not None
         scope = Scope.of(request.quantize)
-        train_raw = open_data(r.data.train, request.model_config.class_names, r.base_dir)  # streamed
+        task = self.ctx.task
+        train_raw = require_task(  # streamed
+            open_data(r.data.train, request.model_config.class_names, r.base_dir, task.name),
+            task.name,
+            "data.train",
+        )
         job = QatConfig(
             model=str(request.checkpoint),
             scheme=asdict(scheme),
@@ -262,21 +270,27 @@ class Compression:
         record = json.loads(step.path(QAT_LOG).read_text())
         request.onnx_path, request.checkpoint = step.path("model.onnx"), step.directory
         trained = load(checkpoint=step.directory).model
-        float_logits = logits_of(trained, x_eval, r.check.eval_batch)
         sim = record["simulated_sqnr_db"]
         self.ctx.log(
             f"{spec.name}: qat simulated INT8 SQNR {sim['before']} -> {sim['after']} dB in "
             f"{record['seconds_this_run']} s{' (reused)' if step.reused else ''}"
         )
-        return step.outputs["model.onnx"], {
+        found = {
             "applied": True,
             "step": step.name,
             "reused": step.reused,
-            "float_top1": round(accuracy.top1(float_logits, labels), 4),
-            "float_logits": float_logits,
             **{k: v for k, v in record.items() if k not in ("history", "model", "settings")},
             "epochs": stage.epochs,
         }
+        if task.name == "classification":
+            float_logits = logits_of(trained, x_eval, r.check.eval_batch)
+            found["float_top1"] = round(accuracy.top1(float_logits, labels), 4)
+            found["float_logits"] = float_logits
+        else:  # the trained float model's scores, batch by batch
+            found["float_scores"], _ = score_run(
+                task, self._runner(trained), x_eval, labels, reference, r.check.eval_batch
+            )
+        return step.outputs["model.onnx"], found
 
     def lowered_bundle(
         self, ev: Evaluation, model: torch.nn.Module, logits: Inputs, weights_sha: str

@@ -14,6 +14,7 @@ from edgevit.pipeline.context import BuildContext
 from edgevit.pipeline.targets import TargetChecker, lower_key
 from edgevit.recipe.schema import TargetSpec
 from edgevit.targets import TARGETS, LowerRequest
+from edgevit.tasks.base import score_run
 from edgevit.workspace import StepResult
 
 
@@ -51,22 +52,30 @@ class Recovery:
         if scored is None:  # nothing here can build or score it: the target's own check says why
             return self.checker.check(spec, plain, onnx_sha, *args), None
         ptq, step = scored
+        task = self.ctx.task
+        shown = accuracy.from_dict(ptq).to_dict() if task.name == "classification" else ptq
         record: dict[str, Any] = {
             "applied": True,
             "budget": budget.model_dump(),
             "recover": budget.recover,
-            "post_training": {**ptq.to_dict(), "step": step.name},
+            "post_training": {**shown, "step": step.name},
         }
-        if budget.met(asdict(ptq)):
+        if budget.met(ptq):
             self.ctx.log(f"{spec.name}: post-training INT8 meets the accuracy budget: no qat needed")
             entry = self.checker.check(spec, plain, onnx_sha, *args, prebuilt=step)
             entry["fallback"] = {**record, "met": True, "needed": "none", "float_layers": [], "tried": []}
             return entry, None
-        self.ctx.log(
-            f"{spec.name}: post-training INT8 misses the accuracy budget (drop {ptq.top1_drop:+.2f}, SQNR "
-            f"{ptq.sqnr_db:.1f} dB): recovering with qat"
+        words = (
+            f"drop {ptq['top1_drop']:+.2f}, SQNR {ptq['sqnr_db']:.1f} dB"
+            if task.name == "classification"
+            else task.summary(ptq)
         )
-        onnx_sha, trained = self.compression.qat(spec, request, onnx_sha, calib_sha, x_eval, labels)
+        self.ctx.log(
+            f"{spec.name}: post-training INT8 misses the accuracy budget ({words}): recovering with qat"
+        )
+        onnx_sha, trained = self.compression.qat(
+            spec, request, onnx_sha, calib_sha, x_eval, labels, src_logits
+        )
         qat_logits = trained.pop("float_logits", None)
         if budget.recover == "qat":
             request = replace(request, quantize=plain.quantize)
@@ -102,9 +111,9 @@ class Recovery:
         x_eval: Inputs,
         labels: Inputs,
         src_logits: Inputs,
-    ) -> tuple[accuracy.AccuracyResult, StepResult] | None:
+    ) -> tuple[dict[str, Any], StepResult] | None:
         """Build ``request`` (post-training INT8) as a cached step and score it on the evaluation
-        set; None when this host cannot build or run it."""
+        set by the task (batch by batch for a dense task); None when this host cannot build or run it."""
         target = TARGETS.get(spec.backend)
         avail = target.availability()
         if not avail.available:
@@ -119,9 +128,13 @@ class Recovery:
                 {"producer": f"targets.{spec.backend} (post-training INT8, accuracy budget)"},
             )
             artifact = step.path(target.artifact_name)
+            batch = self.ctx.recipe.check.eval_batch
             with target.runner(artifact, threads, request.model_config.input_size, device) as runner:
-                logits = runner.infer_all(x_eval, self.ctx.recipe.check.eval_batch)
+                if self.ctx.task.name == "classification":
+                    scores = asdict(accuracy.compare(runner.infer_all(x_eval, batch), labels, src_logits))
+                else:
+                    scores, _ = score_run(self.ctx.task, runner.infer, x_eval, labels, src_logits, batch)
         except EdgeVitError as exc:  # NotCheckable included: the target's own step reports it
             self.ctx.log(f"{spec.name}: post-training INT8 not scored ({exc})")
             return None
-        return accuracy.compare(logits, labels, src_logits), step
+        return scores, step

@@ -38,9 +38,8 @@ def load_reference(recipe: Recipe, log: Log, progress: bool) -> LoadedModel:
 
 
 def check_dense_recipe(recipe: Recipe, task: str) -> None:
-    """Raise, before anything is trained, for what a dense task's build cannot do: qat (not yet),
-    a distillation token, removing whole blocks the head may read."""
-    q = recipe.quantize()
+    """Raise, before anything is trained, for what a dense task's build cannot do: a distillation
+    token, removing whole blocks the head may read."""
     for i, stage in enumerate(recipe.stages):
         if isinstance(stage, DistillStage) and stage.distill_token:
             raise RecipeError(
@@ -52,17 +51,6 @@ def check_dense_recipe(recipe: Recipe, task: str) -> None:
                 f"stages[{i}].remove_blocks: the {task} head reads the blocks' tokens, so whole blocks cannot go",
                 "set remove_blocks: 0 (heads and MLP width prune as for classification)",
             )
-    if recipe.qat() is not None:
-        raise RecipeError(
-            f"the qat stage is classification-only so far, and the model is a {task} model",
-            "remove it: prune, distill and post-training INT8 (with its accuracy budget) build dense models",
-        )
-    if q is not None and q.accuracy_budget is not None and q.accuracy_budget.recover != "float":
-        raise RecipeError(
-            f"accuracy_budget.recover: {q.accuracy_budget.recover} needs qat, classification-only so far, "
-            f"and the model is a {task} model",
-            "use recover: float (keep the most sensitive layers float)",
-        )
 
 
 @dataclass

@@ -134,7 +134,9 @@ class Build:
             onnx_sha = equalized_sha or onnx_sha
         on_demand = r.qat_on_demand() and spec.precision == "int8"
         if r.qat() is not None and spec.precision == "int8" and not on_demand:
-            onnx_sha, trained = self.compression.qat(spec, request, onnx_sha, calib_sha, ev.x, ev.labels)
+            onnx_sha, trained = self.compression.qat(
+                spec, request, onnx_sha, calib_sha, ev.x, ev.labels, low.outputs
+            )
         if on_demand:
             entry, trained = self.recovery.recover(
                 spec, request, onnx_sha, calib_sha, ev.x, ev.labels, low.outputs, ev.top1

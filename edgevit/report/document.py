@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgevit.quant.settings import BUDGET_LIMITS
+
 
 @dataclass
 class Report:
@@ -294,9 +296,7 @@ def render_markdown(doc: dict[str, Any]) -> str:
                 lines.append(f"- **{t['name']}**: not applied ({f['reason']})")
                 continue
             limits = ", ".join(
-                f"{k} {f['budget'][k]:g}"
-                for k in ("max_top1_drop", "min_sqnr_db", "min_agreement")
-                if f["budget"].get(k) is not None
+                f"{k} {f['budget'][k]:g}" for k in BUDGET_LIMITS if f["budget"].get(k) is not None
             )
             kept = ", ".join(f"`{n}`" for n in f["float_layers"]) or "none"
             verdict = "met" if f["met"] else "**not met** (best effort)"
@@ -317,9 +317,15 @@ def render_markdown(doc: dict[str, Any]) -> str:
                     "qat": "qat",
                     "qat+float": "qat, then float layers",
                 }
+                task = _dense_task(doc)
+                had = (
+                    f"drop {ptq['top1_drop']:+.2f}, SQNR {ptq['sqnr_db']:.1f} dB"
+                    if task is None
+                    else task.summary(ptq)
+                )
                 lines.append(
-                    f"  - recover: {f['recover']}; post-training INT8 had drop {ptq['top1_drop']:+.2f}, SQNR "
-                    f"{ptq['sqnr_db']:.1f} dB; needed: {needed.get(f['needed'], f['needed'])}"
+                    f"  - recover: {f['recover']}; post-training INT8 had {had}; "
+                    f"needed: {needed.get(f['needed'], f['needed'])}"
                     + (f" (float layers not possible: {f['float_search']})" if f.get("float_search") else "")
                 )
             sens = f.get("sensitivity") or []

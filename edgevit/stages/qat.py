@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +23,10 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from edgevit import distributed
-from edgevit.check.layerwise import sqnr_db
+from edgevit.check.layerwise import outputs_sqnr_db
 from edgevit.compute import resolve
 from edgevit.data import DataSpec, open_data
-from edgevit.data.source import verify
+from edgevit.data.source import require_task, verify
 from edgevit.data.stream import Images
 from edgevit.fileio import atomic_write_json, ensure_dir
 from edgevit.models.load import load, logits_of
@@ -38,6 +39,7 @@ from edgevit.stages.export import export_onnx
 from edgevit.train import Optim, finish, fit
 
 LOG_FILE = "qat.json"
+BATCH = 64  # images per forward pass when scoring on the calibration set
 
 
 class QatConfig(BaseModel):
@@ -100,13 +102,17 @@ def _range_report(sim: Simulation, model: nn.Module, scope: Scope, calibration: 
     }
 
 
+def _run(model: nn.Module) -> Callable[[np.ndarray], np.ndarray]:
+    return lambda xb: logits_of(model, xb, BATCH)
+
+
 def simulated_sqnr(
-    model: nn.Module, reference: np.ndarray, scheme: Int8Scheme, scope: Scope, calibration: np.ndarray
+    model: nn.Module, teacher: nn.Module, scheme: Int8Scheme, scope: Scope, calibration: np.ndarray
 ) -> float:
-    """Logit SQNR against ``reference`` (logits on the calibration images) of ``model`` under
+    """Output SQNR against ``teacher``'s outputs on the calibration images of ``model`` under
     ``scheme``'s INT8, calibrated afresh on those images as the backend calibrates."""
     sim = simulation(model, scheme, calibration, scope)
-    return sqnr_db(reference, logits_of(sim.model, calibration, 64))
+    return outputs_sqnr_db(_run(teacher), _run(sim.model), calibration, BATCH)
 
 
 def qat(cfg: QatConfig, out_dir: Path, progress: bool = True) -> dict[str, Any]:
@@ -121,15 +127,15 @@ def qat(cfg: QatConfig, out_dir: Path, progress: bool = True) -> dict[str, Any]:
     for p in teacher.parameters():
         p.requires_grad_(False)
     scheme, scope = Int8Scheme(**cfg.scheme), cfg.scope
-    calibration = np.load(cfg.calibration)
-    reference = logits_of(teacher, calibration, 64)  # the scores below: on the calibration images
-    before = simulated_sqnr(teacher, reference, scheme, scope, calibration)
+    calibration = np.load(cfg.calibration)  # the scores below: on the calibration images
+    before = simulated_sqnr(teacher, teacher, scheme, scope, calibration)
     sim = simulation(teacher, scheme, calibration, scope, trainable=True)
     for p in sim.model.parameters():
         p.requires_grad_(True)
     _freeze_folded_norms(sim)
     base = Path(cfg.base_dir) if cfg.base_dir else None
-    source = open_data(cfg.data, config.class_names, base)
+    task = config.task
+    source = require_task(open_data(cfg.data, config.class_names, base, task), task, "data.train")
     verify(source, cfg.data)
     images = Images(source, config, pin_memory=compute.cuda)
     teacher.to(compute.device)
@@ -143,7 +149,7 @@ def qat(cfg: QatConfig, out_dir: Path, progress: bool = True) -> dict[str, Any]:
     def loss_fn(net: nn.Module, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             target = teacher(xb)
-        return kd_loss(net(xb), target, yb, s)
+        return kd_loss(net(xb), target, yb, s, task)
 
     optim = Optim(s.epochs, s.batch_size, s.lr, s.weight_decay, s.warmup_epochs, s.shift_pixels, s.seed)
     t0 = time.perf_counter()
@@ -163,7 +169,7 @@ def qat(cfg: QatConfig, out_dir: Path, progress: bool = True) -> dict[str, Any]:
     seconds = time.perf_counter() - t0
     teacher.to("cpu")
     sim.model.to("cpu")
-    trained = logits_of(sim.model.eval(), calibration, 64)
+    sim.model.eval()
     student = copy.deepcopy(teacher)  # the same module tree, given the trained float weights
     student.load_state_dict(sim.float_state(), strict=True)
     student.eval()
@@ -184,9 +190,13 @@ def qat(cfg: QatConfig, out_dir: Path, progress: bool = True) -> dict[str, Any]:
         "simulated_sqnr_db": {
             "where": f"simulated:edgevit.quant ({scheme.tag}), {len(calibration)} calibration images",
             "before": round(before, 2),
-            "after": round(simulated_sqnr(student, reference, scheme, scope, calibration), 2),
-            "after_with_trained_ranges": round(sqnr_db(reference, trained), 2),
-            "float_after_vs_before": round(sqnr_db(reference, logits_of(student, calibration, 64)), 2),
+            "after": round(simulated_sqnr(student, teacher, scheme, scope, calibration), 2),
+            "after_with_trained_ranges": round(
+                outputs_sqnr_db(_run(teacher), _run(sim.model), calibration, BATCH), 2
+            ),
+            "float_after_vs_before": round(
+                outputs_sqnr_db(_run(teacher), _run(student), calibration, BATCH), 2
+            ),
         },
         "ranges": _range_report(sim, student, scope, calibration),
     }
