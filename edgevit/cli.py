@@ -242,7 +242,7 @@ def _main_process() -> bool:
 
 # what ``edgevit train --task`` trains when --data / --model / --head are not given
 TASK_DEFAULTS: dict[str, dict[str, str]] = {
-    "segmentation": {"data": "shapes-seg", "model": "vit_plus_tiny_patch4_32", "head": "mlp"},
+    "segmentation": {"data": "shapes-seg", "model": "vit_plus_tiny_patch4_32", "head": "dpt"},
     "depth": {"data": "shapes-depth", "model": "vit_plus_tiny_patch4_32", "head": "dpt"},
 }
 
@@ -552,7 +552,7 @@ def parser() -> argparse.ArgumentParser:
         help="what the model predicts (dense tasks: a dense head on ViT-Plus, default data shapes-seg / shapes-depth)",
     )
     t.add_argument(
-        "--head", choices=("linear", "mlp", "dpt"), help="dense head (default: mlp, dpt for depth)"
+        "--head", choices=("linear", "mlp", "dpt"), help="dense head (default: dpt)"
     )
     t.add_argument(
         "--data",
