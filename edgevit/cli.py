@@ -551,9 +551,7 @@ def parser() -> argparse.ArgumentParser:
         default="classification",
         help="what the model predicts (dense tasks: a dense head on ViT-Plus, default data shapes-seg / shapes-depth)",
     )
-    t.add_argument(
-        "--head", choices=("linear", "mlp", "dpt"), help="dense head (default: dpt)"
-    )
+    t.add_argument("--head", choices=("linear", "mlp", "dpt"), help="dense head (default: dpt)")
     t.add_argument(
         "--data",
         help="'digits', 'shapes', 'shapes-seg', 'shapes-depth', an ImageFolder or a dense folder (default digits)",

@@ -273,3 +273,56 @@ def test_a_missed_depth_budget_recovers_with_qat(tmp_path: Path) -> None:
     assert fallback["post_training"]["pearson"] < 0.9999999 and "top1_drop" not in fallback["post_training"]
     assert target["qat"]["applied"] and "absrel" in target["qat"]["float_scores"]
     assert fallback["met"] == (target["accuracy"]["pearson"] >= 0.9999999)
+
+
+def _quantized_convs(onnx_path: Path) -> int:
+    import onnx
+
+    graph = onnx.load(str(onnx_path)).graph
+    dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return sum(1 for n in graph.node if n.op_type == "Conv" and n.input[1] in dequantized)
+
+
+@pytest.mark.slow
+def test_the_decoder_quantizes_on_every_backend_and_the_budget_ranks_its_layers(tmp_path: Path) -> None:
+    targets = [t for t in ALL_BACKENDS if t["precision"] == "int8"]
+    path = _recipe(tmp_path, "segmentation", "dpt", targets, {})
+    recipe = json.loads(path.read_text())
+    recipe["stages"] = [{"stage": "quantize", "decoder": True}]
+    path.write_text(json.dumps(recipe))
+    report = edgevit.build(path, tmp_path / "b")
+    for t in report.data["targets"]:
+        assert t["status"] == "ok", (t["name"], t.get("reason"))
+    model = create(MODEL, num_classes=len(SEG_CLASSES), depth=1, task="segmentation", dense_head="dpt")
+    decoder_convs = sum(
+        1 for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d) and n.startswith("dense_head.")
+    )
+    # the decoder's Convs are quantized, the patch embedding's is not (it is out of scope)
+    assert _quantized_convs(tmp_path / "b" / report.target("ort-int8")["artifact"]) == decoder_convs
+
+    budget = {"min_pixel_agreement": 0.99999, "max_float_layers": 1, "ranking": "simulated"}
+    recipe["stages"] = [{"stage": "quantize", "decoder": True, "accuracy_budget": budget}]
+    recipe["targets"] = targets[:1]
+    path.write_text(json.dumps(recipe))
+    fallback = edgevit.build(path, tmp_path / "c").target("ort-int8")["fallback"]
+    assert any(s["layer"].startswith("dense_head.") for s in fallback["sensitivity"])
+    assert not any(s["layer"] == "patch_embed.proj" for s in fallback["sensitivity"])
+
+
+def test_a_classifier_has_no_decoder_to_quantize(tmp_path: Path) -> None:
+    from edgevit.errors import RecipeError
+
+    recipe = {
+        "name": "cls-decoder",
+        "model": {"name": "vit_plus_tiny_patch8_32", "num_classes": 10},
+        "data": {
+            "calibration": {"source": "digits", "count": 8},
+            "evaluation": {"source": "digits", "count": 8},
+        },
+        "stages": [{"stage": "quantize", "decoder": True}],
+        "targets": [ALL_BACKENDS[1]],
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(json.dumps(recipe))
+    with pytest.raises(RecipeError, match=r"stages\[0\]\.decoder: a classification model has no decoder"):
+        edgevit.build(path, tmp_path / "b")

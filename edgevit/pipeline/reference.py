@@ -20,7 +20,7 @@ from edgevit.data.stream import Images
 from edgevit.errors import EdgeVitError, RecipeError
 from edgevit.models.load import LoadedModel, load, logits_of
 from edgevit.pipeline.context import BuildContext, Log
-from edgevit.recipe.schema import DistillStage, PruneStage, Recipe
+from edgevit.recipe.schema import DistillStage, PruneStage, QuantizeStage, Recipe
 from edgevit.tasks.base import score_batches
 from edgevit.workspace import StepResult
 
@@ -37,10 +37,18 @@ def load_reference(recipe: Recipe, log: Log, progress: bool) -> LoadedModel:
     return load(spec.name, checkpoint, num_classes=spec.num_classes)
 
 
-def check_dense_recipe(recipe: Recipe, task: str) -> None:
-    """Raise, before anything is trained, for what a dense task's build cannot do: a distillation
-    token, removing whole blocks the head may read."""
+def check_task_recipe(recipe: Recipe, task: str) -> None:
+    """Raise, before anything is trained, for what the model's task cannot do: a classification
+    model's decoder; a dense model's distillation token, or removing whole blocks its head may read."""
+    dense = task != "classification"
     for i, stage in enumerate(recipe.stages):
+        if isinstance(stage, QuantizeStage) and stage.decoder and not dense:
+            raise RecipeError(
+                f"stages[{i}].decoder: a classification model has no decoder",
+                "remove decoder (patch_embed: true quantizes the patch embedding)",
+            )
+        if not dense:
+            continue
         if isinstance(stage, DistillStage) and stage.distill_token:
             raise RecipeError(
                 f"stages[{i}].distill_token is for classification, and the model is a {task} model",

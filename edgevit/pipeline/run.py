@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from edgevit.check import gates
 from edgevit.data import load_data
@@ -19,7 +20,7 @@ from edgevit.models.load import LoadedModel, save
 from edgevit.pipeline.compression import Compression, Lowered
 from edgevit.pipeline.context import BuildContext, Log, _quiet
 from edgevit.pipeline.recovery import Recovery
-from edgevit.pipeline.reference import Evaluation, check_dense_recipe, evaluation_set, load_reference
+from edgevit.pipeline.reference import Evaluation, check_task_recipe, evaluation_set, load_reference
 from edgevit.pipeline.targets import TargetChecker
 from edgevit.recipe.loader import load_recipe
 from edgevit.recipe.schema import Recipe, TargetSpec
@@ -49,8 +50,7 @@ class Build:
         started = time.time()
         ref = load_reference(r, ctx.log, ctx.progress)
         ctx.task = TASKS.get(ref.config.task)
-        if ctx.task.name != "classification":
-            check_dense_recipe(r, ctx.task.name)
+        check_task_recipe(r, ctx.task.name)
         params = sum(p.numel() for p in ref.model.parameters()) / 1e6
         ctx.log(f"model {ref.config.architecture} ({params:.2f}M params)")
         ref_key = {
@@ -116,6 +116,8 @@ class Build:
         """One target's report entry: equalized and qat-trained for its INT8 grid where the recipe
         asks, then lowered and checked (or recovered under an accuracy budget)."""
         r, q = self.ctx.recipe, self.ctx.recipe.quantize()
+        if q is not None:  # the Convs out of the INT8 scope (patch embedding, decoder) are float layers
+            q = q.for_convs([n for n, m in low.model.named_modules() if isinstance(m, torch.nn.Conv2d)])
         request = LowerRequest(
             export_step.path("model.onnx"),
             spec.precision,

@@ -6,6 +6,7 @@ targets lower by them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
@@ -87,6 +88,8 @@ class AccuracyBudget(Strict):
 
 
 # budget field -> (the score it limits, max or min, the scale of its miss: points per unit)
+DECODER_PREFIX = "dense_head."  # a dense model's decoder (edgevit.models.dense)
+
 BUDGET_LIMITS: dict[str, tuple[str, str, float]] = {
     "max_top1_drop": ("top1_drop", "max", 1.0),
     "min_sqnr_db": ("sqnr_db", "min", 1.0),
@@ -117,6 +120,13 @@ class QuantizeStage(Strict):
     per_channel: bool = True
     matmul_scope: Literal["weights", "all"] = "weights"
     patch_embed: bool = False
+    decoder: bool = Field(
+        default=False,
+        description=(
+            "quantize a dense model's decoder (the Convs of its segmentation or depth head); with an "
+            "accuracy budget, the ones measured too sensitive stay float"
+        ),
+    )
     calibration_batch: int = Field(default=16, gt=0)
     smooth_quant_alpha: float | None = Field(
         default=None,
@@ -144,3 +154,18 @@ class QuantizeStage(Strict):
     accuracy_budget: AccuracyBudget | None = Field(
         default=None, description="keep the most sensitive layers float until the budget is met"
     )
+
+    def for_convs(self, convs: Sequence[str]) -> QuantizeStage:
+        """The stage the backends and the INT8 simulator see for a model whose Conv layers are
+        ``convs`` (module paths): their Conv switch (``patch_embed``) is on when the patch embedding
+        or the decoder is in scope, and the Convs out of scope are among ``float_layers``."""
+        if not (self.patch_embed or self.decoder):
+            return self
+
+        def in_scope(conv: str) -> bool:
+            return self.decoder if conv.startswith(DECODER_PREFIX) else self.patch_embed
+
+        kept = [c for c in convs if not in_scope(c) and c not in self.float_layers]
+        if self.patch_embed and not kept:
+            return self
+        return self.model_copy(update={"patch_embed": True, "float_layers": [*self.float_layers, *kept]})

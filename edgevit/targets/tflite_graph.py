@@ -119,9 +119,21 @@ def module_path(op: OpInfo) -> str | None:
         segments = part.split("/")
         if len(segments) < 2:
             continue
-        attrs = [seg.rpartition(".")[2].partition("_")[2] for seg in segments[1:]]  # [0]: the root
+        # [0]: the root; a private class's leading underscores are not the separator
+        attrs = [seg.rpartition(".")[2].lstrip("_").partition("_")[2] for seg in segments[1:]]
         return ".".join(attrs) if all(attrs) else None
     return None
+
+
+def _same_layer(scoped: str, layer: str) -> bool:
+    """Whether a scope's module path names ``layer``. A container a model iterates over instead of
+    calling (a dense model's blocks, a decoder's ModuleList) leaves no scope of its own: its
+    segment is missing ("0.attn.qkv" for blocks.0.attn.qkv, "dense_head.0" for dense_head.proj.0)."""
+    want, have = layer.split("."), scoped.split(".")
+    if not have or have[-1] != want[-1]:
+        return False
+    rest = iter(want)
+    return all(seg in rest for seg in have)  # a subsequence, in order
 
 
 def weighted_layers(ops: list[OpInfo], layers: list[str]) -> dict[int, str]:
@@ -143,7 +155,7 @@ def weighted_layers(ops: list[OpInfo], layers: list[str]) -> dict[int, str]:
         )
     for i, layer in zip(weighted, layers, strict=True):
         named = module_path(ops[i])
-        if named is not None and named != layer:
+        if named is not None and not _same_layer(named, layer):
             raise LoweringError(
                 f"the .tflite's op for layer {layer} is scoped {named}",
                 "report this as a bug: layers cannot be named in this model",

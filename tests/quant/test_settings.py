@@ -1,11 +1,12 @@
-"""The accuracy budget's limits: any task's scores, misses summed in points."""
+"""The quantize stage's settings: the accuracy budget's limits (any task's scores, misses summed in
+points) and the Conv scope the backends see."""
 
 from __future__ import annotations
 
 import pytest
 from pydantic import ValidationError
 
-from edgevit.quant.settings import AccuracyBudget
+from edgevit.quant.settings import AccuracyBudget, QuantizeStage
 
 
 def test_classification_shortfall_in_points_and_db() -> None:
@@ -28,3 +29,19 @@ def test_dense_limits_use_the_tasks_scores() -> None:
 def test_a_budget_needs_a_limit() -> None:
     with pytest.raises(ValidationError, match="set one of max_top1_drop, min_sqnr_db"):
         AccuracyBudget()
+
+
+def test_the_conv_scope_reaches_the_backends_as_float_layers() -> None:
+    convs = ["patch_embed.proj", "dense_head.proj.0", "dense_head.out.0"]
+    q = QuantizeStage(stage="quantize")
+    assert q.for_convs(convs) is q  # Linear only: no Conv is quantized, nothing to keep float
+    both = QuantizeStage(stage="quantize", patch_embed=True, decoder=True)
+    assert both.for_convs(convs) is both
+    decoder = QuantizeStage(stage="quantize", decoder=True, float_layers=["blocks.0.mlp.fc2"])
+    seen = decoder.for_convs(convs)
+    assert seen.patch_embed and seen.float_layers == ["blocks.0.mlp.fc2", "patch_embed.proj"]
+    embed = QuantizeStage(stage="quantize", patch_embed=True).for_convs(convs)
+    assert embed.patch_embed and embed.float_layers == ["dense_head.proj.0", "dense_head.out.0"]
+    # a classifier's only Conv is the patch embedding: patch_embed means what it always meant
+    classifier = QuantizeStage(stage="quantize", patch_embed=True)
+    assert classifier.for_convs(["patch_embed.proj"]) is classifier
