@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from edgevit.check.bundle import write_bundle
@@ -63,3 +64,31 @@ def test_the_agent_alone_on_a_device_scores_a_dense_artifact(tmp_path: Path) -> 
     acc = doc["accuracy"]
     assert acc["samples"] == 20 and acc["pixel_agreement"] == 1.0 and acc["miou"] == 100.0
     assert doc["latency_ms"]["runs"] == 3
+
+
+@pytest.mark.slow
+def test_a_phone_scores_a_dense_tflite_over_adb(fake_phone, tmp_path: Path) -> None:
+    """The adb path (the stand-in phone) scores LiteRT's dense outputs as the local agent does."""
+    pytest.importorskip("litert_torch")
+    import edgevit
+    from edgevit.profiling import profile
+    from tests.test_dense_build import _recipe
+
+    target = {"name": "tfl-int8", "backend": "tflite", "precision": "int8"}
+    path = _recipe(tmp_path, "segmentation", "dpt", [target], {})
+    recipe = json.loads(path.read_text())
+    recipe["check"]["layerwise_samples"] = 0
+    path.write_text(json.dumps(recipe))
+    report = edgevit.build(path, tmp_path / "b")
+    artifact, bundle = (
+        report.directory / report.target("tfl-int8")["artifact"],
+        tmp_path / "b" / "eval" / "bundle.npz",
+    )
+    local = profile(artifact, "local", runs=3, warmup=1, bundle=bundle).results[0]["accuracy"]
+    phone = profile(artifact, "adb://emulator-5554", runs=3, warmup=1, bundle=bundle).results[0]["accuracy"]
+    assert phone["samples"] == local["samples"] == 12
+    for key in ("miou", "pixel_agreement", "miou_vs_float", "sqnr_db"):
+        assert phone[key] == pytest.approx(local[key], abs=1e-4), key
+    assert phone["pixel_agreement"] == pytest.approx(
+        report.target("tfl-int8")["accuracy"]["pixel_agreement"], abs=1e-4
+    )
