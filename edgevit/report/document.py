@@ -333,7 +333,8 @@ def render_markdown(doc: dict[str, Any]) -> str:
             if sens and "gain_db" in sens[0]:
                 note = f"; {f['ranking_note']}" if f.get("ranking_note") else ""
                 lines.append(
-                    f"  - most sensitive (logit SQNR gained on calibration images with only that layer "
+                    f"  - most sensitive ({'logit' if _dense_task(doc) is None else 'output'} SQNR gained on "
+                    "calibration images with only that layer "
                     f"float; ranked {how.get(f.get('ranking', ''), f.get('ranking'))} in "
                     f"{f.get('ranking_seconds', '?')} s{note}): "
                     + ", ".join(f"`{x['layer']}` {x['gain_db']:+.1f} dB" for x in sens[:5])
