@@ -206,10 +206,7 @@ def _reference(build_dir: Path, report: dict[str, Any]) -> tuple[Inputs, Inputs,
     """(inputs, read a batch at a time; labels; logits of the float model the artifacts were lowered
     from); a dense task's maps and outputs are read a batch at a time too."""
     if report.get("task", "classification") != "classification":  # stages: the lowered model's outputs
-        lowered = build_dir / LOWERED_BUNDLE
-        return open_dense(
-            lowered if report.get("stages") and lowered.is_file() else build_dir / "eval" / "bundle.npz"
-        )
+        return open_dense(build_dir / (LOWERED_BUNDLE if report.get("stages") else "eval/bundle.npz"))
     x, labels, ref = open_bundle(build_dir / "eval" / "bundle.npz")
     if report.get("stages"):
         lowered = build_dir / LOWERED_BUNDLE

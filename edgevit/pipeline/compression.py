@@ -312,11 +312,11 @@ class Compression:
 
         else:
             key["weights"] = weights_sha
+            run = self._runner(model)
 
             def write(d: Path) -> None:
                 batches = (
-                    (x[i : i + b], logits_of(model, x[i : i + b], b), ev.labels[i : i + b])
-                    for i in range(0, len(x), b)
+                    (x[i : i + b], run(x[i : i + b]), ev.labels[i : i + b]) for i in range(0, len(x), b)
                 )
                 write_bundle(d / "bundle.npz", len(x), x.shape[1:], batches)
 

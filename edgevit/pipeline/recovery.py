@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, replace
 from typing import Any
 
+from edgevit import scoring
 from edgevit.check import accuracy
 from edgevit.check.bundle import Inputs
 from edgevit.devices import resolve_device
@@ -53,12 +54,11 @@ class Recovery:
             return self.checker.check(spec, plain, onnx_sha, *args), None
         ptq, step = scored
         task = self.ctx.task
-        shown = accuracy.from_dict(ptq).to_dict() if task.name == "classification" else ptq
         record: dict[str, Any] = {
             "applied": True,
             "budget": budget.model_dump(),
             "recover": budget.recover,
-            "post_training": {**shown, "step": step.name},
+            "post_training": {**scoring.rounded(ptq), "step": step.name},
         }
         if budget.met(ptq):
             self.ctx.log(f"{spec.name}: post-training INT8 meets the accuracy budget: no qat needed")

@@ -20,7 +20,7 @@ from edgevit.data.stream import Images
 from edgevit.errors import EdgeVitError, RecipeError
 from edgevit.models.load import LoadedModel, load, logits_of
 from edgevit.pipeline.context import BuildContext, Log
-from edgevit.recipe.schema import DistillStage, PruneStage, QuantizeStage, Recipe
+from edgevit.recipe.schema import DistillStage, QuantizeStage, Recipe
 from edgevit.tasks.base import score_batches
 from edgevit.workspace import StepResult
 
@@ -39,7 +39,8 @@ def load_reference(recipe: Recipe, log: Log, progress: bool) -> LoadedModel:
 
 def check_task_recipe(recipe: Recipe, task: str) -> None:
     """Raise, before anything is trained, for what the model's task cannot do: a classification
-    model's decoder; a dense model's distillation token, or removing whole blocks its head may read."""
+    model's decoder; a dense model's distillation token (the prune stage itself refuses removing
+    blocks a dense head reads, before it scores anything)."""
     dense = task != "classification"
     for i, stage in enumerate(recipe.stages):
         if isinstance(stage, QuantizeStage) and stage.decoder and not dense:
@@ -47,17 +48,10 @@ def check_task_recipe(recipe: Recipe, task: str) -> None:
                 f"stages[{i}].decoder: a classification model has no decoder",
                 "remove decoder (patch_embed: true quantizes the patch embedding)",
             )
-        if not dense:
-            continue
-        if isinstance(stage, DistillStage) and stage.distill_token:
+        if isinstance(stage, DistillStage) and stage.distill_token and dense:
             raise RecipeError(
                 f"stages[{i}].distill_token is for classification, and the model is a {task} model",
                 "set distill_token: false (a dense student learns the teacher's maps through its own head)",
-            )
-        if isinstance(stage, PruneStage) and stage.remove_blocks:
-            raise RecipeError(
-                f"stages[{i}].remove_blocks: the {task} head reads the blocks' tokens, so whole blocks cannot go",
-                "set remove_blocks: 0 (heads and MLP width prune as for classification)",
             )
 
 

@@ -87,9 +87,9 @@ class AccuracyBudget(Strict):
         return total
 
 
-# budget field -> (the score it limits, max or min, the scale of its miss: points per unit)
 DECODER_PREFIX = "dense_head."  # a dense model's decoder (edgevit.models.dense)
 
+# budget field -> (the score it limits, max or min, the scale of its miss: points per unit)
 BUDGET_LIMITS: dict[str, tuple[str, str, float]] = {
     "max_top1_drop": ("top1_drop", "max", 1.0),
     "min_sqnr_db": ("sqnr_db", "min", 1.0),

@@ -113,16 +113,15 @@ def _stage_lines(doc: dict[str, Any]) -> list[str]:
         columns = [("top1", "float top-1 %", ".2f"), ("top1_drop", "drop (pts)", "+.2f")]
         ref_row = {"stage": "reference", **ref, "top1_drop": 0.0}
     else:  # the task's scores against ground truth, then what the stage lost against the reference
-        shown = (*task.headline, task.compression_gate.key)
+        metric = {m.key: m for m in task.metrics}
+        lost = task.compression_gate.key
         columns = [
             (
-                m.key,
-                f"float {m.header}{' %' if m.unit == '%' else ''}",
-                "+.4g" if m.key == shown[-1] else ".4g",
+                k,
+                f"float {metric[k].header}{' %' if metric[k].unit == '%' else ''}",
+                "+.4g" if k == lost else ".4g",
             )
-            for key in shown
-            for m in task.metrics
-            if m.key == key
+            for k in (*task.headline, lost)
         ]
         ref_row = {"stage": "reference", **ref, **(ref.get("scores") or {}), task.compression_gate.key: 0.0}
     lines = [

@@ -52,7 +52,7 @@ def kd_loss(
     + (1 - alpha) * the task's loss against ground truth (labels or maps)."""
     objective = TASKS.get(task)
     soft = objective.distill_loss(student, teacher, s.temperature)
-    if s.alpha == 1.0:
+    if s.alpha == 1.0:  # no ground-truth term (0 x a depth loss over no valid pixel would be NaN)
         return soft
     hard = objective.loss(student, labels, label_smoothing=s.label_smoothing)
     return s.alpha * soft + (1 - s.alpha) * hard

@@ -110,7 +110,8 @@ def simulated_sqnr(
     model: nn.Module, teacher: nn.Module, scheme: Int8Scheme, scope: Scope, calibration: np.ndarray
 ) -> float:
     """Output SQNR against ``teacher``'s outputs on the calibration images of ``model`` under
-    ``scheme``'s INT8, calibrated afresh on those images as the backend calibrates."""
+    ``scheme``'s INT8, calibrated afresh on those images as the backend calibrates. The teacher's
+    outputs are recomputed batch by batch rather than held: a dense model's are large."""
     sim = simulation(model, scheme, calibration, scope)
     return outputs_sqnr_db(_run(teacher), _run(sim.model), calibration, BATCH)
 
