@@ -4,12 +4,15 @@ Each backend's INT8 artifact quantizes the inputs of the layers in the recipe's 
 (ranges from calibration) and their weights per output channel, symmetrically. They differ in the
 activation grid: ONNX Runtime and OpenVINO use asymmetric UINT8 (the range stretched to include
 0), TensorRT symmetric INT8 (explicit-quantization Q/DQ), and in the weight width: 7 bits where
-``targets/cpu.py`` decides an x86 CPU without VNNI would saturate. The simulator
-(``edgevit.quant.simulate``) computes in torch what these grids do to a model.
+``targets/cpu.py`` decides an x86 CPU without VNNI would saturate. On such a CPU the CPU
+backends' kernels add each pair of UINT8 x INT8 products in int16 and saturate there
+(``int16_pairs``; ``edgevit.quant.saturation``). The simulator (``edgevit.quant.simulate``)
+computes in torch what these grids do to a model.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, replace
 from typing import Literal
@@ -25,6 +28,20 @@ class Int8Scheme:
     activation_symmetric: bool  # False: asymmetric UINT8 over [min(lo, 0), max(hi, 0)]
     weight_bits: int = 8  # 7: ONNX Runtime reduce_range / NNCF overflow_fix
     per_channel: bool = True
+    # The 7-bit weight step is absmax / this: 64 for ONNX Runtime's reduce_range (levels -64..64);
+    # 63.5 for NNCF's overflow fix, whose half-range FakeQuantize spans ±2·absmax in 255 levels.
+    seven_bit_qmax: float = 64.0
+    # NNCF's FakeQuantize counts weight levels from the low end of its range, where zero is level
+    # 127: a weight rounds as round(127 + w / step) - 127, so a tie goes to the even level from
+    # there (a 7-bit channel's maximum, exactly 63.5 steps, lands on 63, not 64).
+    weight_level_offset: int = 0
+    # x86 without VNNI: the integer kernels multiply UINT8 activations (zero point included) by INT8
+    # weights with VPMADDUBSW, which adds each pair of neighbouring products along the reduction in
+    # int16, saturating at -32768..32767 (edgevit.quant.saturation). A Conv's reduction runs over
+    # (kh, kw, input channel) with the channels padded to ``conv_channel_block`` per kernel
+    # position: 1 for ONNX Runtime's NHWC im2col, 4 for oneDNN's blocked layout (OpenVINO).
+    int16_pairs: bool = False
+    conv_channel_block: int = 1
     # ONNX Runtime's QDQ quantizer also puts Q/DQ on each MatMul's output (before the bias Add; a
     # Gemm's output includes its bias), so that the pair fuses into QLinearMatMul.
     quantize_outputs: bool = False
@@ -35,6 +52,10 @@ class Int8Scheme:
     folds_norms: bool = False
     # NNCF's SmoothQuant on every MatMul input it quantizes, at this strength (OpenVINO).
     smooth_alpha: float | None = None
+    # OpenVINO without SmoothQuant: NNCF moves the classifier's input quantizer above the class
+    # token's Gather, so its range spans every token of the final norm (read from the IR; with
+    # SmoothQuant its Multiply sits after the Gather and the quantizer follows it).
+    head_range_over_tokens: bool = False
     # What ``matmul_scope: all`` quantizes of the attention matmuls (q@kᵀ, attn@v): "all" both
     # inputs of both (and their outputs with ``quantize_outputs``); "fused" OpenVINO's fused
     # ScaledDotProductAttention: q, and k where it is not pooled, on symmetric INT8 grids (NNCF's
@@ -46,25 +67,28 @@ class Int8Scheme:
     def tag(self) -> str:
         """A short name for the grid, e.g. ``onnxruntime-w8`` (targets with the same grid share it)."""
         smooth = "" if self.smooth_alpha is None else f"-sq{self.smooth_alpha:g}"
-        return f"{self.backend}-w{self.weight_bits}{'' if self.per_channel else '-per-tensor'}{smooth}"
+        saturating = "-i16" if self.saturates else ""
+        return f"{self.backend}-w{self.weight_bits}{'' if self.per_channel else '-per-tensor'}{smooth}{saturating}"
 
     @property
-    def weight_qmax(self) -> int:
-        """Largest weight level: 127 for 8 bits, 64 for 7 (ONNX Runtime's reduce_range grid)."""
-        return 127 if self.weight_bits == 8 else 64
+    def weight_qmax(self) -> float:
+        """A channel's absolute maximum in weight steps: 127 for 8 bits, ``seven_bit_qmax`` for 7."""
+        return 127.0 if self.weight_bits == 8 else self.seven_bit_qmax
+
+    @property
+    def saturates(self) -> bool:
+        """Whether a pair of products can leave int16 on this grid: with ``int16_pairs`` and weights
+        whose largest level passes 32767 / (2 · 255), i.e. 8-bit ones (7-bit ones reach 64)."""
+        return self.int16_pairs and 2 * 255 * round(self.weight_qmax) > 32767
 
     def quantize_activation(self, x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
         """``x`` fake-quantized on the per-tensor grid calibrated to [``lo``, ``hi``]."""
-        if self.activation_symmetric:
-            scale = max(abs(lo), abs(hi)) / 127.0
-            if scale == 0:
-                return torch.zeros_like(x)
-            return fake_quantize(x, scale, 0, -127, 127)
-        lo, hi = min(lo, 0.0), max(hi, 0.0)
-        scale = (hi - lo) / 255.0
+        scale, zero = self.activation_grid(lo, hi)
         if scale == 0:
             return torch.zeros_like(x)
-        return fake_quantize(x, scale, round(-lo / scale), 0, 255)
+        if self.activation_symmetric:
+            return fake_quantize(x, scale, 0, -127, 127)
+        return fake_quantize(x, scale, zero, 0, 255)
 
     def quantize_attention_input(self, x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
         """``x``, an input of an attention matmul, fake-quantized as this backend does it."""
@@ -72,13 +96,29 @@ class Int8Scheme:
             return replace(self, activation_symmetric=True).quantize_activation(x, lo, hi)
         return self.quantize_activation(x, lo, hi)
 
-    def quantize_weight(self, w: torch.Tensor) -> torch.Tensor:
-        """``w`` (output channels first) fake-quantized symmetrically, per channel or per tensor."""
+    def weight_codes(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``w`` (output channels first) on its symmetric grid, per channel or per tensor: the
+        integer levels (flattened to output channels x the rest) and the step of each channel."""
         flat = w.reshape(w.shape[0], -1)
         absmax = flat.abs().amax(dim=1, keepdim=True) if self.per_channel else flat.abs().amax()
         scale = torch.where(absmax > 0, absmax / self.weight_qmax, torch.ones_like(absmax))
-        q = torch.clamp(torch.round(flat / scale), -self.weight_qmax, self.weight_qmax) * scale
-        return q.reshape(w.shape)
+        bound, offset = math.ceil(self.weight_qmax), self.weight_level_offset
+        codes = torch.round(flat / scale + offset) - offset if offset else torch.round(flat / scale)
+        return torch.clamp(codes, -bound, bound), scale.expand(flat.shape[0], 1)
+
+    def quantize_weight(self, w: torch.Tensor) -> torch.Tensor:
+        """``w`` (output channels first) fake-quantized symmetrically, per channel or per tensor."""
+        codes, scale = self.weight_codes(w)
+        return (codes * scale).reshape(w.shape)
+
+    def activation_grid(self, lo: float, hi: float) -> tuple[float, int]:
+        """The (step, zero point) of the per-tensor activation grid calibrated to [``lo``, ``hi``]
+        (step 0: an empty range, quantized to zeros)."""
+        if self.activation_symmetric:
+            return max(abs(lo), abs(hi)) / 127.0, 0
+        lo, hi = min(lo, 0.0), max(hi, 0.0)
+        scale = (hi - lo) / 255.0
+        return scale, (round(-lo / scale) if scale else 0)
 
 
 def fake_quantize(x: torch.Tensor, scale: float, zero: int, qmin: int, qmax: int) -> torch.Tensor:
@@ -98,18 +138,40 @@ def fake_quantize(x: torch.Tensor, scale: float, zero: int, qmin: int, qmax: int
     return torch.fake_quantize_per_tensor_affine(x, scale, zero, qmin, qmax)
 
 
-def onnxruntime_scheme(seven_bit: bool, per_channel: bool = True) -> Int8Scheme:
-    """ONNX Runtime's static QDQ: asymmetric UINT8 activations, symmetric INT8 weights."""
-    return Int8Scheme("onnxruntime", False, 7 if seven_bit else 8, per_channel, quantize_outputs=True)
+def onnxruntime_scheme(seven_bit: bool, per_channel: bool = True, int16_pairs: bool = False) -> Int8Scheme:
+    """ONNX Runtime's static QDQ: asymmetric UINT8 activations, symmetric INT8 weights; with
+    ``int16_pairs``, MLAS's x86 kernels without VNNI (a Conv reduces over its NHWC im2col)."""
+    return Int8Scheme(
+        "onnxruntime",
+        False,
+        7 if seven_bit else 8,
+        per_channel,
+        quantize_outputs=True,
+        int16_pairs=int16_pairs,
+    )
 
 
 def openvino_scheme(
-    seven_bit: bool, per_channel: bool = True, smooth_alpha: float | None = 0.5
+    seven_bit: bool,
+    per_channel: bool = True,
+    smooth_alpha: float | None = 0.5,
+    int16_pairs: bool = False,
 ) -> Int8Scheme:
     """NNCF's transformer preset: asymmetric UINT8 at the MatMul inputs only (outputs stay float),
-    symmetric weights (7-bit with its overflow fix), SmoothQuant at ``smooth_alpha`` (None: off)."""
+    symmetric weights (7-bit with its overflow fix), SmoothQuant at ``smooth_alpha`` (None: off);
+    with ``int16_pairs``, oneDNN's x86 kernels without VNNI (a Conv's channels in blocks of 4)."""
     return Int8Scheme(
-        "openvino", False, 7 if seven_bit else 8, per_channel, smooth_alpha=smooth_alpha, attention="fused"
+        "openvino",
+        False,
+        7 if seven_bit else 8,
+        per_channel,
+        seven_bit_qmax=63.5,
+        weight_level_offset=127,
+        smooth_alpha=smooth_alpha,
+        head_range_over_tokens=smooth_alpha is None,
+        attention="fused",
+        int16_pairs=int16_pairs,
+        conv_channel_block=4,
     )
 
 

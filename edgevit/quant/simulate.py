@@ -12,7 +12,7 @@ import copy
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -21,6 +21,7 @@ from torch.utils.hooks import RemovableHandle
 
 from edgevit.models.vit_plus import MatMul
 from edgevit.quant.outliers import outlier_pairs
+from edgevit.quant.saturation import can_saturate, layer_excess
 from edgevit.quant.scheme import Int8Scheme
 
 if TYPE_CHECKING:
@@ -263,6 +264,7 @@ class Simulation:
         self.smoothed: dict[str, torch.Tensor] = {}  # OpenVINO: each layer's SmoothQuant scales
         self._float: dict[str, torch.Tensor] = {}
         self._quantized: dict[str, torch.Tensor] = {}
+        self._codes: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # weight levels and steps
         weighted = [n for n in self.layers if _weight(model, n) is not None]
         if trainable:
             from torch.nn.utils import parametrize
@@ -282,6 +284,9 @@ class Simulation:
         for name in self.layers:
             module = model.get_submodule(name)
             module.register_forward_pre_hook(lambda _m, a, n=name: self._quantize_inputs(n, a))
+            if scheme.saturates and name in weighted and can_saturate(module):
+                # before the output's Q/DQ: the int32 accumulator is what saturation changes
+                module.register_forward_hook(lambda m, a, out, n=name: self._saturate(n, m, a, out))
             if (
                 scheme.quantize_outputs
                 and (scheme.head_output or name not in HEADS)
@@ -300,6 +305,28 @@ class Simulation:
         )
         return tuple(quantize(a, *ranges[i]) if i in which else a for i, a in enumerate(args))
 
+    def _saturate(
+        self, name: str, module: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor
+    ) -> torch.Tensor | None:
+        """``out`` less what the int16 pair sums of ``scheme`` lose (see ``edgevit.quant.saturation``):
+        computed from the quantized input and the weights' levels, passed through as a constant
+        (no gradient) in training."""
+        if name in self.floating_now:
+            return None
+        step, zero = self.scheme.activation_grid(*self.inputs[name][0])
+        if step == 0:
+            return None
+        if name in self._codes:
+            codes, weight_step = self._codes[name]
+        elif self.trainable:  # the float weight behind the parametrization, as it is now
+            original = cast(torch.Tensor, module.parametrizations.weight.original)  # type: ignore[union-attr]
+            codes, weight_step = self.scheme.weight_codes(original.detach())
+        else:
+            codes, weight_step = self._codes[name] = self.scheme.weight_codes(self._float[name])
+        return out + layer_excess(
+            module, args[0].detach(), step, zero, codes, weight_step, self.scheme.conv_channel_block
+        )
+
     def _quantize_output(self, name: str, module: nn.Module, out: torch.Tensor) -> torch.Tensor | None:
         if name in self.floating_now:
             return None
@@ -316,6 +343,24 @@ class Simulation:
             self.inputs, self.outputs = calibrate(
                 model, self.layers, calibration, self.scheme.output_after_bias, batch
             )
+            if self.scheme.head_range_over_tokens:
+                self._head_range_over_tokens(model, calibration, batch)
+
+    def _head_range_over_tokens(self, model: nn.Module, calibration: np.ndarray, batch: int) -> None:
+        """Set the classifier's input range to the final norm's over every token (see
+        ``Int8Scheme.head_range_over_tokens``), where the head reads the class token of it."""
+        heads = [n for n in HEADS if n in self.inputs]
+        norm = getattr(model, "norm", None)
+        if not heads or getattr(model, "global_pool", None) != "token" or not isinstance(norm, nn.Module):
+            return
+        seen: list[tuple[float, float]] = []
+        handle = norm.register_forward_hook(
+            lambda _m, _a, out: seen.append((float(out.min()), float(out.max())))
+        )
+        run_calibration(model, calibration, [handle], batch)
+        span = (min(lo for lo, _ in seen), max(hi for _, hi in seen))
+        for name in heads:
+            self.inputs[name] = [span]
 
     def state_dict(self) -> dict[str, Any]:
         """The activation ranges (what a resumed quantization-aware training run needs besides the

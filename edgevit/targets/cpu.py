@@ -23,6 +23,7 @@ shapes, OpenVINO        28.6 dB          42.7 dB
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -68,15 +69,27 @@ def reduce_range(choice: bool | None, device: DeviceProfile | None) -> bool:
     return True if flags is None else saturates(flags)
 
 
+def int16_pairs(request: LowerRequest) -> bool:
+    """Whether the CPU that runs ``request``'s artifact adds INT8 products in saturating int16
+    pairs (x86 without VNNI; assumed where its flags are unknown, as for the weight range): the
+    arithmetic the INT8 simulator then models (``Int8Scheme.int16_pairs``)."""
+    flags = device_flags(request.device)
+    return True if flags is None else saturates(flags)
+
+
 def seven_bit_weights(request: LowerRequest, schema: type[CpuInt8Options] = CpuInt8Options) -> bool:
     """Whether a CPU backend builds ``request`` with 7-bit INT8 weights (its options validated by
     the backend's ``schema``): what its ``lower`` does and its ``build_settings`` report."""
     return reduce_range(schema.model_validate(request.options).reduce_range, request.device)
 
 
-def weight_bits(request: LowerRequest, schema: type[CpuInt8Options] = CpuInt8Options) -> dict[str, int]:
-    """A CPU backend's ``Target.build_settings``: ``{"int8_weight_bits": 7 or 8}`` for an INT8
-    request, nothing for a float one."""
+def weight_bits(request: LowerRequest, schema: type[CpuInt8Options] = CpuInt8Options) -> dict[str, Any]:
+    """A CPU backend's ``Target.build_settings`` for an INT8 request (nothing for a float one):
+    ``int8_weight_bits`` (7 or 8) and ``int8_pair_sums``, how the kernels of the CPU that runs it
+    add products ("int16, saturating" without VNNI on x86, else "int32")."""
     if request.precision != "int8":
         return {}
-    return {"int8_weight_bits": 7 if seven_bit_weights(request, schema) else 8}
+    return {
+        "int8_weight_bits": 7 if seven_bit_weights(request, schema) else 8,
+        "int8_pair_sums": "int16, saturating" if int16_pairs(request) else "int32",
+    }

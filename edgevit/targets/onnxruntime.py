@@ -18,7 +18,7 @@ from edgevit.errors import LoweringError
 from edgevit.quant.scheme import Int8Scheme, onnxruntime_scheme
 from edgevit.targets.base import INPUT_NAME, LowerRequest, Runner, Target
 from edgevit.targets.calibration import batches_per_pass, calibration_batches, memory_bounded_batch
-from edgevit.targets.cpu import CpuInt8Options, seven_bit_weights, weight_bits
+from edgevit.targets.cpu import CpuInt8Options, int16_pairs, seven_bit_weights, weight_bits
 from edgevit.targets.graph import nodes_of_layers, quantizable_nodes, scale_activations
 
 QUANTIZED_OP_TYPES = ["MatMul", "Gemm", "Conv"]
@@ -107,7 +107,9 @@ class OrtTarget(QdqTarget):
     def int8_scheme(self, request: LowerRequest) -> Int8Scheme | None:
         if request.precision != "int8" or request.quantize is None:
             return None
-        return onnxruntime_scheme(seven_bit_weights(request, OrtOptions), request.quantize.per_channel)
+        return onnxruntime_scheme(
+            seven_bit_weights(request, OrtOptions), request.quantize.per_channel, int16_pairs(request)
+        )
 
     def _quantize(self, request: LowerRequest, workdir: Path, out: Path) -> Path:
         options = OrtOptions.model_validate(request.options)

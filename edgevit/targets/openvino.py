@@ -17,7 +17,7 @@ from edgevit.quant.scheme import Int8Scheme, openvino_scheme
 from edgevit.quant.settings import QuantizeStage
 from edgevit.targets.base import Availability, LowerRequest, Runner, Target
 from edgevit.targets.calibration import calibration_batches
-from edgevit.targets.cpu import CpuInt8Options, seven_bit_weights, weight_bits
+from edgevit.targets.cpu import CpuInt8Options, int16_pairs, seven_bit_weights, weight_bits
 from edgevit.targets.graph import nodes_of_layers
 
 
@@ -122,7 +122,11 @@ class OvTarget(Target):
             return None
         alpha = SMOOTH_QUANT_ALPHA if q.smooth_quant_alpha is None else q.smooth_quant_alpha
         # NNCF quantizes weights per channel whatever the recipe's per_channel says
-        return openvino_scheme(seven_bit_weights(request), smooth_alpha=alpha if alpha >= 0 else None)
+        return openvino_scheme(
+            seven_bit_weights(request),
+            smooth_alpha=alpha if alpha >= 0 else None,
+            int16_pairs=int16_pairs(request),
+        )
 
     def parse_options(self, options: dict[str, Any], precision: str) -> BaseModel | None:
         if "reduce_range" in options and precision != "int8":

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from edgevit.agent import cpu_flags
 from edgevit.check.layerwise import sqnr_db
 from edgevit.models.load import load, save
 from edgevit.quant.outliers import add_outliers
@@ -17,17 +18,24 @@ from edgevit.quant.simulate import Scope, simulate
 from edgevit.recipe.schema import QuantizeStage
 from edgevit.stages.export import export_onnx
 from edgevit.targets import TARGETS, LowerRequest
+from edgevit.targets.cpu import saturates
 
 pytest.importorskip("onnxruntime")
 
+CPU_BACKENDS = ("onnxruntime", "openvino")
+
 # (backend, options, the largest |simulated - artifact| logit SQNR in dB on the tiny model): the
 # QDQ grids are the simulator's exactly; OpenVINO's SmoothQuant, TFLite's folding and Core ML's FP16
-# compute are modelled less closely (the issue's bound is 1.5 dB).
+# compute are modelled less closely (the issue's bound is 1.5 dB). The CPU backends' 8-bit weights
+# run this host's kernels: on an x86 CPU without VNNI they add products in saturating int16 pairs,
+# which their grid then models (measured on an AVX2 host: within 0.15 dB, where ignoring it was
+# 5-15 dB off), and on a VNNI one they are exact, which it models too.
 CASES = [
     ("onnxruntime", {"reduce_range": False}, 0.5),
     ("onnxruntime", {"reduce_range": True}, 0.5),
     ("tensorrt", {}, 0.5),
     ("openvino", {}, 1.5),
+    ("openvino", {"reduce_range": False}, 1.5),
     ("tflite", {}, 1.5),
     ("coreml", {"mode": "w8a8"}, 1.5),
 ]
@@ -72,6 +80,8 @@ def test_simulator_matches_the_artifacts(
         )
         scheme = target.int8_scheme(request)  # the grid the target reads to build
         assert scheme is not None and scheme.backend == backend
+        # the arithmetic of the CPU that runs the artifact: this host's
+        assert scheme.int16_pairs is (backend in CPU_BACKENDS and saturates(cpu_flags())), scheme
         artifact = target.lower(request, out)
         with target.runner(artifact, 1, loaded.config.input_size) as runner:
             built = sqnr_db(reference, runner.infer_all(images, 16))

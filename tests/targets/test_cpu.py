@@ -24,6 +24,29 @@ def test_only_x86_without_vnni_saturates() -> None:
     assert not cpu.saturates(["asimd"])  # Arm
 
 
+def test_the_int8_grid_models_the_arithmetic_of_the_cpu_that_runs_it(
+    monkeypatch: pytest.MonkeyPatch, tiny_onnx: Path, tiny_checkpoint: Path
+) -> None:
+    import edgevit.agent
+
+    cfg = load(checkpoint=tiny_checkpoint).config
+    stage = QuantizeStage(stage="quantize")
+    for flags, pairs in ((AVX2, True), (VNNI, False)):
+        monkeypatch.setattr(edgevit.agent, "cpu_flags", lambda f=flags: f)
+        for backend in ("onnxruntime", "openvino"):
+            for reduce in (True, False):
+                request = LowerRequest(tiny_onnx, "int8", cfg, {"reduce_range": reduce}, stage, None)
+                scheme = TARGETS.get(backend).int8_scheme(request)
+                assert scheme is not None and scheme.int16_pairs is pairs, (backend, flags)
+                # 7-bit weights cannot leave int16: only 8-bit ones on such a CPU are modelled
+                assert scheme.saturates is (pairs and not reduce)
+                assert scheme.tag.endswith("-i16") is scheme.saturates
+    remote = DeviceProfile(name="box", **REMOTE)  # unknown CPU: assumed to saturate, as for the range
+    request = LowerRequest(tiny_onnx, "int8", cfg, {}, stage, None, device=remote)
+    assert cpu.int16_pairs(request)
+    assert not TARGETS.get("tensorrt").int8_scheme(request).int16_pairs  # a GPU accumulates in int32
+
+
 def test_reduce_range_follows_the_cpu_that_runs_the_artifact(monkeypatch: pytest.MonkeyPatch) -> None:
     import edgevit.agent
 
@@ -74,7 +97,12 @@ def test_reduce_range_gives_7_bit_weights(backend, tiny_checkpoint, tiny_onnx, i
         out = tmp_path / str(choice)
         out.mkdir()
         request = LowerRequest(tiny_onnx, "int8", cfg, {"reduce_range": choice}, stage, inputs)
-        assert target.build_settings(request) == {"int8_weight_bits": 7 if choice else 8}
+        from edgevit.agent import cpu_flags
+
+        assert target.build_settings(request) == {
+            "int8_weight_bits": 7 if choice else 8,
+            "int8_pair_sums": "int16, saturating" if cpu.saturates(cpu_flags()) else "int32",
+        }
         found[choice] = _int8_weights_max(target.lower(request, out))
     assert found[True] <= 64 < found[False]
     fp32 = LowerRequest(tiny_onnx, "fp32", cfg, {}, None, None)
