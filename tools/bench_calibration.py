@@ -178,19 +178,27 @@ def run_equalization(
                         simulated = simulate(lowered, scheme, calibration)(torch.from_numpy(bundle["inputs"]))
                     sim_db = sqnr_db(bundle["reference_logits"], simulated.numpy())
                     alpha = None if record is None else record["alpha"]
+                    pick = None if record is None else record.get("simulated_alpha")
+                    unconfirmed = "" if pick is None else f", simulated {pick} not confirmed"
                     rows.append(
                         {
                             "model": model,
                             "backend": label,
                             "equalize": mode,
                             "alpha": alpha,
+                            # the simulator's pick that the built artifact did not confirm, if any
+                            "unconfirmed_alpha": pick,
+                            "measured_on_calibration_db": None
+                            if record is None
+                            else record.get("measured_sqnr_db"),
                             **figures(acc),
                             "simulated_sqnr_db": round(sim_db, 1),
                             "seconds": round(seconds, 1),
                         }
                     )
                     print(
-                        f"{model:16s} {label:34s} equalize {mode:4s} (alpha {alpha}) drop {acc.top1_drop:+5.2f} "
+                        f"{model:16s} {label:34s} equalize {mode:4s} (alpha {alpha}{unconfirmed}) "
+                        f"drop {acc.top1_drop:+5.2f} "
                         f"SQNR {acc.sqnr_db:5.1f} dB, simulated {sim_db:5.1f} dB ({seconds:.0f} s)",
                         file=sys.stderr,
                         flush=True,
@@ -205,7 +213,9 @@ def print_equalization(rows: list[dict[str, Any]]) -> None:
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['model']} | {r['backend']} | {r['equalize']} | {r['alpha']} | {r['top1_drop']:+.2f} | "
+            f"| {r['model']} | {r['backend']} | {r['equalize']} | {r['alpha']}"
+            f"{'' if r.get('unconfirmed_alpha') is None else ' (' + str(r['unconfirmed_alpha']) + ' not confirmed)'}"
+            f" | {r['top1_drop']:+.2f} | "
             f"{r['agreement']:.4f} | {r['sqnr_db']:.1f} | {r['simulated_sqnr_db']:.1f} |"
         )
 

@@ -76,12 +76,13 @@ def outlier_build(recipe_file: Path, work: Path, name: str) -> Path:
 
 def edgevit_int8(backend: str, request: LowerRequest, out: Path) -> tuple[Path, dict[str, Any] | None]:
     """What a build makes for an INT8 ``request`` on ``backend`` at its quantize stage's settings:
-    equalized first (``equalize: auto``, where the grid is modelled), then lowered into ``out``.
+    equalized first (``equalize: auto``, where the grid is modelled; the simulator's strength
+    confirmed on the built artifact, as a build does), then lowered into ``out``.
     Returns the artifact and the equalization record (None: not equalized)."""
     from dataclasses import replace
 
     from edgevit.models.load import load
-    from edgevit.stages.equalize import run_equalize, scheme_for
+    from edgevit.stages.equalize import artifact_sqnr, run_equalize, scheme_for
     from edgevit.targets import TARGETS
 
     q = request.quantize
@@ -92,6 +93,7 @@ def edgevit_int8(backend: str, request: LowerRequest, out: Path) -> tuple[Path, 
         loaded = load(checkpoint=request.checkpoint)
         eq_dir = out / "equalized"
         eq_dir.mkdir(parents=True, exist_ok=True)
-        record = run_equalize(loaded.model, loaded.config, scheme, q, request.calibration, eq_dir)
+        measure = artifact_sqnr(backend, request, loaded.model, 2, 16, out)
+        record = run_equalize(loaded.model, loaded.config, scheme, q, request.calibration, eq_dir, measure)
         request = replace(request, onnx_path=eq_dir / "model.onnx", checkpoint=eq_dir)
     return TARGETS.get(backend).lower(request, out), record

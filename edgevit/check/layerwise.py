@@ -73,12 +73,16 @@ def outputs_sqnr_db(
     other: Callable[[np.ndarray], np.ndarray],
     x: np.ndarray,
     batch: int,
+    normalise: Callable[[np.ndarray, tuple[int, ...]], np.ndarray] | None = None,
 ) -> float:
     """:func:`sqnr_db` of ``other``'s outputs against ``reference``'s on ``x``, run ``batch`` images
-    at a time: a dense model's outputs are never held for the whole set."""
+    at a time: a dense model's outputs are never held for the whole set. ``normalise(out, shape)``
+    puts ``other``'s outputs in the reference's layout (a task's: a backend may give NHWC)."""
     energy = _Noise()
     for i in range(0, len(x), batch):
-        energy.add(reference(x[i : i + batch]), other(x[i : i + batch]))
+        ref = reference(x[i : i + batch])
+        out = np.asarray(other(np.ascontiguousarray(x[i : i + batch])))
+        energy.add(ref, out if normalise is None else normalise(out, ref.shape))
     return energy.db()
 
 

@@ -25,7 +25,7 @@ from edgevit.quant.simulate import Scope
 from edgevit.recipe.schema import DistillStage, PruneStage, TargetSpec, TrainingStage
 from edgevit.stages.distill import DistillConfig, run_distill
 from edgevit.stages.equalize import RECORD as EQUALIZE_RECORD
-from edgevit.stages.equalize import run_equalize, scheme_for
+from edgevit.stages.equalize import artifact_sqnr, run_equalize, scheme_for
 from edgevit.stages.export import OPSET
 from edgevit.stages.prune import run_prune
 from edgevit.stages.qat import LOG_FILE as QAT_LOG
@@ -187,9 +187,20 @@ class Compression:
             return None, {"applied": False, "reason": note}
         assert request.quantize is not None and request.calibration is not None
         stage, calibration = request.quantize, request.calibration
+        r = self.ctx.recipe
+        measure = artifact_sqnr(
+            spec.backend,
+            request,
+            model,
+            r.check.threads,
+            r.check.eval_batch,
+            self.ctx.ws.root,
+            self.ctx.task.normalise,
+        )
         step = self.ctx.ws.step(
             f"equalize/{scheme.tag}",  # one step per INT8 grid: targets that share it share the work
             {
+                "confirmed_by": None if measure is None else [spec.backend, spec.options, spec.device],
                 "weights": weights_sha,
                 "calibration": calib_sha,
                 "scheme": asdict(scheme),
@@ -197,11 +208,16 @@ class Compression:
                 "opset": OPSET,
                 "torch": self.ctx.versions["torch"],
             },
-            lambda d: run_equalize(model, cfg, scheme, stage, calibration, d),
+            lambda d: run_equalize(model, cfg, scheme, stage, calibration, d, measure),
             {"producer": "stages.equalize"},
         )
         record = json.loads(step.path(EQUALIZE_RECORD).read_text())
         request.onnx_path, request.checkpoint = step.path("model.onnx"), step.directory
+        for why in ("reason", "note"):
+            if record.get(why):
+                self.ctx.log(
+                    f"{spec.name}: equalization {'not applied: ' if why == 'reason' else ''}{record[why]}"
+                )
         self.ctx.log(
             f"{spec.name}: equalization alpha {record['alpha']} (simulated SQNR by alpha: "
             f"{record['simulated_sqnr_db']}){' (reused)' if step.reused else ''}"

@@ -163,6 +163,16 @@ def _settings_text(settings: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def _measured(equalization: dict[str, Any]) -> str:
+    """The end of an equalization line: what the built artifacts measured, or why they were not."""
+    measured = equalization.get("measured_sqnr_db")
+    if measured:
+        return "; built and measured on the calibration images: " + ", ".join(
+            f"{k} {v:.1f} dB" for k, v in measured.items()
+        )
+    return f"; {equalization['note']}" if equalization.get("note") else ""
+
+
 def _qat_lines(doc: dict[str, Any]) -> list[str]:
     """The qat stage per INT8 target: the grid it trained against, simulated SQNR before and after,
     the artifact against the original float model and against the one QAD made, time."""
@@ -349,7 +359,7 @@ def render_markdown(doc: dict[str, Any]) -> str:
             e = t["equalization"]
             if e.get("alpha") is None:
                 why = e.get("reason") or "none measured best in the simulator"
-                lines.append(f"- **{t['name']}**: not applied ({why})")
+                lines.append(f"- **{t['name']}**: not applied ({why}){_measured(e)}")
                 continue
             scales = [p for p in e.get("pairs", [])]
             lo = min((p["scale_min"] for p in scales), default=1.0)
@@ -358,6 +368,7 @@ def render_markdown(doc: dict[str, Any]) -> str:
                 f"- **{t['name']}**: alpha {e['alpha']:g} on the {e['scheme']['backend']} grid, {len(scales)} "
                 f"producer/consumer pairs, scales {lo:.3g}–{hi:.3g}; simulated logit SQNR by alpha: "
                 + ", ".join(f"{k} {v:.1f} dB" for k, v in e.get("simulated_sqnr_db", {}).items())
+                + _measured(e)
             )
     lines += _qat_lines(doc)
     failing = {g["target"] for g in doc["gates"] if not g["passed"]}

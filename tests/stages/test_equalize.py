@@ -65,8 +65,17 @@ def test_build_equalizes_every_int8_grid_it_models(tiny_checkpoint: Path, tmp_pa
     if any(t["name"] == "ov-int8" for t in targets):
         ov = report.target("ov-int8")
         assert ov["equalization"]["scheme"]["smooth_alpha"] == 0.5  # NNCF's SmoothQuant simulated too
-        before = next(t for t in plain["targets"] if t["name"] == "ov-int8")
-        assert ov["accuracy"]["sqnr_db"] > before["accuracy"]["sqnr_db"] - 0.5
+    for t in targets:  # never worse than off, whichever grid this host's CPU gives (issue 32)
+        if t["precision"] != "int8":
+            continue
+        entry, before = report.target(t["name"]), next(p for p in plain["targets"] if p["name"] == t["name"])
+        assert entry["accuracy"]["sqnr_db"] >= before["accuracy"]["sqnr_db"] - 0.3, (t["name"], entry, before)
+        eq = entry["equalization"]
+        if eq["alpha"] is not None or eq.get("simulated_alpha") is not None:
+            # the simulator's choice was built and measured on the calibration images before it was kept
+            measured, kept = eq["measured_sqnr_db"], eq["alpha"] is not None
+            alpha = eq["alpha"] if kept else eq["simulated_alpha"]
+            assert kept is (measured[f"{alpha:g}"] >= measured["off"] + 1), (t["name"], eq)
     assert "equalization" not in report.target("ort-fp32")
     assert "Equalization" in (tmp_path / "equalized" / "report.md").read_text()
     assert (tmp_path / "equalized" / "equalize" / "onnxruntime-w8" / "model.onnx").is_file() or (
@@ -75,3 +84,48 @@ def test_build_equalizes_every_int8_grid_it_models(tiny_checkpoint: Path, tmp_pa
     assert (tmp_path / "equalized" / "equalize" / "tensorrt-w8" / "model.onnx").is_file()
     check = run_cli("validate", str(tmp_path / "equalized"), "--quiet")
     assert check.returncode == 0, check.stderr
+
+
+def test_a_strength_the_artifact_does_not_confirm_is_not_applied(
+    tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """The simulator chooses; the built artifact (``measure``) must agree by 1 dB, else the model
+    is exported as it is, and the record says why."""
+    from edgevit.errors import LoweringError
+    from edgevit.quant.scheme import onnxruntime_scheme
+    from edgevit.recipe.schema import QuantizeStage
+    from edgevit.stages.equalize import run_equalize
+
+    loaded = load(checkpoint=tiny_checkpoint)
+    add_outliers(loaded.model, channels=3, seed=0)  # equalization wins ~20 dB in the simulator
+    calibration = np.random.default_rng(0).uniform(-1, 1, (16, 3, 32, 32)).astype(np.float32)
+    scheme, stage = onnxruntime_scheme(seven_bit=False), QuantizeStage(stage="quantize")
+    scores = {None: 20.0}
+
+    def measure(export: Path | None) -> float:
+        return scores.get(export, scores.get("equalized", 0.0))
+
+    def run(name: str) -> dict:
+        out = tmp_path / name
+        out.mkdir()
+        return run_equalize(loaded.model, loaded.config, scheme, stage, calibration, out, measure)
+
+    scores["equalized"] = 20.5  # less than 1 dB better on the artifact: not applied
+    record = run("unconfirmed")
+    assert record["alpha"] is None and record["simulated_alpha"] in (0.5, 0.75, 0.9)
+    assert "did not beat no equalization" in record["reason"] and record["pairs"] == []
+    assert record["measured_sqnr_db"] == {"off": 20.0, f"{record['simulated_alpha']:g}": 20.5}
+    plain = load(checkpoint=tmp_path / "unconfirmed").model  # the model as it was
+    for key, value in loaded.model.state_dict().items():
+        assert torch.equal(plain.state_dict()[key], value), key
+    scores["equalized"] = 25.0
+    record = run("confirmed")
+    assert record["alpha"] in (0.5, 0.75, 0.9) and record["pairs"] and "reason" not in record
+
+    def unbuildable(export: Path | None) -> float:
+        raise LoweringError("no such backend here")
+
+    out = tmp_path / "unmeasured"
+    out.mkdir()
+    record = run_equalize(loaded.model, loaded.config, scheme, stage, calibration, out, unbuildable)
+    assert record["alpha"] is not None and "not confirmed" in record["note"]  # the simulator's choice
