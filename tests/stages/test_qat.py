@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from edgevit.agent import cpu_flags
 from edgevit.data import DataSpec, load_data
 from edgevit.data.transforms import preprocess
 from edgevit.models.load import load
@@ -18,9 +19,15 @@ from edgevit.quant.scheme import onnxruntime_scheme
 from edgevit.recipe.schema import QatStage
 from edgevit.stages import qat as qat_module
 from edgevit.stages.qat import QatConfig, freeze_epoch, qat
+from edgevit.targets.cpu import saturates
 
 
-def _config(tiny_checkpoint: Path, tmp_path: Path, **settings: object) -> QatConfig:
+def _config(
+    tiny_checkpoint: Path, tmp_path: Path, int16_pairs: bool = False, **settings: object
+) -> QatConfig:
+    """8-bit weights, summed in int32 (a VNNI CPU's or a GPU's arithmetic) unless ``int16_pairs``:
+    a CPU without VNNI saturates them there, which the straight-through training cannot learn
+    away (the gradient of a saturated pair is 0; such a CPU gets 7-bit weights by default)."""
     loaded = load(checkpoint=tiny_checkpoint)
     calibration = preprocess(
         load_data(DataSpec(source="digits", split="train", count=32), loaded.config.class_names),
@@ -29,7 +36,7 @@ def _config(tiny_checkpoint: Path, tmp_path: Path, **settings: object) -> QatCon
     np.save(tmp_path / "calibration.npy", calibration)
     return QatConfig(
         model=str(tiny_checkpoint),
-        scheme=asdict(onnxruntime_scheme(seven_bit=False)),
+        scheme=asdict(onnxruntime_scheme(seven_bit=False, int16_pairs=int16_pairs)),
         patch_embed=True,
         matmuls=True,  # the widest scope: every layer the simulator models
         calibration=str(tmp_path / "calibration.npy"),
@@ -72,7 +79,8 @@ def test_the_output_checkpoint_quantizes_onto_the_trained_grid(tiny_checkpoint: 
     from edgevit.recipe.schema import QuantizeStage
     from edgevit.targets import TARGETS, LowerRequest
 
-    cfg = _config(tiny_checkpoint, tmp_path, epochs=1)
+    # this host's 8-bit grid, as its ONNX Runtime target builds it
+    cfg = _config(tiny_checkpoint, tmp_path, saturates(cpu_flags()), epochs=1)
     qat(cfg, tmp_path / "out", progress=False)
     trained = load(checkpoint=tmp_path / "out")
     stage = QuantizeStage(stage="quantize", matmul_scope="all", patch_embed=True, equalize="off")
