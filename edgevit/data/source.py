@@ -34,6 +34,10 @@ def open_data(
         from edgevit.data.shapes import open_shapes
 
         return open_shapes(spec.split, spec.count, spec.seed)
+    if spec.source == "photos":
+        from edgevit.data.photos import open_photos
+
+        return open_photos(spec.split, spec.count, spec.seed)
     if spec.source in SCENE_SOURCES:
         from edgevit.data.scenes import open_scenes
 
@@ -50,8 +54,9 @@ def open_data(
 
 
 def require_task(source: ImageSource, task: str, field: str) -> ImageSource:
-    """``source``; raise naming ``field`` when its ground truth is for another task than ``task``."""
-    if source.task != task:
+    """``source``; raise naming ``field`` when its ground truth is for another task than ``task``
+    (an embedding model takes any labelled images: the labels only group them)."""
+    if source.task != task and not (task == "embedding" and not source.dense):
         raise DataError(
             f"{field}: {source.description} is for {source.task}, the model for {task}",
             f"point {field} at data with {task} ground truth "

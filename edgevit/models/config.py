@@ -21,7 +21,7 @@ class ModelConfig(BaseModel):
 
     format_version: int = CONFIG_VERSION
     architecture: str
-    num_classes: int = Field(gt=0)
+    num_classes: int = Field(ge=0, description="0: headless, the outputs are features")
     input_size: tuple[int, int, int] = (3, 224, 224)
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -32,8 +32,11 @@ class ModelConfig(BaseModel):
 
     @property
     def task(self) -> str:
-        """What the model predicts: classification, segmentation or depth (a ViT-Plus ``task``)."""
-        return str(self.model_kwargs.get("task", "classification"))
+        """What the model predicts: classification, segmentation or depth (a ViT-Plus ``task``), or
+        embedding (a headless model's features)."""
+        if "task" in self.model_kwargs:
+            return str(self.model_kwargs["task"])
+        return "embedding" if self.num_classes == 0 else "classification"
 
     @property
     def image_size(self) -> tuple[int, int]:

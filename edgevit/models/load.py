@@ -51,10 +51,11 @@ def create(name: str, **kwargs: Any) -> nn.Module:
 def config_for(name: str, model: nn.Module, **fields: Any) -> ModelConfig:
     """A ModelConfig for a freshly created model, from timm's pretrained_cfg plus overrides."""
     cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
+    classes = getattr(model, "num_classes", None)
     values: dict[str, Any] = {
         "architecture": name,
-        "num_classes": int(getattr(model, "num_classes", 0) or cfg.get("num_classes", 1000)),
-        "input_size": tuple(cfg.get("input_size", (3, 224, 224))),
+        "num_classes": int(cfg.get("num_classes", 1000) if classes is None else classes),
+        "input_size": _input_size(model, cfg),
         "mean": tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
         "std": tuple(cfg.get("std", (0.229, 0.224, 0.225))),
         "interpolation": cfg.get("interpolation", "bicubic"),
@@ -62,6 +63,15 @@ def config_for(name: str, model: nn.Module, **fields: Any) -> ModelConfig:
     }
     values.update(fields)
     return ModelConfig(**values)
+
+
+def _input_size(model: nn.Module, cfg: dict[str, Any]) -> tuple[int, int, int]:
+    """(C, H, W) the model was built for: its patch embedding's size (``img_size`` given at
+    creation), else its pretrained config's."""
+    size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    if isinstance(size, tuple | list) and len(size) == 2 and all(isinstance(s, int) for s in size):
+        return (3, int(size[0]), int(size[1]))
+    return tuple(cfg.get("input_size", (3, 224, 224)))  # type: ignore[return-value]
 
 
 PREPROCESSING = frozenset({"mean", "std", "interpolation", "crop_pct"})
@@ -174,6 +184,11 @@ def _apply_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path, n
     model.load_state_dict(state, strict=True)
 
 
+def _headless(state: dict[str, torch.Tensor]) -> bool:
+    """Whether a ViT state dict has no classifier (a backbone): blocks but no ``head.*``."""
+    return any(k.startswith("blocks.") for k in state) and not any(k.startswith("head.") for k in state)
+
+
 def _locate(checkpoint: Path) -> tuple[Path, Path | None]:
     """Return (weights file, config file or None) for a checkpoint file or directory."""
     if checkpoint.is_dir():
@@ -239,6 +254,13 @@ def load(
         state = _read_safetensors(weights)
         kwargs = {**config.model_kwargs, **model_kwargs}
         model = create(config.architecture, num_classes=config.num_classes, **kwargs)
+        if model_kwargs:  # e.g. another img_size: the config describes the model as built
+            config = config.model_copy(
+                update={
+                    "model_kwargs": kwargs,
+                    "input_size": _input_size(model, {"input_size": config.input_size}),
+                }
+            )
     else:
         if name is None:
             raise ModelLoadError(
@@ -247,6 +269,8 @@ def load(
         state = _read_safetensors(weights) if weights.suffix == ".safetensors" else _read_state_dict(weights)
         if num_classes is None and "head.weight" in state:
             num_classes = int(state["head.weight"].shape[0])
+        elif num_classes is None and "task" not in model_kwargs and _headless(state):
+            num_classes = 0  # a backbone as DINOv2, CLIP and MAE ship: features, no classifier
         model = create(name, **({"num_classes": num_classes} if num_classes else {}), **model_kwargs)
         config = config_for(name, model, model_kwargs=model_kwargs)
     _apply_state(model, state, weights, config.architecture)

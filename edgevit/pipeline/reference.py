@@ -34,7 +34,7 @@ def load_reference(recipe: Recipe, log: Log, progress: bool) -> LoadedModel:
         path = Path(spec.checkpoint).expanduser()
         checkpoint = path if path.is_absolute() else recipe.base_dir / path
     torch.manual_seed(0)  # a name-only model gets the same random weights every run
-    return load(spec.name, checkpoint, num_classes=spec.num_classes)
+    return load(spec.name, checkpoint, num_classes=spec.num_classes, **spec.size_kwargs())
 
 
 def check_task_recipe(recipe: Recipe, task: str) -> None:

@@ -190,7 +190,10 @@ class Build:
                 "checkpoint": str(ref.checkpoint) if ref.checkpoint else None,
                 "sha256": low.weights_sha,
                 **(
-                    {"scores": ev.scores, "preview": self._reference_preview(ev, low)}
+                    {
+                        "scores": ev.scores,
+                        **({"preview": self._reference_preview(ev, low)} if task.maps else {}),
+                    }
                     if dense
                     else {"top1": round(ev.top1, 4)}
                 ),

@@ -285,7 +285,8 @@ class TargetChecker:
     ) -> dict[str, Any]:
         """A dense task's target entry: its scores against the maps and the float model's outputs,
         and a preview of its first output."""
-        findings["preview"] = {"index": 0, "output": map_preview(self.ctx.task.name, first)}
+        if self.ctx.task.maps:
+            findings["preview"] = {"index": 0, "output": map_preview(self.ctx.task.name, first)}
         latency_ms = None if lat is None else lat.to_dict()
         device = resolve_device(spec.device)
         if on_device is not None and on_device.get("ok"):

@@ -23,11 +23,34 @@ NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
 
 
 class ModelSpec(Strict):
-    """The float reference: a model name and/or a checkpoint (``builtin:<name>``, file or dir)."""
+    """The float reference: a model name and/or a checkpoint (``builtin:<name>``, file or dir).
+
+    ``input_size`` builds the model for that many pixels (one number: square; or [height, width]):
+    a timm ViT's position embeddings are resampled at load and baked into the exported graph.
+    ``num_classes: 0`` is a headless model (its outputs are features: the embedding task).
+    """
 
     name: str | None = None
     checkpoint: str | None = None
-    num_classes: int | None = Field(default=None, gt=0)
+    num_classes: int | None = Field(default=None, ge=0, description="0: headless (features)")
+    input_size: int | tuple[int, int] | None = Field(
+        default=None, description="pixels the model is built for: 224 or [height, width]"
+    )
+
+    @field_validator("input_size")
+    @classmethod
+    def _sizes(cls, value: int | tuple[int, int] | None) -> int | tuple[int, int] | None:
+        sizes = (value,) if isinstance(value, int) else (value or ())
+        if any(s < 8 or s > 4096 for s in sizes):
+            raise ValueError(f"must be between 8 and 4096 pixels, got {value}")
+        return value
+
+    def size_kwargs(self) -> dict[str, Any]:
+        """The model constructor's ``img_size`` for ``input_size`` (nothing when unset)."""
+        if self.input_size is None:
+            return {}
+        size = self.input_size
+        return {"img_size": size if isinstance(size, int) else list(size)}
 
     @model_validator(mode="after")
     def _needs_something(self) -> ModelSpec:
@@ -235,6 +258,29 @@ class Gates(Strict):
     )
     min_depth_pearson: float | None = Field(
         default=None, ge=-1, le=1, description="depth: Pearson correlation with the float model's depth"
+    )
+    min_embedding_sqnr_db: float | None = Field(
+        default=None, description="embedding: feature SQNR (dB) against the float model's features"
+    )
+    min_embedding_cosine: float | None = Field(
+        default=None, ge=-1, le=1, description="embedding: mean cosine with the float model's features"
+    )
+    min_neighbour_agreement: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="embedding: fraction of images whose nearest neighbour is the float model's",
+    )
+    min_recall_at_5: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="embedding: fraction of the float model's 5 nearest neighbours in the artifact's 5",
+    )
+    max_compression_cosine_distance: float | None = Field(
+        default=0.01,
+        ge=0,
+        description="embedding: 1 - cosine prune/distill may move the features from the reference's",
     )
     max_latency_p50_ms: float | None = Field(default=None, gt=0)
     max_latency_p90_ms: float | None = Field(default=None, gt=0)

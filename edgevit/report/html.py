@@ -33,7 +33,11 @@ _LOSS_AXIS = {
     "classification": ("top1_drop", "top-1 drop (points)"),
     "segmentation": ("miou_drop", "mIoU drop (points)"),
     "depth": ("absrel_increase", "AbsRel increase"),
+    "embedding": ("cosine_distance", "1 - cosine vs float"),
 }
+
+
+_SQNR_AXIS = {"classification": "logit SQNR (dB)", "embedding": "feature SQNR (dB)"}
 
 
 def accuracy_latency_plot(targets: list[dict[str, Any]], task: str = "classification") -> str | None:
@@ -47,7 +51,7 @@ def accuracy_latency_plot(targets: list[dict[str, Any]], task: str = "classifica
     loss_key, loss_label = _LOSS_AXIS[task]
     for ax, key, label in (
         (axes[0], loss_key, loss_label),
-        (axes[1], "sqnr_db", "logit SQNR (dB)" if task == "classification" else "output SQNR (dB)"),
+        (axes[1], "sqnr_db", _SQNR_AXIS.get(task, "output SQNR (dB)")),
     ):
         for t in points:
             x, y = t["latency_ms"]["p50"], t["accuracy"][key]

@@ -58,6 +58,7 @@ class Task(ABC):
     metrics: ClassVar[tuple[Metric, ...]]
     gates: ClassVar[tuple[GateSpec, ...]]
     compression_gate: ClassVar[GateSpec]  # limits what prune/distill may lose against the reference
+    maps: ClassVar[bool] = False  # outputs are per-pixel maps (report.html pictures them)
 
     @abstractmethod
     def output_shape(self, batch: int, channels: int, size: tuple[int, int]) -> tuple[int, ...]:

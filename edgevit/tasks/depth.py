@@ -36,6 +36,7 @@ class Depth(Task):
         GateSpec("max_depth_absrel_increase", "absrel_increase", "max"),
     )
     compression_gate = GateSpec("max_compression_absrel_increase", "absrel_increase", "max")
+    maps = True
 
     def output_shape(self, batch: int, channels: int, size: tuple[int, int]) -> tuple[int, ...]:
         return (batch, 1, *size)

@@ -34,6 +34,7 @@ class Segmentation(Task):
         GateSpec("min_pixel_agreement", "pixel_agreement", "min"),
     )
     compression_gate = GateSpec("max_compression_miou_drop", "miou_drop", "max")
+    maps = True
 
     def output_shape(self, batch: int, channels: int, size: tuple[int, int]) -> tuple[int, ...]:
         return (batch, channels, *size)

@@ -72,3 +72,42 @@ def test_missing_file_and_unknown_name(tmp_path: Path) -> None:
         load("vit_plus_tiny_patch8_32", tmp_path / "nope.safetensors")
     with pytest.raises(ModelLoadError, match="unknown model name"):
         create("vit_plus_gigantic_patch3_7")
+
+
+def test_a_headless_checkpoint_loads_as_an_embedding_model(tmp_path) -> None:
+    """A backbone state dict (no head.*, as DINOv2/CLIP/MAE ship) loads with num_classes 0."""
+    import torch
+
+    from edgevit.models.load import create, load
+
+    backbone = create("vit_small_patch14_dinov2", num_classes=0, img_size=56, depth=2)
+    torch.save(backbone.state_dict(), tmp_path / "backbone.pth")
+    loaded = load("vit_small_patch14_dinov2", tmp_path / "backbone.pth", depth=2, img_size=56)
+    assert loaded.config.num_classes == 0
+    assert loaded.config.task == "embedding"
+    x = torch.randn(1, 3, 56, 56)
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x), backbone(x))
+
+
+def test_input_size_resamples_the_position_embeddings(tmp_path) -> None:
+    """Another img_size resamples pos_embed at load; the config then describes the model as built."""
+    import torch
+
+    from edgevit.models.load import create, load, save
+
+    model = create("vit_small_patch14_dinov2", num_classes=0, img_size=56, depth=2)
+    saved = load("vit_small_patch14_dinov2", None, num_classes=0, img_size=56, depth=2)
+    saved.model.load_state_dict(model.state_dict())
+    save(saved.model, saved.config, tmp_path)
+    small = load(checkpoint=tmp_path, img_size=28)
+    assert small.config.input_size == (3, 28, 28)
+    assert small.config.model_kwargs["img_size"] == 28
+    assert small.model.pos_embed.shape[1] == 1 + 2 * 2  # the class token and a 2x2 grid of patches
+    with torch.no_grad():
+        assert small.model(torch.randn(2, 3, 28, 28)).shape == (2, 384)
+    # and the resized model reloads as saved
+    save(small.model, small.config, tmp_path / "small")
+    again = load(checkpoint=tmp_path / "small")
+    assert again.config.input_size == (3, 28, 28)
+    assert torch.equal(again.model.pos_embed, small.model.pos_embed)

@@ -160,6 +160,14 @@ def test_shipped_default_recipes_exist() -> None:
             lambda d: d["stages"][0].update(smooth_quant_alpha=1.5),
             r"smooth_quant_alpha",
         ),
+        (
+            lambda d: d["model"].update(input_size=4),
+            r"model\.input_size: .*between 8 and 4096 pixels, got 4",
+        ),
+        (
+            lambda d: d["model"].update(num_classes=-1),
+            r"model\.num_classes",
+        ),
     ],
 )
 def test_bad_recipes_name_the_field(tmp_path: Path, change, message: str) -> None:
@@ -189,3 +197,12 @@ def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:
     path.write_text("name: x\nmodel: [unclosed\n")
     with pytest.raises(RecipeError, match=r"line \d+: not valid YAML"):
         load_recipe(path)
+
+
+def test_input_size_and_headless_models_are_recipe_fields(tmp_path: Path) -> None:
+    data = yaml.safe_load(yaml.safe_dump(BASE))
+    data["model"] = {"name": "vit_small_patch14_dinov2", "num_classes": 0, "input_size": 224}
+    recipe = load_recipe(write(tmp_path, data))
+    assert recipe.model.size_kwargs() == {"img_size": 224}
+    data["model"]["input_size"] = [224, 280]
+    assert load_recipe(write(tmp_path, data)).model.size_kwargs() == {"img_size": [224, 280]}
