@@ -17,7 +17,7 @@ def _onehot(classes: np.ndarray, c: int) -> np.ndarray:
 
 
 def test_unknown_task_lists_the_valid_ones() -> None:
-    with pytest.raises(RecipeError, match="classification, depth, segmentation"):
+    with pytest.raises(RecipeError, match="classification, depth, embedding, segmentation"):
         TASKS.get("detection")
 
 
