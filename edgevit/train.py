@@ -51,6 +51,9 @@ class TrainConfig(BaseModel):
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     interpolation: Literal["nearest", "bilinear", "bicubic"] = "bilinear"
     crop_pct: float = Field(default=1.0, gt=0, le=1)
+    linear_probe: bool = Field(
+        default=False, description="train only a new classifier on the frozen features of init_checkpoint"
+    )
 
 
 def _shift(x: torch.Tensor, offsets: torch.Tensor, pixels: int) -> torch.Tensor:
@@ -98,12 +101,19 @@ def evaluate_top1(model: nn.Module, data: Images, batch: int = 256) -> float:
 def _build(cfg: TrainConfig, class_names: list[str]) -> tuple[nn.Module, ModelConfig]:
     n = len(class_names) or 1  # a depth model has one output channel and no classes
     if cfg.init_checkpoint:
-        loaded = load(cfg.model, cfg.init_checkpoint, **cfg.model_kwargs)
+        # the checkpoint's config names its architecture unless the user named one
+        name = cfg.model if "model" in cfg.model_fields_set else None
+        loaded = load(name, cfg.init_checkpoint, **cfg.model_kwargs)
         model = loaded.model
-        if getattr(model, "num_classes", n) != n:
+        if getattr(model, "num_classes", n) != n or cfg.linear_probe:
             model.reset_classifier(n)  # type: ignore[operator]
+        if cfg.linear_probe:  # the backbone's features stay as they are: only the new head learns
+            for name, p in model.named_parameters():
+                p.requires_grad_(name.startswith("head."))
         mcfg = loaded.config.model_copy(update={"num_classes": n, "class_names": class_names})
         return model, mcfg
+    if cfg.linear_probe:
+        raise EdgeVitError("a linear probe trains on a model's features", "give --init, the model to probe")
     return create_configured(cfg.model, n, class_names, cfg.model_dump(), cfg.model_kwargs)
 
 
@@ -339,7 +349,7 @@ def train(
         loss_fn,
         out_dir,
         cfg.model_dump_json(),
-        f"train {cfg.model}",
+        f"{'probe' if cfg.linear_probe else 'train'} {mcfg.architecture}",
         progress,
         lambda m: {f"val_{k}": v for k, v in evaluate(m, val, task).items()},
         compute=compute,

@@ -140,3 +140,27 @@ def test_classification_data_for_a_dense_model_is_refused(tmp_path: Path) -> Non
     cfg = TrainConfig(data=str(data), model_kwargs={"depth": 1, "task": "depth"}, epochs=1)
     with pytest.raises(EdgeVitError, match="is for classification, the model for depth"):
         train(cfg, tmp_path / "out", progress=False)
+
+
+def test_a_linear_probe_trains_only_a_new_head_on_frozen_features(tmp_path: Path) -> None:
+    """``linear_probe`` turns a headless backbone into a classifier: only ``head.*`` changes."""
+    import torch
+
+    from edgevit.models.load import config_for, create, load, save
+    from edgevit.train import TrainConfig, train
+
+    torch.manual_seed(0)
+    kwargs = {"img_size": 32, "depth": 1, "embed_dim": 32, "num_heads": 2}
+    backbone = create("vit_small_patch16_224", num_classes=0, **kwargs)
+    save(backbone.eval(), config_for("vit_small_patch16_224", backbone, model_kwargs=kwargs), tmp_path / "bb")
+    cfg = TrainConfig(
+        init_checkpoint=str(tmp_path / "bb"), linear_probe=True, data="digits", epochs=2, lr=1e-2
+    )
+    result = train(cfg, tmp_path / "probe", progress=False)
+    probed = load(checkpoint=tmp_path / "probe")
+    assert probed.config.num_classes == 10 and probed.config.task == "classification"
+    before = backbone.state_dict()
+    for name, value in probed.model.state_dict().items():
+        if not name.startswith("head."):
+            assert torch.equal(value, before[name]), name
+    assert result["test_top1"] > 20.0  # digits' features from a random patch embedding still separate
