@@ -44,6 +44,28 @@ def score(backend: str, artifact: Path, directory: Path, threads: int = 2) -> Ac
         return compare(runner.infer_all(x, 64), labels, reference)
 
 
+def task_scores(
+    backend: str,
+    artifact: Path,
+    directory: Path,
+    task: str = "embedding",
+    threads: int = 2,
+    batch: int = 16,
+) -> dict[str, float | int]:
+    """``task``'s scores (embedding, segmentation, depth: the tasks whose evaluation bundle holds
+    3-tuples) of ``artifact`` run by ``backend``'s runner on a build's evaluation set, against that
+    build's float reference outputs; inputs read and scored a batch at a time."""
+    from edgevit.check.bundle import open_dense
+    from edgevit.targets import TARGETS
+    from edgevit.tasks import TASKS
+    from edgevit.tasks.base import score_run
+
+    x, labels, reference = open_dense(directory / "eval" / "bundle.npz")
+    with TARGETS.get(backend).runner(artifact, threads, tuple(x.shape[1:])) as runner:
+        scores, _ = score_run(TASKS.get(task), runner.infer, x, labels, reference, batch)
+    return scores
+
+
 def figures(acc: AccuracyResult) -> dict[str, float]:
     """A benchmark row's accuracy figures, rounded as the tables print them."""
     return {

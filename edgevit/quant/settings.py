@@ -31,6 +31,9 @@ class AccuracyBudget(Strict):
     min_depth_pearson: float | None = Field(
         default=None, ge=-1, le=1, description="depth: Pearson correlation with the float model's depth"
     )
+    min_recall_at_5: float | None = Field(
+        default=None, ge=0, le=1, description="embedding: the float model's 5 nearest neighbours kept"
+    )
     max_float_layers: int = Field(
         default=8,
         ge=1,
@@ -98,6 +101,7 @@ BUDGET_LIMITS: dict[str, tuple[str, str, float]] = {
     "min_pixel_agreement": ("pixel_agreement", "min", 100.0),
     "max_depth_absrel_vs_float": ("absrel_vs_float", "max", 100.0),
     "min_depth_pearson": ("pearson", "min", 100.0),
+    "min_recall_at_5": ("recall_at_5", "min", 100.0),
 }
 
 
