@@ -93,8 +93,9 @@ SCORES = ("sqnr_db", "cosine", "neighbour_agreement", "recall_at_5", "label_reca
 class Build:
     """The scratch float build every artifact is made from and scored on."""
 
-    def __init__(self, directory: Path, threads: int) -> None:
+    def __init__(self, directory: Path, threads: int, stage: QuantizeStage) -> None:
         self.directory = directory
+        self.stage = stage  # the recipe's quantize stage: what its INT8 targets build at
         self.onnx = directory / "export" / "model.onnx"
         self.checkpoint = directory / "reference"
         self.config: ModelConfig = load(checkpoint=self.checkpoint).config
@@ -116,7 +117,7 @@ class Build:
         return True
 
     def request(self, precision: str, options: dict[str, Any] | None = None) -> LowerRequest:
-        quantize = QuantizeStage(stage="quantize") if precision == "int8" else None
+        quantize = self.stage if precision == "int8" else None
         return LowerRequest(
             self.onnx,
             precision,
@@ -137,6 +138,7 @@ def prepare(args: argparse.Namespace, work: Path) -> tuple[Path, dict[str, dict[
     if args.calibration:
         doc["data"]["calibration"]["count"] = args.calibration
     options = {t["backend"]: t.get("options", {}) for t in doc["targets"] if t["precision"] == "int8"}
+    options["quantize"] = next(s for s in doc["stages"] if s["stage"] == "quantize")
     work.mkdir(parents=True, exist_ok=True)
     recipe = work / RECIPE
     recipe.write_text(yaml.safe_dump(doc, sort_keys=False))
@@ -409,7 +411,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="edgevit-bench-real-") as tmp:
         work = args.out or Path(tmp)
         directory, options = prepare(args, work)
-        build = Build(directory, args.threads)
+        build = Build(directory, args.threads, QuantizeStage.model_validate(options.pop("quantize")))
         for backend in backends:
             t0 = time.perf_counter()
             rows += run_backend(backend, build, options, work / "artifacts", args)

@@ -138,15 +138,18 @@ def fake_quantize(x: torch.Tensor, scale: float, zero: int, qmin: int, qmax: int
     return torch.fake_quantize_per_tensor_affine(x, scale, zero, qmin, qmax)
 
 
-def onnxruntime_scheme(seven_bit: bool, per_channel: bool = True, int16_pairs: bool = False) -> Int8Scheme:
+def onnxruntime_scheme(
+    seven_bit: bool, per_channel: bool = True, int16_pairs: bool = False, outputs: bool = True
+) -> Int8Scheme:
     """ONNX Runtime's static QDQ: asymmetric UINT8 activations, symmetric INT8 weights; with
-    ``int16_pairs``, MLAS's x86 kernels without VNNI (a Conv reduces over its NHWC im2col)."""
+    ``int16_pairs``, MLAS's x86 kernels without VNNI (a Conv reduces over its NHWC im2col); without
+    ``outputs``, the Linear layers' outputs stay float (``quantize.linear_outputs: float``)."""
     return Int8Scheme(
         "onnxruntime",
         False,
         7 if seven_bit else 8,
         per_channel,
-        quantize_outputs=True,
+        quantize_outputs=outputs,
         int16_pairs=int16_pairs,
     )
 
@@ -200,7 +203,8 @@ def coreml_scheme(per_channel: bool = True) -> Int8Scheme:
     )
 
 
-def tensorrt_scheme(per_channel: bool = True) -> Int8Scheme:
+def tensorrt_scheme(per_channel: bool = True, outputs: bool = True) -> Int8Scheme:
     """TensorRT explicit quantization: symmetric INT8 activations and weights (a GPU accumulates in
-    int32, so never 7-bit); the Q/DQ come from the same ONNX Runtime quantizer, outputs included."""
-    return Int8Scheme("tensorrt", True, 8, per_channel, quantize_outputs=True)
+    int32, so never 7-bit); the Q/DQ come from the same ONNX Runtime quantizer, outputs included
+    unless ``outputs`` is off (``quantize.linear_outputs: float``)."""
+    return Int8Scheme("tensorrt", True, 8, per_channel, quantize_outputs=outputs)

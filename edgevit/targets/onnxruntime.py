@@ -108,7 +108,10 @@ class OrtTarget(QdqTarget):
         if request.precision != "int8" or request.quantize is None:
             return None
         return onnxruntime_scheme(
-            seven_bit_weights(request, OrtOptions), request.quantize.per_channel, int16_pairs(request)
+            seven_bit_weights(request, OrtOptions),
+            request.quantize.per_channel,
+            int16_pairs(request),
+            request.quantize.linear_outputs == "int8",
         )
 
     def _quantize(self, request: LowerRequest, workdir: Path, out: Path) -> Path:
@@ -181,6 +184,12 @@ def quantize_qdq(
                     "WeightSymmetric": True,
                     "ActivationSymmetric": symmetric_activations,
                     "QuantizeBias": not symmetric_activations,
+                    # float Linear outputs: no Q/DQ after a MatMul/Gemm (the scheme knows which)
+                    **(
+                        {}
+                        if scheme.quantize_outputs
+                        else {"OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"]}
+                    ),
                     **passes,
                 },
             )

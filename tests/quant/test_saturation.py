@@ -197,7 +197,9 @@ def test_a_saturating_grid_simulates_trains_and_floats_layers(tiny_checkpoint: P
         assert not torch.allclose(pairs.model(x), exact.model(x), atol=1e-3)
         with pairs.floating(pairs.layers) as floated, exact.floating(exact.layers) as reference:
             assert torch.allclose(floated(x), reference(x), atol=1e-5)
-    trained = simulation(model, onnxruntime_scheme(seven_bit=False, int16_pairs=True), calibration, trainable=True)
+    trained = simulation(
+        model, onnxruntime_scheme(seven_bit=False, int16_pairs=True), calibration, trainable=True
+    )
     with torch.no_grad():
         assert torch.allclose(trained.model(x), pairs.model(x), rtol=1e-4, atol=1e-4)
     trained.model(x).square().mean().backward()

@@ -174,3 +174,44 @@ def test_each_grid_quantizes_the_attention_inputs_its_backend_does() -> None:
     x = torch.tensor([-1.0, 0.5, 2.0])  # NNCF quantizes those inputs on a symmetric grid
     assert float(ov.quantize_attention_input(x, -1.0, 2.0)[0]) == pytest.approx(-1.0, abs=1 / 127)
     assert float(ov.quantize_activation(torch.tensor([-1.0]), 0.5, 2.0)[0]) == 0.0
+
+
+def test_float_linear_outputs_leave_no_qdq_after_a_matmul_and_the_simulator_follows(
+    tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """``linear_outputs: float``: ONNX Runtime's and TensorRT's artifacts quantize each Linear's
+    input and weight only, and the simulator's grid (``quantize_outputs`` off) matches them."""
+    import onnx
+
+    loaded = load(checkpoint=tiny_checkpoint)
+    model = copy.deepcopy(loaded.model).eval()
+    add_outliers(model, channels=2, seed=0)
+    rng = np.random.default_rng(1)
+    calibration = rng.uniform(-1, 1, (32, 3, 32, 32)).astype(np.float32)
+    images = rng.uniform(-1, 1, (48, 3, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+        reference = model(torch.from_numpy(images)).numpy()
+    onnx_path = export_onnx(model, loaded.config.input_size, tmp_path / "model.onnx")
+    stage = QuantizeStage(stage="quantize", calibration_batch=16, linear_outputs="float")
+    for i, (backend, options) in enumerate(
+        [("onnxruntime", {"reduce_range": False}), ("onnxruntime", {}), ("tensorrt", {})]
+    ):
+        target = TARGETS.get(backend)
+        out = tmp_path / f"{backend}-{i}"
+        out.mkdir()
+        request = LowerRequest(onnx_path, "int8", loaded.config, options, stage, calibration)
+        scheme = target.int8_scheme(request)
+        assert scheme is not None and not scheme.quantize_outputs
+        artifact = target.lower(request, out)
+        graph = onnx.load(artifact).graph
+        producers = {o: n.op_type for n in graph.node for o in n.output}
+        quantized = [producers.get(n.input[0]) for n in graph.node if n.op_type == "QuantizeLinear"]
+        assert "MatMul" not in quantized and "Gemm" not in quantized, quantized
+        assert quantized, "the Linear inputs are still quantized"
+        with target.runner(artifact, 1, loaded.config.input_size) as runner:
+            built = sqnr_db(reference, runner.infer_all(images, 16))
+        with torch.no_grad():
+            simulated = sqnr_db(
+                reference, simulate(model, scheme, calibration)(torch.from_numpy(images)).numpy()
+            )
+        assert abs(simulated - built) < 0.5, (backend, options, built, simulated)
