@@ -43,9 +43,25 @@ def create(name: str, **kwargs: Any) -> nn.Module:
         hint = f"did you mean one of {close}?" if close else "run `edgevit models` to list ViT-Plus names"
         raise ModelLoadError(f"unknown model name {name!r}", hint)
     try:
-        return timm.create_model(name, pretrained=False, **kwargs)
+        model = timm.create_model(name, pretrained=False, **kwargs)
     except (TypeError, ValueError, AssertionError) as exc:
         raise ModelLoadError(f"cannot build {name} with {kwargs}: {exc}", "check the model options") from None
+    _check_patch_grid(name, model)
+    return model
+
+
+def _check_patch_grid(name: str, model: nn.Module) -> None:
+    """Refuse an input size the patches do not tile: the patch embedding would drop the border."""
+    embed = getattr(model, "patch_embed", None)
+    size, patch = getattr(embed, "img_size", None), getattr(embed, "patch_size", None)
+    if not (isinstance(size, tuple | list) and isinstance(patch, tuple | list)):
+        return
+    if any(s % p for s, p in zip(size, patch, strict=False)):
+        fits = [max(p, s // p * p) for s, p in zip(size, patch, strict=False)]
+        raise ModelLoadError(
+            f"input size {tuple(size)} is not a multiple of {name}'s patch size {tuple(patch)}",
+            f"set model.input_size to a multiple of it, e.g. {fits[0] if len(set(fits)) == 1 else fits}",
+        )
 
 
 def config_for(name: str, model: nn.Module, **fields: Any) -> ModelConfig:

@@ -111,3 +111,11 @@ def test_input_size_resamples_the_position_embeddings(tmp_path) -> None:
     again = load(checkpoint=tmp_path / "small")
     assert again.config.input_size == (3, 28, 28)
     assert torch.equal(again.model.pos_embed, small.model.pos_embed)
+
+
+def test_an_input_size_the_patches_do_not_tile_is_refused_with_one_that_does() -> None:
+    from edgevit.models.load import create
+
+    with pytest.raises(ModelLoadError, match=r"not a multiple of .*patch size \(14, 14\)") as info:
+        create("vit_small_patch14_dinov2", num_classes=0, img_size=100, depth=1)
+    assert info.value.fix is not None and "e.g. 98" in info.value.fix
