@@ -24,7 +24,7 @@ from edgevit.data.stream import Images
 from edgevit.errors import EdgeVitError
 from edgevit.fileio import atomic_path, atomic_write_json, ensure_dir
 from edgevit.models.config import ModelConfig
-from edgevit.models.load import create_configured, load, save
+from edgevit.models.load import create_configured, has_config, load, save
 
 STATE_FILE = "train_state.pt"
 LOG_FILE = "train.json"
@@ -101,8 +101,8 @@ def evaluate_top1(model: nn.Module, data: Images, batch: int = 256) -> float:
 def _build(cfg: TrainConfig, class_names: list[str]) -> tuple[nn.Module, ModelConfig]:
     n = len(class_names) or 1  # a depth model has one output channel and no classes
     if cfg.init_checkpoint:
-        # the checkpoint's config names its architecture unless the user named one
-        name = cfg.model if "model" in cfg.model_fields_set else None
+        # a checkpoint's config names its architecture, unless the user named one
+        name = cfg.model if "model" in cfg.model_fields_set or not has_config(cfg.init_checkpoint) else None
         loaded = load(name, cfg.init_checkpoint, **cfg.model_kwargs)
         model = loaded.model
         if getattr(model, "num_classes", n) != n or cfg.linear_probe:

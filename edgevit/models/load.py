@@ -205,6 +205,16 @@ def _headless(state: dict[str, torch.Tensor]) -> bool:
     return any(k.startswith("blocks.") for k in state) and not any(k.startswith("head.") for k in state)
 
 
+def has_config(checkpoint: str | Path) -> bool:
+    """Whether a checkpoint (file or directory) has a config.json that names its architecture."""
+    path = Path(checkpoint).expanduser()
+    try:
+        config = _locate(path)[1]
+    except ModelLoadError:
+        return False
+    return config is not None and config.is_file()
+
+
 def _locate(checkpoint: Path) -> tuple[Path, Path | None]:
     """Return (weights file, config file or None) for a checkpoint file or directory."""
     if checkpoint.is_dir():
