@@ -47,7 +47,9 @@ def test_identical_features_score_perfectly() -> None:
     assert scores["label_recall_drop"] == 0.0
 
 
-def test_recall_at_5_is_the_overlap_of_neighbour_sets() -> None:
+@pytest.mark.parametrize("rows", [1024, 3], ids=["one-block", "blocks-of-3"])
+def test_recall_at_5_is_the_overlap_of_neighbour_sets(rows: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("edgevit.scoring.NEIGHBOUR_ROWS", rows)  # the search in blocks finds the same
     rng = np.random.default_rng(1)
     ref = rng.normal(size=(20, 6))
     out = ref + rng.normal(scale=0.5, size=ref.shape)
