@@ -207,7 +207,8 @@ class EmbeddingTally:
 
     Retrieval needs every feature vector at once (an image's neighbours are in the whole set), so
     this tally keeps the set's features, two N x D float64 arrays (10,000 images of 384-d features:
-    61 MB), never the images; the neighbour search holds 1,024 rows of similarities at a time. Neighbours are by cosine similarity, an image never its own.
+    61 MB), never the images; the neighbour search holds 1,024 rows of similarities at a time.
+    Neighbours are by cosine similarity, an image never its own.
     """
 
     def __init__(self) -> None:
