@@ -12,21 +12,13 @@ import torch
 
 import edgevit
 from edgevit.models.load import config_for, create, save
+from tests.test_dense_build import ALL_BACKENDS
 
 BACKBONES = {
     # timm name, kwargs (tiny), the size it is saved at, the size the recipe builds
     "vit_small_patch14_reg4_dinov2": ({"depth": 1, "embed_dim": 64, "num_heads": 2}, 56, 28),
     "vit_base_patch16_clip_224": ({"depth": 1, "embed_dim": 64, "num_heads": 2}, 64, 32),
 }
-
-ALL_BACKENDS = [
-    {"name": "ort-fp32", "backend": "onnxruntime", "precision": "fp32"},
-    {"name": "ort-int8", "backend": "onnxruntime", "precision": "int8"},
-    {"name": "ov-int8", "backend": "openvino", "precision": "int8"},
-    {"name": "trt-int8", "backend": "tensorrt", "precision": "int8"},
-    {"name": "tfl-int8", "backend": "tflite", "precision": "int8"},
-    {"name": "coreml-int8", "backend": "coreml", "precision": "int8"},
-]
 
 
 def _backbone(out: Path, name: str) -> Path:

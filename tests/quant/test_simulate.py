@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from edgevit.agent import cpu_flags
 from edgevit.check.layerwise import sqnr_db
@@ -41,16 +43,12 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("outliers", "widest"),
-    [(False, False), (True, False), (False, True)],
-    ids=["original", "outliers", "widest"],
-)
-def test_simulator_matches_the_artifacts(
-    outliers: bool, widest: bool, tiny_checkpoint: Path, tmp_path: Path
-) -> None:
-    """Widest: the attention matmuls and the patch embedding quantized too (``matmul_scope: all``)."""
-    loaded = load(checkpoint=tiny_checkpoint)
+def _exported(
+    checkpoint: Path, tmp_path: Path, outliers: bool
+) -> tuple[Any, nn.Module, np.ndarray, np.ndarray, np.ndarray, Path]:
+    """The tiny model (with function-preserving outliers), 32 calibration and 48 evaluation images
+    (seeded), the model's outputs on them, and its ONNX export."""
+    loaded = load(checkpoint=checkpoint)
     model = copy.deepcopy(loaded.model).eval()
     if outliers:
         add_outliers(model, channels=2, seed=0)
@@ -60,6 +58,19 @@ def test_simulator_matches_the_artifacts(
     with torch.no_grad():
         reference = model(torch.from_numpy(images)).numpy()
     onnx_path = export_onnx(model, loaded.config.input_size, tmp_path / "model.onnx")
+    return loaded, model, calibration, images, reference, onnx_path
+
+
+@pytest.mark.parametrize(
+    ("outliers", "widest"),
+    [(False, False), (True, False), (False, True)],
+    ids=["original", "outliers", "widest"],
+)
+def test_simulator_matches_the_artifacts(
+    outliers: bool, widest: bool, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """Widest: the attention matmuls and the patch embedding quantized too (``matmul_scope: all``)."""
+    loaded, model, calibration, images, reference, onnx_path = _exported(tiny_checkpoint, tmp_path, outliers)
     stage = QuantizeStage(
         stage="quantize",
         calibration_batch=16,
@@ -183,15 +194,7 @@ def test_float_linear_outputs_leave_no_qdq_after_a_matmul_and_the_simulator_foll
     input and weight only, and the simulator's grid (``quantize_outputs`` off) matches them."""
     import onnx
 
-    loaded = load(checkpoint=tiny_checkpoint)
-    model = copy.deepcopy(loaded.model).eval()
-    add_outliers(model, channels=2, seed=0)
-    rng = np.random.default_rng(1)
-    calibration = rng.uniform(-1, 1, (32, 3, 32, 32)).astype(np.float32)
-    images = rng.uniform(-1, 1, (48, 3, 32, 32)).astype(np.float32)
-    with torch.no_grad():
-        reference = model(torch.from_numpy(images)).numpy()
-    onnx_path = export_onnx(model, loaded.config.input_size, tmp_path / "model.onnx")
+    loaded, model, calibration, images, reference, onnx_path = _exported(tiny_checkpoint, tmp_path, True)
     stage = QuantizeStage(stage="quantize", calibration_batch=16, linear_outputs="float")
     for i, (backend, options) in enumerate(
         [("onnxruntime", {"reduce_range": False}), ("onnxruntime", {}), ("tensorrt", {})]
