@@ -15,14 +15,20 @@ from edgevit.models.load import config_for, create, save
 from tests.test_dense_build import ALL_BACKENDS
 
 BACKBONES = {
-    # timm name, kwargs (tiny), the size it is saved at, the size the recipe builds
-    "vit_small_patch14_reg4_dinov2": ({"depth": 1, "embed_dim": 64, "num_heads": 2}, 56, 28),
-    "vit_base_patch16_clip_224": ({"depth": 1, "embed_dim": 64, "num_heads": 2}, 64, 32),
+    # timm name, kwargs (tiny), the size it is saved at, the size the recipe builds, quantize settings
+    # (the DINOv2 one rotated: a feature head and a Hadamard before fc2 on every backend)
+    "vit_small_patch14_reg4_dinov2": (
+        {"depth": 1, "embed_dim": 64, "num_heads": 2},
+        56,
+        28,
+        {"rotate": "on"},
+    ),
+    "vit_base_patch16_clip_224": ({"depth": 1, "embed_dim": 64, "num_heads": 2}, 64, 32, {}),
 }
 
 
 def _backbone(out: Path, name: str) -> Path:
-    kwargs, saved, _ = BACKBONES[name]
+    kwargs, saved, _, _ = BACKBONES[name]
     torch.manual_seed(0)
     model = create(name, num_classes=0, img_size=saved, **kwargs)
     cfg = config_for(name, model, model_kwargs={**kwargs, "img_size": saved})
@@ -41,7 +47,7 @@ def test_a_headless_backbone_builds_at_another_size_on_every_backend(tmp_path: P
             "calibration": {"source": "shapes", "split": "train", "count": 16},
             "evaluation": {"source": "shapes", "split": "test", "count": 24},
         },
-        "stages": [{"stage": "quantize"}],
+        "stages": [{"stage": "quantize", **BACKBONES[name][3]}],
         "targets": ALL_BACKENDS,
         "gates": {"min_embedding_cosine": 0.9, "min_recall_at_5": 0.5},
         "check": {"runs": 3, "warmup": 1, "layerwise_samples": 0},
@@ -59,6 +65,10 @@ def test_a_headless_backbone_builds_at_another_size_on_every_backend(tmp_path: P
         assert acc["samples"] == 24 and acc["cosine"] > 0.9, (t["name"], acc)
         assert {"sqnr_db", "neighbour_agreement", "recall_at_5", "label_recall_at_1"} <= set(acc)
     assert by_name["ort-fp32"]["accuracy"]["sqnr_db"] > 60
+    if BACKBONES[name][3].get("rotate") == "on":  # every INT8 grid the simulator models got the rotated model
+        grids = {n: e["equalization"] for n, e in by_name.items() if "scheme" in e.get("equalization", {})}
+        assert {"ort-int8", "ov-int8", "trt-int8", "tfl-int8"} <= set(grids)
+        assert all(g["rotation"]["residual"] and g["rotation"]["fc2_hadamard"] for g in grids.values()), grids
     assert by_name["ort-fp32"]["accuracy"]["neighbour_agreement"] == 1.0
     assert by_name["trt-int8"]["where"].startswith("simulated:")
     # the embedding task's gates (and latency's) apply, not top-1's

@@ -110,7 +110,7 @@ def edgevit_int8(backend: str, request: LowerRequest, out: Path) -> tuple[Path, 
     q = request.quantize
     scheme = scheme_for(backend, request)
     record = None
-    if q is not None and q.equalize == "auto" and scheme is not None and request.checkpoint is not None:
+    if q is not None and q.folds and scheme is not None and request.checkpoint is not None:
         assert request.calibration is not None
         loaded = load(checkpoint=request.checkpoint)
         eq_dir = out / "equalized"

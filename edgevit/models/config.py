@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgevit.errors import ModelLoadError
 from edgevit.fileio import atomic_write_json
+from edgevit.models.rotation import RotationSpec
 
 CONFIG_VERSION = 1
 
@@ -29,6 +30,7 @@ class ModelConfig(BaseModel):
     crop_pct: float = Field(default=1.0, gt=0, le=1)
     class_names: list[str] | None = None
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
+    rotation: RotationSpec | None = None  # modules a rotated checkpoint adds (edgevit.quant.rotate)
 
     @property
     def task(self) -> str:

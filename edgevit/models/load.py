@@ -15,6 +15,7 @@ from torch import nn
 from edgevit.errors import ModelLoadError
 from edgevit.fileio import sha256_file
 from edgevit.models.config import ModelConfig
+from edgevit.models.rotation import attach
 
 if TYPE_CHECKING:
     from edgevit.check.bundle import Inputs
@@ -279,7 +280,7 @@ def load(
             )
         state = _read_safetensors(weights)
         kwargs = {**config.model_kwargs, **model_kwargs}
-        model = create(config.architecture, num_classes=config.num_classes, **kwargs)
+        model = attach(create(config.architecture, num_classes=config.num_classes, **kwargs), config.rotation)
         if model_kwargs:  # e.g. another img_size: the config describes the model as built
             config = config.model_copy(
                 update={

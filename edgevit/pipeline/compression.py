@@ -205,6 +205,8 @@ class Compression:
                 "calibration": calib_sha,
                 "scheme": asdict(scheme),
                 "scope": {"patch_embed": stage.patch_embed, "float_layers": stage.float_layers},
+                "equalize": stage.equalize,
+                "rotate": stage.rotate,
                 "opset": OPSET,
                 "torch": self.ctx.versions["torch"],
             },
@@ -218,11 +220,13 @@ class Compression:
                 self.ctx.log(
                     f"{spec.name}: equalization {'not applied: ' if why == 'reason' else ''}{record[why]}"
                 )
+        rotated = " rotated," if record.get("rotation") else ""
         self.ctx.log(
-            f"{spec.name}: equalization alpha {record['alpha']} (simulated SQNR by alpha: "
+            f"{spec.name}: equalization{rotated} alpha {record['alpha']} (simulated SQNR by candidate: "
             f"{record['simulated_sqnr_db']}){' (reused)' if step.reused else ''}"
         )
-        return step.outputs["model.onnx"], {"applied": record["alpha"] is not None, **record}
+        applied = record["alpha"] is not None or record.get("rotation") is not None
+        return step.outputs["model.onnx"], {"applied": applied, **record}
 
     def qat(
         self,

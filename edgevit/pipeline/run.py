@@ -129,7 +129,7 @@ class Build:
             device=resolve_device(spec.device),
         )
         onnx_sha, equalized, trained = export_step.outputs["model.onnx"], None, None
-        if q is not None and q.equalize == "auto" and spec.precision == "int8":
+        if q is not None and q.folds and spec.precision == "int8":
             equalized_sha, equalized = self.compression.equalize(
                 spec, request, low.model, low.config, low.weights_sha, calib_sha
             )

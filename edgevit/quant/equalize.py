@@ -23,6 +23,7 @@ from torch import nn
 from edgevit.check.layerwise import sqnr_db
 from edgevit.models.load import logits_of
 from edgevit.quant.outliers import outlier_pairs
+from edgevit.quant.rotate import rotate as rotate_model
 from edgevit.quant.scheme import Int8Scheme
 from edgevit.quant.simulate import LINEAR, Scope, channel_absmax, simulate
 
@@ -107,12 +108,17 @@ def equalize(
     return done
 
 
+ROTATE = "rotate"  # the candidate that folds edgevit.quant.rotate's rotations instead of scales
+
+
 @dataclass(frozen=True)
 class AlphaChoice:
-    """The strength chosen for one INT8 scheme, and the simulated logit SQNR of each candidate."""
+    """The strength chosen for one INT8 scheme (and whether to rotate first), and the simulated
+    logit SQNR of each candidate."""
 
-    alpha: float | None  # None: equalization off measured best
-    sqnr_db: dict[str, float]  # candidate ("off", "0.5", ...) -> simulated logit SQNR on calibration
+    alpha: float | None  # None: no scales (off, or the rotation alone, measured best)
+    sqnr_db: dict[str, float]  # candidate ("off", "0.5", ..., "rotate") -> simulated SQNR on calibration
+    rotate: bool = False
 
 
 @torch.no_grad()
@@ -122,10 +128,12 @@ def choose_alpha(
     calibration: np.ndarray,
     alphas: tuple[float, ...] = (0.5, 0.75, 0.9),
     scope: Scope = LINEAR,
+    rotate: bool = False,
 ) -> AlphaChoice:
     """The strength (or none) whose simulated INT8 model is closest to the float one on the
     calibration images, none unless a strength wins by ``MARGIN_DB``: what SmoothQuant's alpha
-    sweep does, without a build per candidate.
+    sweep does, without a build per candidate. With ``rotate``, the rotated model
+    (:func:`edgevit.quant.rotate.rotate`) is one more candidate, under the same margin.
     ``scope``: the target's, as in the recipe."""
     reference = logits_of(model.eval(), calibration, BATCH)
 
@@ -139,7 +147,12 @@ def choose_alpha(
         candidate = copy.deepcopy(model)
         equalize(candidate, calibration, alpha, stats)
         scores[f"{alpha:g}"] = score(candidate)
+    if rotate:
+        candidate = copy.deepcopy(model)
+        rotate_model(candidate)
+        scores[ROTATE] = score(candidate)
     best = max(scores, key=lambda k: scores[k])
     if scores[best] < scores["off"] + MARGIN_DB:
         best = "off"  # a gain this small on the calibration images does not carry to other images
-    return AlphaChoice(None if best == "off" else float(best), {k: round(v, 2) for k, v in scores.items()})
+    chosen = None if best in ("off", ROTATE) else float(best)
+    return AlphaChoice(chosen, {k: round(v, 2) for k, v in scores.items()}, best == ROTATE)

@@ -165,9 +165,24 @@ class QuantizeStage(Strict):
             "edgevit.quant models (Linear scope). off: export the model as it is"
         ),
     )
+    rotate: Literal["off", "auto", "on"] = Field(
+        default="auto",
+        description=(
+            "fold orthogonal rotations into the float model before export (edgevit.quant.rotate: each "
+            "head's values, the residual stream, a block Hadamard before fc2), which spread the few huge "
+            "channels of a real pretrained ViT's activations. auto: one more candidate of the equalize "
+            "step's choice, kept under the same margin and confirmation; on: always, scales chosen "
+            "after it; off: never"
+        ),
+    )
     accuracy_budget: AccuracyBudget | None = Field(
         default=None, description="keep the most sensitive layers float until the budget is met"
     )
+
+    @property
+    def folds(self) -> bool:
+        """Whether an INT8 target gets the equalize step: scales to choose, or rotations to fold."""
+        return self.equalize == "auto" or self.rotate != "off"
 
     def for_convs(self, convs: Sequence[str]) -> QuantizeStage:
         """The stage the backends and the INT8 simulator see for a model whose Conv layers are

@@ -163,6 +163,18 @@ def _settings_text(settings: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def _rotation_words(rotation: dict[str, Any] | None) -> str | None:
+    """What the equalize step's rotation record says was rotated, in words (None: no rotation)."""
+    if not rotation:
+        return None
+    parts = [f"values of {rotation['values']} blocks"] if rotation.get("values") else []
+    if rotation.get("residual"):
+        parts.append("residual stream")
+    if rotation.get("fc2_hadamard"):
+        parts.append(f"Hadamard ({rotation['fc2_hadamard']}) before fc2")
+    return "rotated: " + ", ".join(parts or ["nothing its structure allows"])
+
+
 def _measured(equalization: dict[str, Any]) -> str:
     """The end of an equalization line: what the built artifacts measured, or why they were not."""
     measured = equalization.get("measured_sqnr_db")
@@ -352,21 +364,28 @@ def render_markdown(doc: dict[str, Any]) -> str:
     if equalized:
         lines += [
             "",
-            "Equalization (quantize.equalize: auto; folded into the float model before export):",
+            "Equalization and rotation (quantize.equalize, quantize.rotate; folded into the float model "
+            "before export):",
             "",
         ]
         for t in equalized:
             e = t["equalization"]
-            if e.get("alpha") is None:
+            rotation = _rotation_words(e.get("rotation"))
+            if e.get("alpha") is None and rotation is None:
                 why = e.get("reason") or "none measured best in the simulator"
                 lines.append(f"- **{t['name']}**: not applied ({why}){_measured(e)}")
                 continue
             scales = [p for p in e.get("pairs", [])]
             lo = min((p["scale_min"] for p in scales), default=1.0)
             hi = max((p["scale_max"] for p in scales), default=1.0)
+            done = [rotation] if rotation else []
+            if e.get("alpha") is not None:
+                done.append(
+                    f"alpha {e['alpha']:g}, {len(scales)} producer/consumer pairs, scales {lo:.3g}–{hi:.3g}"
+                )
             lines.append(
-                f"- **{t['name']}**: alpha {e['alpha']:g} on the {e['scheme']['backend']} grid, {len(scales)} "
-                f"producer/consumer pairs, scales {lo:.3g}–{hi:.3g}; simulated logit SQNR by alpha: "
+                f"- **{t['name']}**: {'; '.join(done)} on the {e['scheme']['backend']} grid; simulated "
+                "logit SQNR by candidate: "
                 + ", ".join(f"{k} {v:.1f} dB" for k, v in e.get("simulated_sqnr_db", {}).items())
                 + _measured(e)
             )

@@ -33,7 +33,8 @@ from edgevit.errors import EdgeVitError
 from edgevit.fileio import atomic_write_json
 from edgevit.models.config import ModelConfig
 from edgevit.models.load import save
-from edgevit.quant.equalize import MARGIN_DB, choose_alpha, equalize
+from edgevit.quant.equalize import MARGIN_DB, EqualizedPair, choose_alpha, equalize
+from edgevit.quant.rotate import Rotation, rotate
 from edgevit.quant.scheme import Int8Scheme
 from edgevit.quant.simulate import Scope
 from edgevit.recipe.schema import QuantizeStage
@@ -104,6 +105,24 @@ def artifact_sqnr(
     return measure
 
 
+def _folded(
+    model: nn.Module, config: ModelConfig, calibration: np.ndarray, rotate_it: bool, alpha: float | None
+) -> tuple[nn.Module, ModelConfig, Rotation | None, list[EqualizedPair]]:
+    """A copy of ``model`` rotated (where asked) then equalized at ``alpha`` (None: not), with the
+    config that rebuilds it."""
+    folded = copy.deepcopy(model)
+    rotation = rotate(folded) if rotate_it else None
+    pairs = [] if alpha is None else equalize(folded, calibration, alpha)
+    if rotation is not None:
+        config = config.model_copy(update={"rotation": rotation.spec})
+    return folded, config, rotation, pairs
+
+
+def _write(model: nn.Module, config: ModelConfig, out_dir: Path) -> None:
+    save(model, config, out_dir)
+    export_onnx(model, config.input_size, out_dir / "model.onnx")
+
+
 def run_equalize(
     model: nn.Module,
     config: ModelConfig,
@@ -113,35 +132,56 @@ def run_equalize(
     out_dir: Path,
     measure: Measure | None = None,
 ) -> dict[str, Any]:
-    """Write the equalized checkpoint, its ONNX export and ``equalize.json`` into ``out_dir``;
-    with ``measure``, a strength the simulator chose is confirmed on the built artifacts first."""
-    choice = choose_alpha(model, scheme, calibration, scope=Scope.of(stage))
-    alpha = choice.alpha
-    equalized = copy.deepcopy(model)
-    pairs = [] if alpha is None else equalize(equalized, calibration, alpha)
-    save(equalized, config, out_dir)
-    export_onnx(equalized, config.input_size, out_dir / "model.onnx")
+    """Write the equalized (and, where chosen, rotated) checkpoint, its ONNX export and
+    ``equalize.json`` into ``out_dir``; with ``measure``, a choice the simulator made is confirmed
+    on the built artifacts first (``rotate: on`` is kept either way; only its scales are confirmed)."""
+    forced = stage.rotate == "on"
+    base = _folded(model, config, calibration, True, None)[0] if forced else model
+    alphas = (0.5, 0.75, 0.9) if stage.equalize == "auto" else ()
+    choice = choose_alpha(base, scheme, calibration, alphas, Scope.of(stage), rotate=stage.rotate == "auto")
+    alpha, rotated = choice.alpha, forced or choice.rotate
+    folded, out_config, rotation, pairs = _folded(model, config, calibration, rotated, alpha)
+    _write(folded, out_config, out_dir)
+    chosen = f"{alpha:g}" if alpha is not None else ("rotate" if choice.rotate else None)
     measured: dict[str, float] | None = None
     reason = note = None
-    if alpha is not None and measure is not None:
+    if chosen is not None and measure is not None:
         try:
-            off, on = measure(None), measure(out_dir)
+            if forced:  # the baseline is the rotated model without scales
+                with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=".rotated-") as plain:
+                    _write(base, out_config, Path(plain))
+                    off = measure(Path(plain))
+            else:
+                off = measure(None)
+            on = measure(out_dir)
         except EdgeVitError as exc:  # built but not runnable here, say: the simulator's choice stands
             note = f"not confirmed on the built artifact ({exc})"
         else:
-            measured = {"off": round(off, 2), f"{alpha:g}": round(on, 2)}
+            measured = {"off": round(off, 2), chosen: round(on, 2)}
         if measured is not None and on < off + MARGIN_DB:
             reason = (
-                f"the simulator's alpha {alpha:g} did not beat no equalization by {MARGIN_DB:g} dB "
-                "on the built artifact (measured on the calibration images)"
+                f"the simulator's choice {chosen} did not beat {'rotation alone' if forced else 'no equalization'} "
+                f"by {MARGIN_DB:g} dB on the built artifact (measured on the calibration images)"
             )
             alpha, pairs = None, []
-            save(model, config, out_dir)
-            export_onnx(model, config.input_size, out_dir / "model.onnx")
+            folded, out_config, rotation, _ = _folded(model, config, calibration, forced, None)
+            _write(folded, out_config, out_dir)
     record = {
         "scheme": asdict(scheme),
         "alpha": alpha,
-        **({"simulated_alpha": choice.alpha, "reason": reason} if reason else {}),
+        "rotation": None
+        if rotation is None
+        else {
+            "values": rotation.values,
+            "residual": rotation.residual,
+            "fc2_hadamard": rotation.fc2_hadamard,
+            "skipped": list(rotation.skipped),
+        },
+        **(
+            {"simulated_alpha": choice.alpha, "simulated_rotate": choice.rotate, "reason": reason}
+            if reason
+            else {}
+        ),
         **({"note": note} if note else {}),
         "simulated_sqnr_db": choice.sqnr_db,
         **({"measured_sqnr_db": measured} if measured is not None else {}),

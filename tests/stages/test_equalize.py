@@ -57,9 +57,10 @@ def test_build_equalizes_every_int8_grid_it_models(tiny_checkpoint: Path, tmp_pa
     assert {"ort-int8", "trt-int8"} <= set(collapsing)
     for name in collapsing:
         entry, before = report.target(name), next(t for t in plain["targets"] if t["name"] == name)
-        eq = entry["equalization"]
-        assert eq["applied"] and eq["alpha"] in (0.5, 0.75, 0.9), eq
-        assert eq["simulated_sqnr_db"][f"{eq['alpha']:g}"] > eq["simulated_sqnr_db"]["off"]
+        eq = entry["equalization"]  # scales or the rotation, whichever the simulator measured best
+        assert eq["applied"] and (eq["alpha"] in (0.5, 0.75, 0.9) or eq["rotation"]["residual"]), eq
+        chosen = "rotate" if eq["alpha"] is None else f"{eq['alpha']:g}"
+        assert eq["simulated_sqnr_db"][chosen] > eq["simulated_sqnr_db"]["off"]
         # the artifact built from the equalized model is closer to float than the plain one
         assert entry["accuracy"]["sqnr_db"] > before["accuracy"]["sqnr_db"] + 3, (name, entry, before)
     if any(t["name"] == "ov-int8" for t in targets):
@@ -71,11 +72,11 @@ def test_build_equalizes_every_int8_grid_it_models(tiny_checkpoint: Path, tmp_pa
         entry, before = report.target(t["name"]), next(p for p in plain["targets"] if p["name"] == t["name"])
         assert entry["accuracy"]["sqnr_db"] >= before["accuracy"]["sqnr_db"] - 0.3, (t["name"], entry, before)
         eq = entry["equalization"]
-        if eq["alpha"] is not None or eq.get("simulated_alpha") is not None:
+        if eq["alpha"] is not None or eq.get("rotation") or "reason" in eq:
             # the simulator's choice was built and measured on the calibration images before it was kept
-            measured, kept = eq["measured_sqnr_db"], eq["alpha"] is not None
-            alpha = eq["alpha"] if kept else eq["simulated_alpha"]
-            assert kept is (measured[f"{alpha:g}"] >= measured["off"] + 1), (t["name"], eq)
+            measured, kept = eq["measured_sqnr_db"], eq["alpha"] is not None or eq["rotation"] is not None
+            chosen = next(k for k in measured if k != "off")
+            assert kept is (measured[chosen] >= measured["off"] + 1), (t["name"], eq)
     assert "equalization" not in report.target("ort-fp32")
     assert "Equalization" in (tmp_path / "equalized" / "report.md").read_text()
     assert (tmp_path / "equalized" / "equalize" / "onnxruntime-w8" / "model.onnx").is_file() or (
@@ -99,7 +100,7 @@ def test_a_strength_the_artifact_does_not_confirm_is_not_applied(
     loaded = load(checkpoint=tiny_checkpoint)
     add_outliers(loaded.model, channels=3, seed=0)  # equalization wins ~20 dB in the simulator
     calibration = np.random.default_rng(0).uniform(-1, 1, (16, 3, 32, 32)).astype(np.float32)
-    scheme, stage = onnxruntime_scheme(seven_bit=False), QuantizeStage(stage="quantize")
+    scheme, stage = onnxruntime_scheme(seven_bit=False), QuantizeStage(stage="quantize", rotate="off")
     scores = {None: 20.0}
 
     def measure(export: Path | None) -> float:
@@ -129,3 +130,34 @@ def test_a_strength_the_artifact_does_not_confirm_is_not_applied(
     out.mkdir()
     record = run_equalize(loaded.model, loaded.config, scheme, stage, calibration, out, unbuildable)
     assert record["alpha"] is not None and "not confirmed" in record["note"]  # the simulator's choice
+
+
+def test_rotation_is_a_candidate_and_on_forces_it(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """``rotate: auto`` simulates the rotated model beside the strengths; ``on`` folds it whatever
+    the measurements say, and the checkpoint it writes loads again with the same function."""
+    from edgevit.quant.scheme import tensorrt_scheme
+    from edgevit.recipe.schema import QuantizeStage
+    from edgevit.stages.equalize import run_equalize
+
+    loaded = load(checkpoint=tiny_checkpoint)
+    calibration = np.random.default_rng(0).uniform(-1, 1, (16, 3, 32, 32)).astype(np.float32)
+    scheme = tensorrt_scheme()
+
+    def run(name: str, **settings: str) -> dict:
+        out = tmp_path / name
+        out.mkdir()
+        stage = QuantizeStage(stage="quantize", **settings)
+        return run_equalize(loaded.model, loaded.config, scheme, stage, calibration, out, lambda _: 20.0)
+
+    auto = run("auto")
+    assert {"off", "0.5", "rotate"} <= set(auto["simulated_sqnr_db"])
+    forced = run("on", rotate="on", equalize="off")
+    assert forced["rotation"]["values"] == 1 and forced["rotation"]["residual"], forced
+    assert forced["alpha"] is None and set(forced["simulated_sqnr_db"]) == {"off"}
+    rotated = load(checkpoint=tmp_path / "on")
+    assert rotated.config.rotation is not None and rotated.config.rotation.fc2_hadamard
+    x = torch.from_numpy(calibration[:4])
+    with torch.no_grad():
+        ref = loaded.model.eval()(x)
+        assert torch.allclose(rotated.model(x), ref, atol=1e-4 * float(ref.abs().max()))
+    assert run("off", rotate="off")["rotation"] is None
