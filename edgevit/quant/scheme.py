@@ -35,6 +35,10 @@ class Int8Scheme:
     # 127: a weight rounds as round(127 + w / step) - 127, so a tie goes to the even level from
     # there (a 7-bit channel's maximum, exactly 63.5 steps, lands on 63, not 64).
     weight_level_offset: int = 0
+    # ONNX Runtime with UINT8 weights (``unsigned_weights``): symmetric around zero point 128 (64 for
+    # 7 bits), a step of absmax / 127.5, levels -128..127; its MLAS U8U8 kernels widen both operands
+    # to int16 before multiplying, so nothing saturates even with ``int16_pairs``.
+    weight_unsigned: bool = False
     # x86 without VNNI: the integer kernels multiply UINT8 activations (zero point included) by INT8
     # weights with VPMADDUBSW, which adds each pair of neighbouring products along the reduction in
     # int16, saturating at -32768..32767 (edgevit.quant.saturation). A Conv's reduction runs over
@@ -67,19 +71,23 @@ class Int8Scheme:
     def tag(self) -> str:
         """A short name for the grid, e.g. ``onnxruntime-w8`` (targets with the same grid share it)."""
         smooth = "" if self.smooth_alpha is None else f"-sq{self.smooth_alpha:g}"
+        smooth += "-u8" if self.weight_unsigned else ""
         saturating = "-i16" if self.saturates else ""
         return f"{self.backend}-w{self.weight_bits}{'' if self.per_channel else '-per-tensor'}{smooth}{saturating}"
 
     @property
     def weight_qmax(self) -> float:
-        """A channel's absolute maximum in weight steps: 127 for 8 bits, ``seven_bit_qmax`` for 7."""
+        """A channel's absolute maximum in weight steps: 127 for 8 bits, ``seven_bit_qmax`` for 7;
+        half the unsigned range (127.5, 63.5) for unsigned weights."""
+        if self.weight_unsigned:
+            return (2**self.weight_bits - 1) / 2
         return 127.0 if self.weight_bits == 8 else self.seven_bit_qmax
 
     @property
     def saturates(self) -> bool:
         """Whether a pair of products can leave int16 on this grid: with ``int16_pairs`` and weights
         whose largest level passes 32767 / (2 · 255), i.e. 8-bit ones (7-bit ones reach 64)."""
-        return self.int16_pairs and 2 * 255 * round(self.weight_qmax) > 32767
+        return self.int16_pairs and not self.weight_unsigned and 2 * 255 * round(self.weight_qmax) > 32767
 
     def quantize_activation(self, x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
         """``x`` fake-quantized on the per-tensor grid calibrated to [``lo``, ``hi``]."""
@@ -104,7 +112,8 @@ class Int8Scheme:
         scale = torch.where(absmax > 0, absmax / self.weight_qmax, torch.ones_like(absmax))
         bound, offset = math.ceil(self.weight_qmax), self.weight_level_offset
         codes = torch.round(flat / scale + offset) - offset if offset else torch.round(flat / scale)
-        return torch.clamp(codes, -bound, bound), scale.expand(flat.shape[0], 1)
+        top = bound - 1 if self.weight_unsigned else bound  # 127.5 steps round to 128: clipped to 127
+        return torch.clamp(codes, -bound, top), scale.expand(flat.shape[0], 1)
 
     def quantize_weight(self, w: torch.Tensor) -> torch.Tensor:
         """``w`` (output channels first) fake-quantized symmetrically, per channel or per tensor."""
@@ -139,11 +148,16 @@ def fake_quantize(x: torch.Tensor, scale: float, zero: int, qmin: int, qmax: int
 
 
 def onnxruntime_scheme(
-    seven_bit: bool, per_channel: bool = True, int16_pairs: bool = False, outputs: bool = True
+    seven_bit: bool,
+    per_channel: bool = True,
+    int16_pairs: bool = False,
+    outputs: bool = True,
+    unsigned_weights: bool = False,
 ) -> Int8Scheme:
-    """ONNX Runtime's static QDQ: asymmetric UINT8 activations, symmetric INT8 weights; with
-    ``int16_pairs``, MLAS's x86 kernels without VNNI (a Conv reduces over its NHWC im2col); without
-    ``outputs``, the Linear layers' outputs stay float (``quantize.linear_outputs: float``)."""
+    """ONNX Runtime's static QDQ: asymmetric UINT8 activations, symmetric INT8 weights (UINT8 ones,
+    zero point 128, with ``unsigned_weights``); with ``int16_pairs``, MLAS's x86 kernels without VNNI
+    (a Conv reduces over its NHWC im2col); without ``outputs``, the Linear layers' outputs stay
+    float (``quantize.linear_outputs: float``)."""
     return Int8Scheme(
         "onnxruntime",
         False,
@@ -151,6 +165,7 @@ def onnxruntime_scheme(
         per_channel,
         quantize_outputs=outputs,
         int16_pairs=int16_pairs,
+        weight_unsigned=unsigned_weights,
     )
 
 

@@ -1,5 +1,6 @@
-"""ONNX Runtime target: FP32 ONNX, and INT8 static QDQ (per-channel symmetric weights, 7-bit on x86
-CPUs without VNNI: see targets/cpu.py)."""
+"""ONNX Runtime target: FP32 ONNX, and INT8 static QDQ (per-channel symmetric weights; on x86 CPUs
+without VNNI, UINT8 ones that its kernels cannot saturate, see ``OrtOptions.unsigned_weights`` and
+targets/cpu.py)."""
 
 from __future__ import annotations
 
@@ -48,6 +49,30 @@ class QdqOptions(BaseModel):
 class OrtOptions(QdqOptions, CpuInt8Options):
     """``targets[].options`` of the onnxruntime backend."""
 
+    unsigned_weights: bool | None = Field(
+        default=None,
+        description="int8: UINT8 weights (symmetric, zero point 128), which ONNX Runtime multiplies with "
+        "its U8U8 kernels: on x86 without VNNI these widen both operands to int16, so 8-bit weights "
+        "cannot saturate and reduce_range is not needed (measured on an AVX2 host: as fast as INT8 "
+        "weights). null (auto): on where the CPU would add INT8 products in saturating int16 pairs "
+        "(x86 without VNNI, or an unknown remote CPU), off elsewhere (VNNI's fast kernels are u8 x s8)",
+    )
+
+
+def unsigned_weights(request: LowerRequest) -> bool:
+    """Whether ONNX Runtime builds ``request`` with UINT8 weights (see ``OrtOptions``)."""
+    choice = OrtOptions.model_validate(request.options).unsigned_weights
+    return int16_pairs(request) if choice is None else choice
+
+
+def ort_seven_bit(request: LowerRequest) -> bool:
+    """Whether ONNX Runtime builds ``request`` with 7-bit weights: as asked, else only where its
+    weights are signed and the CPU would saturate them (``targets/cpu.py``)."""
+    choice = OrtOptions.model_validate(request.options).reduce_range
+    if choice is None and unsigned_weights(request):
+        return False
+    return seven_bit_weights(request, OrtOptions)
+
 
 class OrtRunner(Runner):
     """Runs an .onnx file on ONNX Runtime's CPU execution provider (``fake_quant``: see OrtSession)."""
@@ -78,7 +103,11 @@ class QdqTarget(Target):
 
     def parse_options(self, options: dict[str, Any], precision: str) -> BaseModel | None:
         parsed = self.options_schema.model_validate(options)
-        int8_only = [k for k in sorted(options) if k in ("activation_scale_factors", "reduce_range")]
+        int8_only = [
+            k
+            for k in sorted(options)
+            if k in ("activation_scale_factors", "reduce_range", "unsigned_weights")
+        ]
         if int8_only and precision != "int8":
             raise ValueError(f"{', '.join(int8_only)} is for int8 {self.name} targets, not {precision}")
         return parsed
@@ -91,10 +120,18 @@ class OrtTarget(QdqTarget):
     precisions = ("fp32", "int8")
     runner_class = OrtRunner
     options_schema = OrtOptions
-    revision = 2  # 2: 7-bit weights on x86 CPUs without VNNI
+    revision = 3  # 2: 7-bit weights on x86 CPUs without VNNI; 3: UINT8 8-bit weights there instead
 
     def build_settings(self, request: LowerRequest) -> dict[str, Any]:
-        return weight_bits(request, OrtOptions)
+        if request.precision != "int8":
+            return {}
+        unsigned = unsigned_weights(request)
+        return {
+            **weight_bits(request, OrtOptions),
+            "int8_weight_bits": 7 if ort_seven_bit(request) else 8,
+            "int8_weight_type": "uint8" if unsigned else "int8",
+            **({"int8_pair_sums": "int32 (U8U8 kernels: operands widened to int16)"} if unsigned else {}),
+        }
 
     def lower(self, request: LowerRequest, workdir: Path) -> Path:
         self.require()
@@ -108,10 +145,11 @@ class OrtTarget(QdqTarget):
         if request.precision != "int8" or request.quantize is None:
             return None
         return onnxruntime_scheme(
-            seven_bit_weights(request, OrtOptions),
+            ort_seven_bit(request),
             request.quantize.per_channel,
             int16_pairs(request),
             request.quantize.linear_outputs == "int8",
+            unsigned_weights(request),
         )
 
     def _quantize(self, request: LowerRequest, workdir: Path, out: Path) -> Path:
@@ -176,7 +214,7 @@ def quantize_qdq(
                 nodes_to_quantize=nodes,
                 per_channel=scheme.per_channel,
                 activation_type=QuantType.QInt8 if symmetric_activations else QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
+                weight_type=QuantType.QUInt8 if scheme.weight_unsigned else QuantType.QInt8,
                 reduce_range=scheme.weight_bits == 7,
                 calibrate_method=method,
                 # TensorRT wants float biases (no INT32 DequantizeLinear): symmetric mode keeps them float.

@@ -38,8 +38,10 @@ def test_the_int8_grid_models_the_arithmetic_of_the_cpu_that_runs_it(
                 request = LowerRequest(tiny_onnx, "int8", cfg, {"reduce_range": reduce}, stage, None)
                 scheme = TARGETS.get(backend).int8_scheme(request)
                 assert scheme is not None and scheme.int16_pairs is pairs, (backend, flags)
-                # 7-bit weights cannot leave int16: only 8-bit ones on such a CPU are modelled
-                assert scheme.saturates is (pairs and not reduce)
+                # 7-bit weights cannot leave int16: only 8-bit ones on such a CPU are modelled; ONNX
+                # Runtime's UINT8 weights (its default there) go through kernels that do not saturate
+                assert scheme.weight_unsigned is (pairs and backend == "onnxruntime")
+                assert scheme.saturates is (pairs and not reduce and backend == "openvino")
                 assert scheme.tag.endswith("-i16") is scheme.saturates
     remote = DeviceProfile(name="box", **REMOTE)  # unknown CPU: assumed to saturate, as for the range
     request = LowerRequest(tiny_onnx, "int8", cfg, {}, stage, None, device=remote)
@@ -96,10 +98,13 @@ def test_reduce_range_gives_7_bit_weights(backend, tiny_checkpoint, tiny_onnx, i
     for choice in (True, False):
         out = tmp_path / str(choice)
         out.mkdir()
-        request = LowerRequest(tiny_onnx, "int8", cfg, {"reduce_range": choice}, stage, inputs)
+        signed = {"unsigned_weights": False} if backend == "onnxruntime" else {}
+        request = LowerRequest(tiny_onnx, "int8", cfg, {"reduce_range": choice, **signed}, stage, inputs)
         from edgevit.agent import cpu_flags
 
-        assert target.build_settings(request) == {
+        settings = target.build_settings(request)
+        assert settings.pop("int8_weight_type", "int8") == "int8"
+        assert settings == {
             "int8_weight_bits": 7 if choice else 8,
             "int8_pair_sums": "int16, saturating" if cpu.saturates(cpu_flags()) else "int32",
         }
@@ -109,6 +114,42 @@ def test_reduce_range_gives_7_bit_weights(backend, tiny_checkpoint, tiny_onnx, i
     assert target.build_settings(fp32) == {}
     with pytest.raises(ValueError, match="reduce_range is for int8"):
         target.parse_options({"reduce_range": True}, "fp32")
+
+
+def test_onnxruntime_uint8_weights_are_8_bit_and_match_the_simulator(
+    monkeypatch: pytest.MonkeyPatch, tiny_checkpoint: Path, tiny_onnx: Path, inputs, tmp_path: Path
+) -> None:
+    """Where the CPU would saturate INT8 weights, ONNX Runtime gets UINT8 ones by default: 8-bit
+    (not reduce_range's 7), zero point 128, and the artifact computes what the simulator says."""
+    import onnx
+    from onnx import numpy_helper
+
+    import edgevit.agent
+    from edgevit.check.layerwise import sqnr_db
+    from edgevit.models.load import logits_of
+    from edgevit.quant.simulate import Scope, simulation
+
+    target = TARGETS.get("onnxruntime")
+    if not target.availability().available:
+        pytest.skip("onnxruntime is not installed")
+    monkeypatch.setattr(edgevit.agent, "cpu_flags", lambda: AVX2)
+    loaded = load(checkpoint=tiny_checkpoint)
+    stage = QuantizeStage(stage="quantize", calibration_batch=8)
+    request = LowerRequest(tiny_onnx, "int8", loaded.config, {}, stage, inputs)
+    assert target.build_settings(request)["int8_weight_type"] == "uint8"
+    assert target.build_settings(request)["int8_weight_bits"] == 8
+    scheme = target.int8_scheme(request)
+    assert scheme is not None and scheme.weight_unsigned and not scheme.saturates and scheme.weight_bits == 8
+    artifact = target.lower(request, tmp_path)
+    graph = onnx.load(str(artifact)).graph
+    weights = [numpy_helper.to_array(i) for i in graph.initializer if i.data_type == onnx.TensorProto.UINT8]
+    assert weights and max(int(w.max()) for w in weights if w.ndim == 2) == 255  # full 8-bit range
+    assert not [i for i in graph.initializer if i.data_type == onnx.TensorProto.INT8]
+    with target.runner(artifact, 1, loaded.config.input_size, None) as runner:
+        built = runner.infer(inputs)
+    simulated = logits_of(simulation(loaded.model, scheme, inputs, Scope.of(stage)).model, inputs, 16)
+    reference = logits_of(loaded.model, inputs, 16)
+    assert sqnr_db(built, simulated) > sqnr_db(reference, built) + 10  # the simulator is the artifact
 
 
 def _saturating_matmul(path: Path, k: int = 64) -> Path:
