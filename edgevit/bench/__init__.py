@@ -104,7 +104,7 @@ def edgevit_int8(backend: str, request: LowerRequest, out: Path) -> tuple[Path, 
     from dataclasses import replace
 
     from edgevit.models.load import load
-    from edgevit.stages.equalize import artifact_sqnr, run_equalize, scheme_for
+    from edgevit.stages.equalize import artifact_sqnr, run_equalize, scheme_for, with_float_transforms
     from edgevit.targets import TARGETS
 
     q = request.quantize
@@ -118,4 +118,5 @@ def edgevit_int8(backend: str, request: LowerRequest, out: Path) -> tuple[Path, 
         measure = artifact_sqnr(backend, request, loaded.model, 2, 16, out)
         record = run_equalize(loaded.model, loaded.config, scheme, q, request.calibration, eq_dir, measure)
         request = replace(request, onnx_path=eq_dir / "model.onnx", checkpoint=eq_dir)
+        with_float_transforms(request, record)
     return TARGETS.get(backend).lower(request, out), record

@@ -7,8 +7,7 @@ checkpoint loads again:
 
 - a block Hadamard transform run on every MLP's hidden activation, before ``fc2`` (in timm's
   ``mlp.norm`` slot, an identity otherwise): the GELU output cannot be rotated offline, so it is
-  rotated while the model runs, by additions and subtractions only (no matrix product a quantizer
-  would pick up);
+  rotated while the model runs, by a small float matrix product every INT8 target leaves float;
 - a width x width ``head`` in a headless model, where the rotation of the residual stream is
   undone after the final norm (a classifier absorbs it into its own weights instead).
 """
@@ -33,30 +32,36 @@ class RotationSpec(BaseModel):
     )
 
 
+class FloatLinear(nn.Linear):
+    """A Linear that no INT8 scope takes: a fixed transform a rotation added, not a layer of the
+    model (its input is the activation the transform exists to spread)."""
+
+
 class BlockHadamard(nn.Module):
     """``x`` times the normalized Sylvester Hadamard matrix of order ``block`` on each run of
-    ``block`` channels (a block-diagonal orthogonal and symmetric matrix): a fast Walsh-Hadamard
-    transform, log2(block) stages of additions and subtractions."""
+    ``block`` channels (a block-diagonal orthogonal and symmetric matrix): one ``block`` x ``block``
+    matrix product over all of them, a float :class:`FloatLinear` named ``transform``. (A fast
+    Walsh-Hadamard transform of additions only ran 5x slower in ONNX Runtime: log2(block) stages of
+    small ops.)"""
 
     def __init__(self, block: int) -> None:
         super().__init__()
         if block < 2 or block & (block - 1):
             raise ValueError(f"a Hadamard block is a power of two, not {block}")
         self.block = block
+        self.transform = FloatLinear(block, block, bias=False)
+        with torch.no_grad():
+            self.transform.weight.copy_(hadamard(block, torch.float32))  # symmetric: x Hᵀ = x H
+        self.transform.weight.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lead, width = x.shape[:-1], x.shape[-1]
-        y = x.reshape(*lead, width // self.block, self.block)
-        half = 1
-        while half < self.block:
-            pairs = y.reshape(*y.shape[:-1], self.block // (2 * half), 2, half)
-            a, b = pairs.select(-2, 0), pairs.select(-2, 1)
-            y = torch.stack((a + b, a - b), dim=-2).reshape(*lead, width // self.block, self.block)
-            half *= 2
-        return (y * (1.0 / math.sqrt(self.block))).reshape(*lead, width)
+        return self.transform(x.reshape(-1, self.block)).reshape(x.shape)
 
-    def extra_repr(self) -> str:
-        return f"block={self.block}"
+
+def float_transforms(model: nn.Module) -> list[str]:
+    """Module paths of the :class:`FloatLinear` transforms in ``model``, which every INT8 target
+    keeps float."""
+    return [name for name, module in model.named_modules() if isinstance(module, FloatLinear)]
 
 
 def hadamard(order: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:

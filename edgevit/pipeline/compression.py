@@ -25,7 +25,7 @@ from edgevit.quant.simulate import Scope
 from edgevit.recipe.schema import DistillStage, PruneStage, TargetSpec, TrainingStage
 from edgevit.stages.distill import DistillConfig, run_distill
 from edgevit.stages.equalize import RECORD as EQUALIZE_RECORD
-from edgevit.stages.equalize import artifact_sqnr, run_equalize, scheme_for
+from edgevit.stages.equalize import artifact_sqnr, run_equalize, scheme_for, with_float_transforms
 from edgevit.stages.export import OPSET
 from edgevit.stages.prune import run_prune
 from edgevit.stages.qat import LOG_FILE as QAT_LOG
@@ -215,6 +215,7 @@ class Compression:
         )
         record = json.loads(step.path(EQUALIZE_RECORD).read_text())
         request.onnx_path, request.checkpoint = step.path("model.onnx"), step.directory
+        with_float_transforms(request, record)
         for why in ("reason", "note"):
             if record.get(why):
                 self.ctx.log(
@@ -289,6 +290,7 @@ class Compression:
         )
         record = json.loads(step.path(QAT_LOG).read_text())
         request.onnx_path, request.checkpoint = step.path("model.onnx"), step.directory
+        with_float_transforms(request, record)
         trained = load(checkpoint=step.directory).model
         sim = record["simulated_sqnr_db"]
         self.ctx.log(

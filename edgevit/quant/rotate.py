@@ -16,8 +16,8 @@ channel over many: the grid then fits the many.
   LayerNorm's affine moves into the Linear layers it feeds, which read through ``Q``; the final
   norm's moves into the classifier (or into a new width x width ``head`` of a headless model).
 - **MLP hidden.** The GELU output cannot be rotated offline: a block Hadamard transform runs on it
-  before ``fc2`` (additions only; :class:`edgevit.models.rotation.BlockHadamard`), and ``fc2``'s
-  weights absorb its inverse.
+  before ``fc2`` (:class:`edgevit.models.rotation.BlockHadamard`, a float product every INT8
+  target keeps float), and ``fc2``'s weights absorb its inverse.
 
 Each part applies where the model's structure allows it and is skipped, with the reason, where it
 does not (a dense task's head reading the tokens, RMSNorm, a norm before the blocks, max pooling).
@@ -37,8 +37,10 @@ from torch import nn
 from edgevit.models.rotation import BlockHadamard, RotationSpec, hadamard
 
 # The Hadamard block before fc2. On DINOv2 ViT-S (simulated, float outputs, feature SQNR): 128 gave
-# ONNX Runtime 28.7 and TensorRT 28.2 dB, 64 gave 28.6 and 27.5, 512 (3x the additions) 27.9 and 26.6.
-FC2_BLOCK = 128
+# ONNX Runtime 28.7 and TensorRT 28.2 dB, 64 gave 28.6 and 27.5, 512 27.9 and 26.6. Its float product
+# costs in proportion to the block: in ONNX Runtime on an AVX2 host, 1.4 ms per ViT-S block at 64,
+# 3.1 ms at 128 (fc2 itself in INT8: about 3 ms).
+FC2_BLOCK = 64
 
 
 @dataclass(frozen=True)

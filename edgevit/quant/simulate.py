@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from edgevit.models.rotation import FloatLinear
 from edgevit.models.vit_plus import MatMul
 from edgevit.quant.outliers import outlier_pairs
 from edgevit.quant.saturation import can_saturate, layer_excess
@@ -51,7 +52,7 @@ class Scope:
             for name, module in model.named_modules()
             if name not in keep
             and (
-                isinstance(module, nn.Linear)
+                (isinstance(module, nn.Linear) and not isinstance(module, FloatLinear))
                 or (self.patch_embed and isinstance(module, nn.Conv2d))
                 or (self.matmuls and isinstance(module, MatMul))
             )

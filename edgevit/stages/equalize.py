@@ -32,7 +32,8 @@ from edgevit.check.layerwise import outputs_sqnr_db
 from edgevit.errors import EdgeVitError
 from edgevit.fileio import atomic_write_json
 from edgevit.models.config import ModelConfig
-from edgevit.models.load import save
+from edgevit.models.load import load, save
+from edgevit.models.rotation import float_transforms
 from edgevit.quant.equalize import MARGIN_DB, EqualizedPair, choose_alpha, equalize
 from edgevit.quant.rotate import Rotation, rotate
 from edgevit.quant.scheme import Int8Scheme
@@ -91,11 +92,12 @@ def artifact_sqnr(
             return np.asarray(model.eval()(torch.from_numpy(x)).numpy())
 
     def measure(export: Path | None) -> float:
-        built = (
-            request
-            if export is None
-            else replace(request, onnx_path=export / "model.onnx", checkpoint=export)
-        )
+        built = request
+        if export is not None:
+            built = replace(request, onnx_path=export / "model.onnx", checkpoint=export)
+            with_float_transforms(
+                built, {"float_transforms": float_transforms(load(checkpoint=export).model)}
+            )
         with tempfile.TemporaryDirectory(dir=scratch, prefix=".equalize-check-") as work:
             artifact = target.lower(built, Path(work))
             size = request.model_config.input_size
@@ -121,6 +123,16 @@ def _folded(
 def _write(model: nn.Module, config: ModelConfig, out_dir: Path) -> None:
     save(model, config, out_dir)
     export_onnx(model, config.input_size, out_dir / "model.onnx")
+
+
+def with_float_transforms(request: LowerRequest, record: dict[str, Any]) -> None:
+    """Add the float transforms the equalize step's model carries (``record``'s: a rotation's
+    Hadamards) to ``request``'s quantize stage's ``float_layers``, in place: every INT8 target
+    keeps them float."""
+    q = request.quantize
+    extra = [t for t in record.get("float_transforms") or [] if q is not None and t not in q.float_layers]
+    if q is not None and extra:
+        request.quantize = q.model_copy(update={"float_layers": [*q.float_layers, *extra]})
 
 
 def run_equalize(
@@ -169,6 +181,7 @@ def run_equalize(
     record = {
         "scheme": asdict(scheme),
         "alpha": alpha,
+        "float_transforms": float_transforms(folded),
         "rotation": None
         if rotation is None
         else {

@@ -8,19 +8,21 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from edgevit.errors import ModelLoadError
 from edgevit.models.load import config_for, create, load, save
-from edgevit.models.rotation import BlockHadamard, hadamard
+from edgevit.models.rotation import BlockHadamard, float_transforms, hadamard
 from edgevit.quant.rotate import rotate
 
 
 @pytest.mark.parametrize("block", [2, 16, 128])
 def test_the_fast_transform_is_the_block_diagonal_hadamard_matrix(block: int) -> None:
-    x = torch.randn(2, 3, 256, dtype=torch.float64)
+    x = torch.randn(2, 3, 256)
     matrix = torch.block_diag(*[hadamard(block)] * (256 // block))
-    assert torch.allclose(BlockHadamard(block)(x), x @ matrix, atol=1e-12)
+    assert torch.allclose(BlockHadamard(block)(x).double(), x.double() @ matrix, atol=1e-5)
     assert torch.allclose(matrix @ matrix, torch.eye(256, dtype=torch.float64), atol=1e-12)  # its own inverse
+    assert float_transforms(nn.Sequential(BlockHadamard(block))) == ["0.transform"]  # kept float by targets
 
 
 def test_a_block_is_a_power_of_two() -> None:

@@ -11,7 +11,9 @@ import torch
 from torch import nn
 
 from edgevit.models.load import create
+from edgevit.models.rotation import float_transforms
 from edgevit.quant.rotate import hadamard_fc2, residual_refusal, rotate, rotate_values, stream_rotation
+from edgevit.quant.simulate import LINEAR
 
 SMALL = {"depth": 2, "embed_dim": 64, "num_heads": 2}
 MODELS: dict[str, tuple[str, dict[str, Any], bool]] = {
@@ -61,6 +63,9 @@ def test_rotation_keeps_the_function(key: str) -> None:
     assert out.shape == ref.shape
     assert float((out - ref).abs().max()) < 1e-4 * float(ref.abs().max()), key
     assert not torch.equal(rotated.blocks[0].attn.qkv.weight, model.blocks[0].attn.qkv.weight)
+    # the Hadamard before fc2 is a float transform: no INT8 scope takes it
+    transforms = float_transforms(rotated)
+    assert len(transforms) == 2 and not set(transforms) & set(LINEAR.layers(rotated))
 
 
 def test_the_stream_rotation_is_orthogonal_and_keeps_the_all_ones_direction() -> None:
