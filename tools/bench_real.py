@@ -116,8 +116,10 @@ class Build:
         shutil.copyfile(self._pristine, self.onnx)
         return True
 
-    def request(self, precision: str, options: dict[str, Any] | None = None) -> LowerRequest:
-        quantize = self.stage if precision == "int8" else None
+    def request(
+        self, precision: str, options: dict[str, Any] | None = None, stage: QuantizeStage | None = None
+    ) -> LowerRequest:
+        quantize = (stage or self.stage) if precision == "int8" else None
         return LowerRequest(
             self.onnx,
             precision,
@@ -221,7 +223,9 @@ def run_backend(
     if avail.available:
         simulated = target.runner_type(None).simulated
     ours_name = "edgevit int8" + "".join(f" ({k} {v})" for k, v in (options.get(backend) or {}).items())
+    all_int8 = f"{ours_name}, no float_layers" if build.stage.float_layers and backend in FLOAT_ROW else None
     planned = (["fp32"] if backend in FLOAT_ROW else []) + [ours_name, *PEERS.get(backend, {})]
+    planned += [all_int8] if all_int8 else []
     if backend == "tensorrt":
         planned.append("modelopt-int8")
     base = {"backend": backend, "simulated": simulated}
@@ -271,14 +275,19 @@ def run_backend(
 
     record: dict[str, Any] = {}
 
-    def ours(out: Path) -> Path:
-        artifact, eq = edgevit_int8(backend, build.request("int8", options.get(backend)), out)
+    def ours(out: Path, stage: QuantizeStage | None = None) -> Path:
+        artifact, eq = edgevit_int8(backend, build.request("int8", options.get(backend), stage), out)
         record["equalize_alpha"] = None if eq is None else eq.get("alpha")
+        record["rotated"] = eq is not None and eq.get("rotation") is not None
         if eq is not None and eq.get("simulated_alpha") is not None:  # the simulator's, not confirmed
             record["equalize_unconfirmed_alpha"] = eq["simulated_alpha"]
         return artifact
 
     attempt(ours_name, ours).update(record)
+    if all_int8:  # the latency the recipe's float layers cost: the same build with every Linear INT8
+        record.clear()
+        every = build.stage.model_copy(update={"float_layers": []})
+        attempt(all_int8, lambda out: ours(out, every)).update(record)
     for name, (quantizer, start) in PEERS.get(backend, {}).items():
 
         def peer(out: Path, quantizer: Any = quantizer, start: str = start) -> Path:
@@ -372,6 +381,8 @@ def print_table(rows: list[dict[str, Any]], head: str) -> None:
             note = f"equalized (alpha {r['equalize_alpha']}); {note}"
         elif r.get("equalize_unconfirmed_alpha") is not None:
             note = f"not equalized (the simulator's alpha {r['equalize_unconfirmed_alpha']} not confirmed); {note}"
+        if r.get("rotated"):
+            note = f"rotated; {note}"
         if r.get("settings"):
             note = f"{r['settings']}; {note}"
         if r.get("export_changed"):

@@ -9,7 +9,8 @@ checkpoint loads again:
   ``mlp.norm`` slot, an identity otherwise): the GELU output cannot be rotated offline, so it is
   rotated while the model runs, by a small float matrix product every INT8 target leaves float;
 - a width x width ``head`` in a headless model, where the rotation of the residual stream is
-  undone after the final norm (a classifier absorbs it into its own weights instead).
+  undone after the final norm (a float transform on the pooled features; a classifier absorbs
+  the un-rotation into its own weights instead).
 """
 
 from __future__ import annotations
@@ -83,5 +84,5 @@ def attach(model: nn.Module, spec: RotationSpec | None) -> nn.Module:
             block.mlp.norm = BlockHadamard(spec.fc2_hadamard)
     if spec.feature_head:
         width = int(model.embed_dim)  # type: ignore[arg-type]
-        model.head = nn.Linear(width, width)
+        model.head = FloatLinear(width, width)
     return model

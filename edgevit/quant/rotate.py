@@ -14,7 +14,8 @@ channel over many: the grid then fits the many.
   token's mean, which changes nothing since only LayerNorms read the stream, and ``Q`` is a random
   rotation that keeps the all-ones direction, so ``LayerNorm(x P Q) = LayerNorm(x) Q``. Every
   LayerNorm's affine moves into the Linear layers it feeds, which read through ``Q``; the final
-  norm's moves into the classifier (or into a new width x width ``head`` of a headless model).
+  norm's moves into the classifier (or into a new width x width ``head`` of a headless model, a
+  float transform on the pooled features).
 - **MLP hidden.** The GELU output cannot be rotated offline: a block Hadamard transform runs on it
   before ``fc2`` (:class:`edgevit.models.rotation.BlockHadamard`, a float product every INT8
   target keeps float), and ``fc2``'s weights absorb its inverse.
@@ -34,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgevit.models.rotation import BlockHadamard, RotationSpec, hadamard
+from edgevit.models.rotation import BlockHadamard, FloatLinear, RotationSpec, hadamard
 
 # The Hadamard block before fc2. On DINOv2 ViT-S (simulated, float outputs, feature SQNR): 128 gave
 # ONNX Runtime 28.7 and TensorRT 28.2 dB, 64 gave 28.6 and 27.5, 512 27.9 and 26.6. Its float product
@@ -228,7 +229,7 @@ def rotate_residual(model: nn.Module, seed: int = 0) -> bool:
     final = _final_norm(vit)
     assert final is not None and final.weight is not None
     if isinstance(vit.head, nn.Identity):
-        vit.head = nn.Linear(width, width)
+        vit.head = FloatLinear(width, width)
         _set(vit.head.weight, torch.eye(width, dtype=torch.float64))
         vit.head.bias.zero_()
     for head in (vit.head, getattr(vit, "head_dist", None)):
