@@ -150,8 +150,9 @@ def test_simulated_ranking_needs_no_builds_and_finds_the_damaged_layer(
     save(loaded.model, loaded.config, damaged)
     budget = {"min_sqnr_db": 500, "max_float_layers": 1}  # the default ranking: simulated
     tfl = {"name": "tfl-int8", "backend": "tflite", "precision": "int8"}
-    # equalize: off, or equalization would fold the damage away before the ranking sees it
-    report = build(damaged, tmp_path, {"accuracy_budget": budget, "equalize": "off"}, [ORT, tfl])
+    # equalize and rotate off, or either would fold the damage away before the ranking sees it
+    settings = {"accuracy_budget": budget, "equalize": "off", "rotate": "off"}
+    report = build(damaged, tmp_path, settings, [ORT, tfl])
     for name in ("ort-int8", "tfl-int8"):
         f = report.target(name)["fallback"]
         gains = [x["gain_db"] for x in f["sensitivity"]]

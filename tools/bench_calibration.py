@@ -155,7 +155,12 @@ def run_equalization(
                 ):
                     continue
                 for mode in ("off", "auto"):
-                    stage = QuantizeStage(stage="quantize", equalize=mode, **settings)
+                    stage = QuantizeStage(
+                        stage="quantize",
+                        equalize=mode,
+                        rotate="auto" if mode == "auto" else "off",
+                        **settings,
+                    )
                     out = work / model / "equalization" / f"{i}-{mode}"
                     out.mkdir(parents=True, exist_ok=True)
                     request = LowerRequest(

@@ -80,7 +80,9 @@ def _variants(
     config = load(checkpoint=checkpoint).config
     made: dict[str, Path] = {}
     (out / EDGEVIT).mkdir(parents=True, exist_ok=True)
-    stage = QuantizeStage(stage="quantize", equalize="auto" if equalize else "off")
+    stage = QuantizeStage(
+        stage="quantize", equalize="auto" if equalize else "off", rotate="auto" if equalize else "off"
+    )
     request = LowerRequest(onnx_path, "int8", config, {}, stage, calibration, checkpoint=checkpoint)
     made[EDGEVIT] = edgevit_int8(backend, request, out / EDGEVIT)[0]
     for name, (fn, start) in peers.PEERS[backend].items():
