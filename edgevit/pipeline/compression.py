@@ -207,6 +207,7 @@ class Compression:
                 "scope": {"patch_embed": stage.patch_embed, "float_layers": stage.float_layers},
                 "equalize": stage.equalize,
                 "rotate": stage.rotate,
+                **({"rotation_seeds": stage.rotation_seeds} if stage.rotation_seeds != 1 else {}),
                 "opset": OPSET,
                 "torch": self.ctx.versions["torch"],
             },

@@ -119,6 +119,12 @@ class AlphaChoice:
     alpha: float | None  # None: no scales (off, or the rotation alone, measured best)
     sqnr_db: dict[str, float]  # candidate ("off", "0.5", ..., "rotate") -> simulated SQNR on calibration
     rotate: bool = False
+    rotate_seed: int = 0  # the rotation (edgevit.quant.rotate's seed) the "rotate" candidate used
+
+
+def rotation_key(seed: int) -> str:
+    """The candidate name of the rotation with ``seed``: ``rotate``, ``rotate@1``, ..."""
+    return ROTATE if seed == 0 else f"{ROTATE}@{seed}"
 
 
 @torch.no_grad()
@@ -129,12 +135,13 @@ def choose_alpha(
     alphas: tuple[float, ...] = (0.5, 0.75, 0.9),
     scope: Scope = LINEAR,
     rotate: bool = False,
+    seeds: int = 1,
 ) -> AlphaChoice:
     """The strength (or none) whose simulated INT8 model is closest to the float one on the
     calibration images, none unless a strength wins by ``MARGIN_DB``: what SmoothQuant's alpha
     sweep does, without a build per candidate. With ``rotate``, the rotated model
-    (:func:`edgevit.quant.rotate.rotate`) is one more candidate, under the same margin.
-    ``scope``: the target's, as in the recipe."""
+    (:func:`edgevit.quant.rotate.rotate`, the best of ``seeds`` random rotations) is one more
+    candidate, under the same margin. ``scope``: the target's, as in the recipe."""
     reference = logits_of(model.eval(), calibration, BATCH)
 
     def score(candidate: nn.Module) -> float:
@@ -147,12 +154,35 @@ def choose_alpha(
         candidate = copy.deepcopy(model)
         equalize(candidate, calibration, alpha, stats)
         scores[f"{alpha:g}"] = score(candidate)
+    rotations: dict[str, int] = {}
     if rotate:
-        candidate = copy.deepcopy(model)
-        rotate_model(candidate)
-        scores[ROTATE] = score(candidate)
+        for seed in range(seeds):
+            candidate = copy.deepcopy(model)
+            rotate_model(candidate, seed=seed)
+            rotations[rotation_key(seed)] = seed
+            scores[rotation_key(seed)] = score(candidate)
     best = max(scores, key=lambda k: scores[k])
     if scores[best] < scores["off"] + MARGIN_DB:
         best = "off"  # a gain this small on the calibration images does not carry to other images
-    chosen = None if best in ("off", ROTATE) else float(best)
-    return AlphaChoice(chosen, {k: round(v, 2) for k, v in scores.items()}, best == ROTATE)
+    chosen = None if best == "off" or best in rotations else float(best)
+    rounded = {k: round(v, 2) for k, v in scores.items()}
+    return AlphaChoice(chosen, rounded, best in rotations, rotations.get(best, 0))
+
+
+@torch.no_grad()
+def best_rotation(
+    model: nn.Module, scheme: Int8Scheme, calibration: np.ndarray, scope: Scope = LINEAR, seeds: int = 1
+) -> tuple[int, dict[str, float]]:
+    """The seed of the rotation whose simulated INT8 model is closest to the float one on the
+    calibration images, and each seed's simulated SQNR (``rotate: on``: rotated whatever it costs)."""
+    if seeds == 1:
+        return 0, {}
+    reference = logits_of(model.eval(), calibration, BATCH)
+    scores = {}
+    for seed in range(seeds):
+        candidate = copy.deepcopy(model)
+        rotate_model(candidate, seed=seed)
+        simulated = simulate(candidate, scheme, calibration, scope)
+        scores[rotation_key(seed)] = round(sqnr_db(reference, logits_of(simulated, calibration, BATCH)), 2)
+    best = max(range(seeds), key=lambda s: scores[rotation_key(s)])
+    return best, scores

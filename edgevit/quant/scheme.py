@@ -66,12 +66,18 @@ class Int8Scheme:
     # rule for its inputs, read from the artifacts' FakeQuantize ranges); "none" nothing (coremltools
     # quantizes the activations of conv, linear, pooling and add only).
     attention: Literal["all", "fused", "none"] = "all"
+    # TFLite's dynamic-range INT8 (``options.mode: dynamic``): no calibrated activation grid; each
+    # FULLY_CONNECTED quantizes its input at run time, every row (token) on its own asymmetric INT8
+    # grid over that row's [min(lo, 0), max(hi, 0)] (XNNPACK's qd8 kernels and TFLite's hybrid
+    # kernel alike), an image at a time for a Conv; the output stays float.
+    dynamic_rows: bool = False
 
     @property
     def tag(self) -> str:
         """A short name for the grid, e.g. ``onnxruntime-w8`` (targets with the same grid share it)."""
         smooth = "" if self.smooth_alpha is None else f"-sq{self.smooth_alpha:g}"
         smooth += "-u8" if self.weight_unsigned else ""
+        smooth += "-dynamic" if self.dynamic_rows else ""
         saturating = "-i16" if self.saturates else ""
         return f"{self.backend}-w{self.weight_bits}{'' if self.per_channel else '-per-tensor'}{smooth}{saturating}"
 
@@ -90,7 +96,10 @@ class Int8Scheme:
         return self.int16_pairs and not self.weight_unsigned and 2 * 255 * round(self.weight_qmax) > 32767
 
     def quantize_activation(self, x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
-        """``x`` fake-quantized on the per-tensor grid calibrated to [``lo``, ``hi``]."""
+        """``x`` fake-quantized on the per-tensor grid calibrated to [``lo``, ``hi``] (per row at run
+        time, ignoring them, with ``dynamic_rows``)."""
+        if self.dynamic_rows:
+            return quantize_rows(x)
         scale, zero = self.activation_grid(lo, hi)
         if scale == 0:
             return torch.zeros_like(x)
@@ -128,6 +137,20 @@ class Int8Scheme:
         lo, hi = min(lo, 0.0), max(hi, 0.0)
         scale = (hi - lo) / 255.0
         return scale, (round(-lo / scale) if scale else 0)
+
+
+def quantize_rows(x: torch.Tensor) -> torch.Tensor:
+    """``x`` on asymmetric INT8 grids of its own per row, as dynamic-range kernels quantize at run
+    time: a row is the last axis of a Linear's input (a token), a whole image for a Conv's; each
+    grid spans the row's [min(lo, 0), max(hi, 0)] in 255 steps with zero exactly on a level."""
+    dims = tuple(range(1, x.dim())) if x.dim() == 4 else (-1,)
+    lo = x.detach().amin(dim=dims, keepdim=True).clamp(max=0)
+    hi = x.detach().amax(dim=dims, keepdim=True).clamp(min=0)
+    scale = torch.where(hi > lo, (hi - lo) / 255.0, torch.ones_like(hi))
+    zero = torch.clamp(torch.round(-128.0 - lo / scale), -128, 127)
+    q = torch.clamp(torch.round(x / scale) + zero, -128, 127)
+    y = (q - zero) * scale
+    return x + (y - x).detach() if x.requires_grad else y  # straight-through in training
 
 
 def fake_quantize(x: torch.Tensor, scale: float, zero: int, qmin: int, qmax: int) -> torch.Tensor:
@@ -201,6 +224,13 @@ def tflite_scheme(per_channel: bool = True) -> Int8Scheme:
     return Int8Scheme(
         "tflite", False, 8, per_channel, quantize_outputs=True, output_after_bias=True, folds_norms=True
     )
+
+
+def tflite_dynamic_scheme(per_channel: bool = True) -> Int8Scheme:
+    """ai-edge-quantizer's dynamic-range INT8 (``dynamic_wi8_afp32``): symmetric per-channel INT8
+    weights on the FULLY_CONNECTED (and Conv) layers with constant weights, their inputs quantized
+    per row at run time (``dynamic_rows``), float outputs; the attention matmuls stay float."""
+    return Int8Scheme("tflite", False, 8, per_channel, folds_norms=True, attention="none", dynamic_rows=True)
 
 
 def coreml_scheme(per_channel: bool = True) -> Int8Scheme:

@@ -172,7 +172,8 @@ def _rotation_words(rotation: dict[str, Any] | None) -> str | None:
         parts.append("residual stream")
     if rotation.get("fc2_hadamard"):
         parts.append(f"Hadamard ({rotation['fc2_hadamard']}) before fc2")
-    return "rotated: " + ", ".join(parts or ["nothing its structure allows"])
+    seed = f" (rotation seed {rotation['seed']})" if rotation.get("seed") else ""
+    return f"rotated{seed}: " + ", ".join(parts or ["nothing its structure allows"])
 
 
 def _measured(equalization: dict[str, Any]) -> str:

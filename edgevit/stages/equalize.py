@@ -34,7 +34,7 @@ from edgevit.fileio import atomic_write_json
 from edgevit.models.config import ModelConfig
 from edgevit.models.load import load, save
 from edgevit.models.rotation import float_transforms
-from edgevit.quant.equalize import MARGIN_DB, EqualizedPair, choose_alpha, equalize
+from edgevit.quant.equalize import MARGIN_DB, EqualizedPair, best_rotation, choose_alpha, equalize
 from edgevit.quant.rotate import Rotation, rotate
 from edgevit.quant.scheme import Int8Scheme
 from edgevit.quant.simulate import Scope
@@ -108,12 +108,17 @@ def artifact_sqnr(
 
 
 def _folded(
-    model: nn.Module, config: ModelConfig, calibration: np.ndarray, rotate_it: bool, alpha: float | None
+    model: nn.Module,
+    config: ModelConfig,
+    calibration: np.ndarray,
+    rotate_it: bool,
+    alpha: float | None,
+    seed: int = 0,
 ) -> tuple[nn.Module, ModelConfig, Rotation | None, list[EqualizedPair]]:
-    """A copy of ``model`` rotated (where asked) then equalized at ``alpha`` (None: not), with the
-    config that rebuilds it."""
+    """A copy of ``model`` rotated (where asked, the rotation of ``seed``) then equalized at
+    ``alpha`` (None: not), with the config that rebuilds it."""
     folded = copy.deepcopy(model)
-    rotation = rotate(folded) if rotate_it else None
+    rotation = rotate(folded, seed=seed) if rotate_it else None
     pairs = [] if alpha is None else equalize(folded, calibration, alpha)
     if rotation is not None:
         config = config.model_copy(update={"rotation": rotation.spec})
@@ -148,11 +153,18 @@ def run_equalize(
     ``equalize.json`` into ``out_dir``; with ``measure``, a choice the simulator made is confirmed
     on the built artifacts first (``rotate: on`` is kept either way; only its scales are confirmed)."""
     forced = stage.rotate == "on"
-    base = _folded(model, config, calibration, True, None)[0] if forced else model
+    scope = Scope.of(stage)
+    seed, seed_scores = (
+        best_rotation(model, scheme, calibration, scope, stage.rotation_seeds) if forced else (0, {})
+    )
+    base = _folded(model, config, calibration, True, None, seed)[0] if forced else model
     alphas = (0.5, 0.75, 0.9) if stage.equalize == "auto" else ()
-    choice = choose_alpha(base, scheme, calibration, alphas, Scope.of(stage), rotate=stage.rotate == "auto")
+    choice = choose_alpha(
+        base, scheme, calibration, alphas, scope, rotate=stage.rotate == "auto", seeds=stage.rotation_seeds
+    )
     alpha, rotated = choice.alpha, forced or choice.rotate
-    folded, out_config, rotation, pairs = _folded(model, config, calibration, rotated, alpha)
+    seed = seed if forced else choice.rotate_seed
+    folded, out_config, rotation, pairs = _folded(model, config, calibration, rotated, alpha, seed)
     _write(folded, out_config, out_dir)
     chosen = f"{alpha:g}" if alpha is not None else ("rotate" if choice.rotate else None)
     measured: dict[str, float] | None = None
@@ -176,7 +188,7 @@ def run_equalize(
                 f"by {MARGIN_DB:g} dB on the built artifact (measured on the calibration images)"
             )
             alpha, pairs = None, []
-            folded, out_config, rotation, _ = _folded(model, config, calibration, forced, None)
+            folded, out_config, rotation, _ = _folded(model, config, calibration, forced, None, seed)
             _write(folded, out_config, out_dir)
     record = {
         "scheme": asdict(scheme),
@@ -185,6 +197,7 @@ def run_equalize(
         "rotation": None
         if rotation is None
         else {
+            "seed": seed,
             "values": rotation.values,
             "residual": rotation.residual,
             "fc2_hadamard": rotation.fc2_hadamard,
@@ -196,7 +209,7 @@ def run_equalize(
             else {}
         ),
         **({"note": note} if note else {}),
-        "simulated_sqnr_db": choice.sqnr_db,
+        "simulated_sqnr_db": {**seed_scores, **choice.sqnr_db},
         **({"measured_sqnr_db": measured} if measured is not None else {}),
         "pairs": [
             {

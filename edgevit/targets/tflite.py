@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict
 
 from edgevit import agent
 from edgevit.errors import LoweringError, TargetUnavailableError
-from edgevit.quant.scheme import Int8Scheme, tflite_scheme
+from edgevit.quant.scheme import Int8Scheme, tflite_dynamic_scheme, tflite_scheme
 from edgevit.targets.base import Availability, LowerRequest, Runner, Target
 from edgevit.targets.calibration import calibration_batches
 from edgevit.targets.graph import check_float_layers
@@ -256,8 +256,11 @@ class TfliteTarget(Target):
     def int8_scheme(self, request: LowerRequest) -> Int8Scheme | None:
         if request.precision != "int8" or request.quantize is None:
             return None
-        if TfliteOptions.model_validate(request.options).mode != "static":
-            return None  # dynamic/weight-only/full INT8 are other grids
+        mode = TfliteOptions.model_validate(request.options).mode
+        if mode == "dynamic":
+            return tflite_dynamic_scheme(request.quantize.per_channel)
+        if mode != "static":
+            return None  # weight-only and full INT8 are other grids
         return tflite_scheme(request.quantize.per_channel)
 
     def parse_options(self, options: dict[str, Any], precision: str) -> BaseModel | None:

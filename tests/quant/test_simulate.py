@@ -39,6 +39,7 @@ CASES = [
     ("openvino", {}, 1.5),
     ("openvino", {"reduce_range": False}, 1.5),
     ("tflite", {}, 1.5),
+    ("tflite", {"mode": "dynamic"}, 1.5),  # per-row activation grids made at run time
     ("coreml", {"mode": "w8a8"}, 1.5),
 ]
 
@@ -118,6 +119,22 @@ def test_grids_follow_the_backends_rules() -> None:
     seven = Int8Scheme("7", False, weight_bits=7).quantize_weight(w)
     assert torch.equal(eight[1], torch.tensor([100.0, 0.0, -100.0]))  # its own channel's step: 100/127
     assert torch.allclose(eight[0], w[0], atol=0.5 / 127) and torch.allclose(seven[0], w[0], atol=0.5 / 64)
+
+
+def test_dynamic_rows_get_their_own_grid() -> None:
+    """TFLite's dynamic-range kernels quantize each row (token) over its own range: a row of large
+    values does not coarsen the grid of a row of small ones, and zero stays exact."""
+    from edgevit.quant.scheme import tflite_dynamic_scheme
+
+    scheme = tflite_dynamic_scheme()
+    x = torch.tensor([[[0.0123, -0.02, 0.03, 0.0], [100.0, -50.0, 25.0, 0.0]]])
+    y = scheme.quantize_activation(x, -1.0, 1.0)  # the calibrated range is not used
+    assert torch.allclose(y[0, 0], x[0, 0], atol=0.05 / 255)  # its own step: 0.05/255
+    assert torch.allclose(y[0, 1], x[0, 1], atol=150 / 255)
+    assert float(y[0, 0, 3]) == 0.0 and float(y[0, 1, 3]) == 0.0
+    # by hand: the first row's grid spans [-0.02, 0.03] in 255 steps, and 0.0123 is 62.73 of them
+    assert float(y[0, 0, 0]) == pytest.approx(63 * 0.05 / 255, abs=1e-7)
+    assert scheme.tag == "tflite-w8-dynamic"
 
 
 def test_a_layer_switched_back_to_float_computes_in_float(tiny_checkpoint: Path) -> None:

@@ -11,7 +11,7 @@ import torch
 
 from edgevit.models.load import load, save
 from edgevit.pipeline import build
-from edgevit.quant.equalize import equalize
+from edgevit.quant.equalize import equalize, rotation_key
 from edgevit.quant.outliers import add_outliers
 from edgevit.recipe.loader import validate_recipe
 from edgevit.targets import TARGETS
@@ -62,7 +62,7 @@ def test_build_equalizes_every_int8_grid_it_models(tiny_checkpoint: Path, tmp_pa
         entry, before = report.target(name), next(t for t in plain["targets"] if t["name"] == name)
         eq = entry["equalization"]  # scales or the rotation, whichever the simulator measured best
         assert eq["applied"] and (eq["alpha"] in (0.5, 0.75, 0.9) or eq["rotation"]["residual"]), eq
-        chosen = "rotate" if eq["alpha"] is None else f"{eq['alpha']:g}"
+        chosen = rotation_key(eq["rotation"]["seed"]) if eq["alpha"] is None else f"{eq['alpha']:g}"
         assert eq["simulated_sqnr_db"][chosen] > eq["simulated_sqnr_db"]["off"]
         # the artifact built from the equalized model is closer to float than the plain one
         assert entry["accuracy"]["sqnr_db"] > before["accuracy"]["sqnr_db"] + 3, (name, entry, before)
@@ -153,10 +153,15 @@ def test_rotation_is_a_candidate_and_on_forces_it(tiny_checkpoint: Path, tmp_pat
         return run_equalize(loaded.model, loaded.config, scheme, stage, calibration, out, lambda _: 20.0)
 
     auto = run("auto")
-    assert {"off", "0.5", "rotate"} <= set(auto["simulated_sqnr_db"])
+    seeds = {"rotate", "rotate@1", "rotate@2"}  # rotation_seeds: 3 random rotations by default
+    assert {"off", "0.5"} | seeds <= set(auto["simulated_sqnr_db"])
     forced = run("on", rotate="on", equalize="off")
     assert forced["rotation"]["values"] == 1 and forced["rotation"]["residual"], forced
-    assert forced["alpha"] is None and set(forced["simulated_sqnr_db"]) == {"off"}
+    scores = forced["simulated_sqnr_db"]
+    assert forced["alpha"] is None and set(scores) == {"off"} | seeds
+    # the rotation folded is the seed the simulator scored best ("off": that rotation, no scales)
+    best = max(seeds, key=lambda k: scores[k])
+    assert rotation_key(forced["rotation"]["seed"]) == best and scores["off"] == scores[best]
     rotated = load(checkpoint=tmp_path / "on")
     assert rotated.config.rotation is not None and rotated.config.rotation.fc2_hadamard
     x = torch.from_numpy(calibration[:4])
