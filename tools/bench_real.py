@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -238,7 +239,7 @@ def run_backend(
     artifacts: dict[str, Path] = {}
 
     def attempt(method: str, make: Callable[[Path], Path]) -> dict[str, Any]:
-        out = work / backend / method.replace(" ", "-")
+        out = work / backend / re.sub(r"[^A-Za-z0-9_.-]+", "-", method)
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
         row: dict[str, Any] = {**base, "method": method}

@@ -54,7 +54,9 @@ def _nncf(onnx_path: Path, calibration: np.ndarray, out: Path, transformer: bool
     import nncf
     import openvino as ov
 
-    model = ov.convert_model(str(onnx_path))
+    from edgevit.targets.openvino import convert_onnx
+
+    model = convert_onnx(onnx_path)
     samples = _samples(calibration)
     logging.getLogger("nncf").setLevel(logging.ERROR)
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):

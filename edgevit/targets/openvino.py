@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,20 @@ class OvRunner(Runner):
 
     def _close(self) -> None:
         self._session = None
+
+
+def convert_onnx(onnx_path: Path) -> Any:
+    """``ov.convert_model`` of an ONNX file wherever it lies: OpenVINO's converter splits its path at
+    commas (a list of inputs), so a path with one is read through a symlink to its folder (the
+    external data files beside it stay reachable)."""
+    import openvino as ov
+
+    if "," not in str(onnx_path):
+        return ov.convert_model(str(onnx_path))
+    with tempfile.TemporaryDirectory(prefix="edgevit-ov-") as tmp:
+        link = Path(tmp) / "model"
+        os.symlink(onnx_path.resolve().parent, link, target_is_directory=True)
+        return ov.convert_model(str(link / onnx_path.name))
 
 
 def float_ops(model: Any, q: QuantizeStage) -> list[str]:
@@ -151,7 +167,7 @@ class OvTarget(Target):
         self.require()
         import openvino as ov
 
-        model = ov.convert_model(str(request.onnx_path))
+        model = convert_onnx(request.onnx_path)
         out = workdir / self.artifact_name
         if request.precision == "int8":
             model = self._quantize(model, request)

@@ -76,3 +76,18 @@ def test_default_alpha_is_edgevits_not_nncfs(tiny_checkpoint, tiny_onnx, inputs,
     assert scales["default"].shape != scales["nncf"].shape or not np.allclose(
         scales["default"], scales["nncf"]
     )
+
+
+def test_a_build_path_with_a_comma_converts(tiny_checkpoint, tiny_onnx, tmp_path) -> None:
+    """OpenVINO's converter splits a path at commas; the target reads such a path all the same."""
+    import shutil
+
+    folder = tmp_path / "run (a, b)"
+    folder.mkdir()
+    onnx_path = folder / "model.onnx"
+    shutil.copyfile(tiny_onnx, onnx_path)
+    config = load(checkpoint=tiny_checkpoint).config
+    out = folder / "ov"
+    out.mkdir()
+    artifact = TARGETS.get("openvino").lower(LowerRequest(onnx_path, "fp32", config, {}, None, None), out)
+    assert artifact.exists() and artifact.with_suffix(".bin").exists()
