@@ -14,6 +14,7 @@ gets it.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -127,6 +128,30 @@ def rotation_key(seed: int) -> str:
     return ROTATE if seed == 0 else f"{ROTATE}@{seed}"
 
 
+def _scorer(
+    model: nn.Module, scheme: Int8Scheme, calibration: np.ndarray, scope: Scope
+) -> Callable[[nn.Module], float]:
+    """The simulated INT8 logit SQNR of a candidate (a folded copy of ``model``) against ``model``'s
+    float outputs on the calibration images."""
+    reference = logits_of(model.eval(), calibration, BATCH)
+
+    def score(candidate: nn.Module) -> float:
+        simulated = simulate(candidate, scheme, calibration, scope)
+        return sqnr_db(reference, logits_of(simulated, calibration, BATCH))
+
+    return score
+
+
+def _rotation_scores(model: nn.Module, score: Callable[[nn.Module], float], seeds: int) -> dict[str, float]:
+    """``score`` of ``model`` rotated with each of seeds 0..``seeds``-1, by candidate name."""
+    scores = {}
+    for seed in range(seeds):
+        candidate = copy.deepcopy(model)
+        rotate_model(candidate, seed=seed)
+        scores[rotation_key(seed)] = score(candidate)
+    return scores
+
+
 @torch.no_grad()
 def choose_alpha(
     model: nn.Module,
@@ -142,25 +167,16 @@ def choose_alpha(
     sweep does, without a build per candidate. With ``rotate``, the rotated model
     (:func:`edgevit.quant.rotate.rotate`, the best of ``seeds`` random rotations) is one more
     candidate, under the same margin. ``scope``: the target's, as in the recipe."""
-    reference = logits_of(model.eval(), calibration, BATCH)
-
-    def score(candidate: nn.Module) -> float:
-        simulated = simulate(candidate, scheme, calibration, scope)
-        return sqnr_db(reference, logits_of(simulated, calibration, BATCH))
-
+    score = _scorer(model, scheme, calibration, scope)
     scores = {"off": score(model)}
     stats = activation_stats(model, calibration)  # of the unequalized model: the same for every alpha
     for alpha in alphas:
         candidate = copy.deepcopy(model)
         equalize(candidate, calibration, alpha, stats)
         scores[f"{alpha:g}"] = score(candidate)
-    rotations: dict[str, int] = {}
+    rotations = {rotation_key(seed): seed for seed in range(seeds)} if rotate else {}
     if rotate:
-        for seed in range(seeds):
-            candidate = copy.deepcopy(model)
-            rotate_model(candidate, seed=seed)
-            rotations[rotation_key(seed)] = seed
-            scores[rotation_key(seed)] = score(candidate)
+        scores.update(_rotation_scores(model, score, seeds))
     best = max(scores, key=lambda k: scores[k])
     if scores[best] < scores["off"] + MARGIN_DB:
         best = "off"  # a gain this small on the calibration images does not carry to other images
@@ -177,12 +193,6 @@ def best_rotation(
     calibration images, and each seed's simulated SQNR (``rotate: on``: rotated whatever it costs)."""
     if seeds == 1:
         return 0, {}
-    reference = logits_of(model.eval(), calibration, BATCH)
-    scores = {}
-    for seed in range(seeds):
-        candidate = copy.deepcopy(model)
-        rotate_model(candidate, seed=seed)
-        simulated = simulate(candidate, scheme, calibration, scope)
-        scores[rotation_key(seed)] = round(sqnr_db(reference, logits_of(simulated, calibration, BATCH)), 2)
+    scores = _rotation_scores(model, _scorer(model, scheme, calibration, scope), seeds)
     best = max(range(seeds), key=lambda s: scores[rotation_key(s)])
-    return best, scores
+    return best, {k: round(v, 2) for k, v in scores.items()}

@@ -75,11 +75,11 @@ class Int8Scheme:
     @property
     def tag(self) -> str:
         """A short name for the grid, e.g. ``onnxruntime-w8`` (targets with the same grid share it)."""
-        smooth = "" if self.smooth_alpha is None else f"-sq{self.smooth_alpha:g}"
-        smooth += "-u8" if self.weight_unsigned else ""
-        smooth += "-dynamic" if self.dynamic_rows else ""
+        extra = "" if self.smooth_alpha is None else f"-sq{self.smooth_alpha:g}"
+        extra += "-u8" if self.weight_unsigned else ""
+        extra += "-dynamic" if self.dynamic_rows else ""
         saturating = "-i16" if self.saturates else ""
-        return f"{self.backend}-w{self.weight_bits}{'' if self.per_channel else '-per-tensor'}{smooth}{saturating}"
+        return f"{self.backend}-w{self.weight_bits}{'' if self.per_channel else '-per-tensor'}{extra}{saturating}"
 
     @property
     def weight_qmax(self) -> float:

@@ -34,7 +34,14 @@ from edgevit.fileio import atomic_write_json
 from edgevit.models.config import ModelConfig
 from edgevit.models.load import load, save
 from edgevit.models.rotation import float_transforms
-from edgevit.quant.equalize import MARGIN_DB, EqualizedPair, best_rotation, choose_alpha, equalize
+from edgevit.quant.equalize import (
+    MARGIN_DB,
+    EqualizedPair,
+    best_rotation,
+    choose_alpha,
+    equalize,
+    rotation_key,
+)
 from edgevit.quant.rotate import Rotation, rotate
 from edgevit.quant.scheme import Int8Scheme
 from edgevit.quant.simulate import Scope
@@ -166,7 +173,7 @@ def run_equalize(
     seed = seed if forced else choice.rotate_seed
     folded, out_config, rotation, pairs = _folded(model, config, calibration, rotated, alpha, seed)
     _write(folded, out_config, out_dir)
-    chosen = f"{alpha:g}" if alpha is not None else ("rotate" if choice.rotate else None)
+    chosen = f"{alpha:g}" if alpha is not None else (rotation_key(seed) if choice.rotate else None)
     measured: dict[str, float] | None = None
     reason = note = None
     if chosen is not None and measure is not None:
