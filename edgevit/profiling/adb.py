@@ -388,13 +388,20 @@ class AdbTransport(Transport):
             f"if [ $i -ge {wait} ]; then echo busy: $(cat {LOCK_DIR}/holder 2>/dev/null); exit 3; fi; "
             f"i=$((i+1)); sleep 1; done; date +%s > {LOCK_DIR}/since; echo {holder} > {LOCK_DIR}/holder"
         )
-        code, out = self._shell(take, wait + 60, "lock")
+        # The token counts as held from before the phone writes it: another thread of this process
+        # that reads the holder file between the phone's mkdir and our return must not break it.
+        _HELD.add(token)
+        try:
+            code, out = self._shell(take, wait + 60, "lock")
+        except BaseException:
+            _HELD.discard(token)
+            raise
         if code != 0:
+            _HELD.discard(token)
             raise ProfileError(
                 f"{self.description} is busy: another profile holds its lock ({out.strip()[:200]})",
                 f"wait for it, or raise android.lock_timeout_s ({wait:g} s)",
             )
-        _HELD.add(token)
         try:
             # Holding the lock, no other profile runs here: any run directory is a failed run's.
             self._shell(f"rm -rf {DEVICE_TMP}/edgevit-run-*", 60, "setup")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ import pytest
 from edgevit.cli import main
 from edgevit.devices import AndroidSettings
 from edgevit.profiling import ProfileError, profile
-from edgevit.profiling.adb import AdbTransport, binary_abi
+from edgevit.profiling.adb import LOCK_DIR, AdbTransport, binary_abi
 from edgevit.profiling.benchmark_log import BenchmarkLogError, parse
 from edgevit.profiling.transport import AgentRun
 
@@ -176,8 +177,11 @@ def test_every_failure_is_one_line_and_writes_nothing(
     _fails(args, capsys, "adb not found", out)
 
 
-def test_two_profiles_at_once_take_turns(fake_phone, tiny_tflite: Path) -> None:
+def test_two_profiles_at_once_take_turns(fake_phone, tiny_tflite: Path, monkeypatch) -> None:
     results: list[object] = []
+    # The phone has taken the first profile's lock, but adb has not answered yet when the second
+    # profile looks for a dead lock: it must not take the live one for dead.
+    monkeypatch.setenv("FAKE_ADB_LOCK_LAG_S", "1.5")
 
     def one() -> None:
         try:
@@ -188,12 +192,16 @@ def test_two_profiles_at_once_take_turns(fake_phone, tiny_tflite: Path) -> None:
     threads = [threading.Thread(target=one) for _ in range(2)]
     for t in threads:
         t.start()
+        time.sleep(0.5)
     for t in threads:
         t.join()
+    monkeypatch.delenv("FAKE_ADB_LOCK_LAG_S")
     assert results == [True, True] and fake_phone.leftovers() == []
     # the runs did not overlap on the phone: each started after the other ended
     events = [line.split() for line in (fake_phone.root / "runs.log").read_text().splitlines()]
     assert [kind for kind, _ in events] == ["start", "end", "start", "end"]
+    shell = (fake_phone.root / "shell.log").read_text().splitlines()
+    assert sum(line.startswith(f"( rm -rf {LOCK_DIR} )") for line in shell) == 2  # no live lock broken
     assert float(events[2][1]) >= float(events[1][1])
 
     (fake_phone.tmp / "edgevit.lock").mkdir()  # another host's profile holds the phone

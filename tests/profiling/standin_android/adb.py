@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(os.environ["FAKE_ADB_ROOT"])
@@ -62,9 +63,12 @@ def main(argv: list[str]) -> int:
         return 0
     if cmd == "shell":
         env = {**os.environ, "PATH": f"{HERE}:{os.environ.get('PATH', '')}"}
-        proc = subprocess.run(
-            ["sh", "-c", device_path(" ".join(rest))], env=env, capture_output=True, text=True
-        )
+        command = " ".join(rest)
+        proc = subprocess.run(["sh", "-c", device_path(command)], env=env, capture_output=True, text=True)
+        if "mkdir" in command and "edgevit.lock" in command:  # USB latency after the lock is taken
+            time.sleep(float(os.environ.get("FAKE_ADB_LOCK_LAG_S", "0")))
+        with open(ROOT / "shell.log", "a") as log:  # what ran, for the tests that read it
+            log.write(command.replace("\n", " ") + "\n")
         sys.stdout.write(proc.stdout.replace(str(ROOT), ""))  # paths as the device names them
         sys.stderr.write(proc.stderr.replace(str(ROOT), ""))
         return proc.returncode
