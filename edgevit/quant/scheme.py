@@ -71,6 +71,10 @@ class Int8Scheme:
     # grid over that row's [min(lo, 0), max(hi, 0)] (XNNPACK's qd8 kernels and TFLite's hybrid
     # kernel alike), an image at a time for a Conv; the output stays float.
     dynamic_rows: bool = False
+    # How the static grid of each weighted layer's input is set from calibration: "minmax" its
+    # global min and max; "mse" that range shrunk by the factor of least squared error on the
+    # calibration images (``edgevit.quant.ranges``; ``options.input_ranges`` of the QDQ targets).
+    input_ranges: Literal["minmax", "mse"] = "minmax"
 
     @property
     def tag(self) -> str:
@@ -78,6 +82,7 @@ class Int8Scheme:
         extra = "" if self.smooth_alpha is None else f"-sq{self.smooth_alpha:g}"
         extra += "-u8" if self.weight_unsigned else ""
         extra += "-dynamic" if self.dynamic_rows else ""
+        extra += "-mse" if self.input_ranges == "mse" else ""
         saturating = "-i16" if self.saturates else ""
         return f"{self.backend}-w{self.weight_bits}{'' if self.per_channel else '-per-tensor'}{extra}{saturating}"
 
@@ -176,6 +181,7 @@ def onnxruntime_scheme(
     int16_pairs: bool = False,
     outputs: bool = True,
     unsigned_weights: bool = False,
+    input_ranges: Literal["minmax", "mse"] = "minmax",
 ) -> Int8Scheme:
     """ONNX Runtime's static QDQ: asymmetric UINT8 activations, symmetric INT8 weights (UINT8 ones,
     zero point 128, with ``unsigned_weights``); with ``int16_pairs``, MLAS's x86 kernels without VNNI
@@ -189,6 +195,7 @@ def onnxruntime_scheme(
         quantize_outputs=outputs,
         int16_pairs=int16_pairs,
         weight_unsigned=unsigned_weights,
+        input_ranges=input_ranges,
     )
 
 
@@ -248,8 +255,10 @@ def coreml_scheme(per_channel: bool = True) -> Int8Scheme:
     )
 
 
-def tensorrt_scheme(per_channel: bool = True, outputs: bool = True) -> Int8Scheme:
+def tensorrt_scheme(
+    per_channel: bool = True, outputs: bool = True, input_ranges: Literal["minmax", "mse"] = "minmax"
+) -> Int8Scheme:
     """TensorRT explicit quantization: symmetric INT8 activations and weights (a GPU accumulates in
     int32, so never 7-bit); the Q/DQ come from the same ONNX Runtime quantizer, outputs included
     unless ``outputs`` is off (``quantize.linear_outputs: float``)."""
-    return Int8Scheme("tensorrt", True, 8, per_channel, quantize_outputs=outputs)
+    return Int8Scheme("tensorrt", True, 8, per_channel, quantize_outputs=outputs, input_ranges=input_ranges)

@@ -22,6 +22,7 @@ from torch.utils.hooks import RemovableHandle
 from edgevit.models.rotation import FloatLinear
 from edgevit.models.vit_plus import MatMul
 from edgevit.quant.outliers import outlier_pairs
+from edgevit.quant.ranges import RangeSearch
 from edgevit.quant.saturation import can_saturate, layer_excess
 from edgevit.quant.scheme import Int8Scheme
 
@@ -346,6 +347,24 @@ class Simulation:
             )
             if self.scheme.head_range_over_tokens:
                 self._head_range_over_tokens(model, calibration, batch)
+            if self.scheme.input_ranges == "mse" and not self.scheme.dynamic_rows:
+                self._search_input_ranges(model, calibration, batch)
+
+    def _search_input_ranges(self, model: nn.Module, calibration: np.ndarray, batch: int) -> None:
+        """Shrink each weighted layer's input range by its factor of least squared error on the
+        calibration images (``edgevit.quant.ranges``), on the float model, as the QDQ targets do."""
+        search = RangeSearch(self.scheme)
+        handles = [
+            model.get_submodule(name).register_forward_pre_hook(
+                lambda _m, a, n=name: search.add(n, a[0], *self.inputs[n][0])
+            )
+            for name in self.layers
+            if _weight(model, name) is not None and 0 in self._which[name]
+        ]
+        run_calibration(model, calibration, handles, batch)
+        for name, factor in search.best().items():
+            lo, hi = self.inputs[name][0]
+            self.inputs[name] = [(lo * factor, hi * factor), *self.inputs[name][1:]]
 
     def _head_range_over_tokens(self, model: nn.Module, calibration: np.ndarray, batch: int) -> None:
         """Set the classifier's input range to the final norm's over every token (see

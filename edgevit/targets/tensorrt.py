@@ -145,7 +145,11 @@ class TensorrtTarget(QdqTarget):
     def int8_scheme(self, request: LowerRequest) -> Int8Scheme | None:
         if request.precision != "int8" or request.quantize is None:
             return None
-        return tensorrt_scheme(request.quantize.per_channel, request.quantize.linear_outputs == "int8")
+        return tensorrt_scheme(
+            request.quantize.per_channel,
+            request.quantize.linear_outputs == "int8",
+            QdqOptions.model_validate(request.options).input_ranges,
+        )
 
     def lower(self, request: LowerRequest, workdir: Path) -> Path:
         self.require()

@@ -36,6 +36,8 @@ CASES = [
     ("onnxruntime", {"reduce_range": False}, 0.5),  # UINT8 weights where the CPU would saturate INT8 ones
     ("onnxruntime", {"reduce_range": True, "unsigned_weights": False}, 0.5),
     ("tensorrt", {}, 0.5),
+    ("onnxruntime", {"input_ranges": "mse"}, 0.5),  # ranges shrunk by the least-error factor
+    ("tensorrt", {"input_ranges": "mse"}, 0.5),
     ("openvino", {}, 1.5),
     ("openvino", {"reduce_range": False}, 1.5),
     ("tflite", {}, 1.5),

@@ -1,0 +1,55 @@
+"""``options.input_ranges: mse`` on the QDQ targets: the artifact's input scales shrink by the
+factors the INT8 simulator chose for the same layers on the same images."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from edgevit.models.load import load
+from edgevit.quant.outliers import add_outliers
+from edgevit.quant.ranges import RANGE_FACTORS
+from edgevit.quant.simulate import Scope, simulation
+from edgevit.recipe.schema import QuantizeStage
+from edgevit.stages.export import export_onnx
+from edgevit.targets import TARGETS, LowerRequest
+from edgevit.targets.qdq_ranges import input_grids
+
+pytest.importorskip("onnxruntime")
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "tensorrt"])
+def test_artifact_scales_follow_the_simulators_factors(
+    backend: str, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    loaded = load(checkpoint=tiny_checkpoint)
+    model = copy.deepcopy(loaded.model).eval()
+    add_outliers(model, channels=2, seed=0)  # a few large channels: ranges worth shrinking
+    onnx_path = export_onnx(model, loaded.config.input_size, tmp_path / "model.onnx")
+    calibration = np.random.default_rng(1).uniform(-1, 1, (32, 3, 32, 32)).astype(np.float32)
+    stage = QuantizeStage(stage="quantize", calibration_batch=8, equalize="off", rotate="off")
+    target = TARGETS.get(backend)
+    scales, factors = {}, {}
+    for ranges in ("minmax", "mse"):
+        request = LowerRequest(onnx_path, "int8", loaded.config, {"input_ranges": ranges}, stage, calibration)
+        out = tmp_path / ranges
+        out.mkdir()
+        graph = onnx.load(str(target.lower(request, out)))
+        inits = {i.name: float(numpy_helper.to_array(i).reshape(-1)[0]) for i in graph.graph.initializer}
+        scales[ranges] = [inits[g.scale] for g in input_grids(graph)]
+        scheme = target.int8_scheme(request)
+        assert scheme is not None and scheme.input_ranges == ranges
+        sim = simulation(model, scheme, calibration, Scope.of(stage))
+        factors[ranges] = [sim.inputs[n][0][1] for n in sim.layers]  # each layer's calibrated high end
+    simulated = [mse / plain for mse, plain in zip(factors["mse"], factors["minmax"], strict=True)]
+    built = [mse / plain for mse, plain in zip(scales["mse"], scales["minmax"], strict=True)]
+    assert len(built) == len(simulated) == 5  # qkv, proj, fc1, fc2 and the head
+    assert any(f < 0.99 for f in built), built  # the outlier channels' layers were clipped
+    for b, s in zip(built, simulated, strict=True):
+        assert min(RANGE_FACTORS, key=lambda f: abs(f - b)) == pytest.approx(b, rel=1e-5)
+        assert b == pytest.approx(s, rel=1e-5)
