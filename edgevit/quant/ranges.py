@@ -8,7 +8,7 @@ images (on the float model, each tensor on its own) is kept, 1 (min/max) on a ti
 
 One rule for both sides: the INT8 simulator searches its ranges with :class:`RangeSearch`, and the
 QDQ targets search the scales of the artifact they built with the same class on the same images
-(``edgevit.targets.qdq_ranges``), so what the simulator chooses with is what the artifact runs.
+(``edgevit.targets.input_ranges``), so what the simulator chooses with is what the artifact runs.
 """
 
 from __future__ import annotations

@@ -204,6 +204,7 @@ def openvino_scheme(
     per_channel: bool = True,
     smooth_alpha: float | None = 0.5,
     int16_pairs: bool = False,
+    input_ranges: Literal["minmax", "mse"] = "minmax",
 ) -> Int8Scheme:
     """NNCF's transformer preset: asymmetric UINT8 at the MatMul inputs only (outputs stay float),
     symmetric weights (7-bit with its overflow fix), SmoothQuant at ``smooth_alpha`` (None: off);
@@ -220,6 +221,7 @@ def openvino_scheme(
         attention="fused",
         int16_pairs=int16_pairs,
         conv_channel_block=4,
+        input_ranges=input_ranges,
     )
 
 

@@ -9,7 +9,7 @@ import io
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -21,12 +21,12 @@ from edgevit.targets.base import INPUT_NAME, LowerRequest, Runner, Target
 from edgevit.targets.calibration import batches_per_pass, calibration_batches, memory_bounded_batch
 from edgevit.targets.cpu import CpuInt8Options, int16_pairs, seven_bit_weights, weight_bits
 from edgevit.targets.graph import nodes_of_layers, quantizable_nodes, scale_activations
-from edgevit.targets.qdq_ranges import search_input_ranges
+from edgevit.targets.input_ranges import InputRangeOptions, search_qdq_ranges
 
 QUANTIZED_OP_TYPES = ["MatMul", "Gemm", "Conv"]
 
 
-class QdqOptions(BaseModel):
+class QdqOptions(InputRangeOptions):
     """``targets[].options`` of the QDQ ONNX backends (onnxruntime, tensorrt)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -36,14 +36,6 @@ class QdqOptions(BaseModel):
         description="int8: multiply the calibrated input scale of these layers (module paths, e.g. "
         "blocks.1.mlp.fc1) by a factor: widen a clipping range by hand, or damage a layer on purpose "
         "to test that gates and `edgevit compare` catch it",
-    )
-
-    input_ranges: Literal["minmax", "mse"] = Field(
-        default="minmax",
-        description="int8: how each Linear (and Conv) input's per-tensor range is set from the calibration "
-        "images: minmax, their global min and max; mse, that range shrunk by the factor (1 to 0.2) that "
-        "leaves the least squared error (edgevit.quant.ranges; the INT8 simulator models it). Measured on "
-        "DINOv2 ViT-S/14: +0.8 dB of feature SQNR on ONNX Runtime's and TensorRT's grids (README)",
     )
 
     @field_validator("activation_scale_factors")
@@ -242,7 +234,7 @@ def quantize_qdq(
                 },
             )
         if scheme.input_ranges == "mse":
-            search_input_ranges(out, prepared, calibration_batches(request, batch), scheme)
+            search_qdq_ranges(out, prepared, calibration_batches(request, batch), scheme)
     except Exception as exc:  # the quantizer raises bare exceptions of many kinds
         raise LoweringError(f"ONNX Runtime quantization failed: {type(exc).__name__}: {exc}") from exc
     finally:

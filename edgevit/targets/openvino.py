@@ -21,6 +21,7 @@ from edgevit.targets.base import Availability, LowerRequest, Runner, Target
 from edgevit.targets.calibration import calibration_batches
 from edgevit.targets.cpu import CpuInt8Options, int16_pairs, seven_bit_weights, weight_bits
 from edgevit.targets.graph import nodes_of_layers
+from edgevit.targets.input_ranges import InputRangeOptions, search_openvino_ranges
 
 
 class OvRunner(Runner):
@@ -79,6 +80,10 @@ def float_ops(model: Any, q: QuantizeStage) -> list[str]:
     return names
 
 
+class OvOptions(CpuInt8Options, InputRangeOptions):
+    """``targets[].options`` of the openvino backend."""
+
+
 SMOOTH_QUANT_ALPHA = 0.5  # for the Linear layers' MatMuls; measured (see _advanced_parameters)
 
 
@@ -130,7 +135,7 @@ class OvTarget(Target):
     # 4: 7-bit weights on x86 CPUs without VNNI, none elsewhere; SmoothQuant alpha 0.5
     revision = 4
     calibration_methods = ("minmax", "percentile")
-    options_schema = CpuInt8Options
+    options_schema = OvOptions
 
     def int8_scheme(self, request: LowerRequest) -> Int8Scheme | None:
         q = request.quantize
@@ -139,18 +144,20 @@ class OvTarget(Target):
         alpha = SMOOTH_QUANT_ALPHA if q.smooth_quant_alpha is None else q.smooth_quant_alpha
         # NNCF quantizes weights per channel whatever the recipe's per_channel says
         return openvino_scheme(
-            seven_bit_weights(request),
+            seven_bit_weights(request, OvOptions),
             smooth_alpha=alpha if alpha >= 0 else None,
             int16_pairs=int16_pairs(request),
+            input_ranges=OvOptions.model_validate(request.options).input_ranges,
         )
 
     def parse_options(self, options: dict[str, Any], precision: str) -> BaseModel | None:
-        if "reduce_range" in options and precision != "int8":
-            raise ValueError(f"reduce_range is for int8 {self.name} targets, not {precision}")
-        return CpuInt8Options.model_validate(options)
+        int8_only = [k for k in ("reduce_range", "input_ranges") if k in options]
+        if int8_only and precision != "int8":
+            raise ValueError(f"{', '.join(int8_only)} is for int8 {self.name} targets, not {precision}")
+        return OvOptions.model_validate(options)
 
     def build_settings(self, request: LowerRequest) -> dict[str, Any]:
-        return weight_bits(request)
+        return weight_bits(request, OvOptions)
 
     def availability(self) -> Availability:
         avail = super().availability()
@@ -200,7 +207,7 @@ class OvTarget(Target):
         logging.getLogger("nncf").setLevel(logging.WARNING)
         try:
             with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-                return nncf.quantize(
+                quantized = nncf.quantize(
                     model,
                     nncf.Dataset(batches),
                     model_type=nncf.ModelType.TRANSFORMER,
@@ -210,6 +217,9 @@ class OvTarget(Target):
                 )
         except Exception as exc:
             raise LoweringError(f"NNCF quantization failed: {type(exc).__name__}: {exc}") from exc
+        if scheme.input_ranges == "mse":
+            search_openvino_ranges(quantized, batches, scheme)
+        return quantized
 
 
 from edgevit.targets import TARGETS  # noqa: E402

@@ -127,7 +127,7 @@ def test_shipped_default_recipes_exist() -> None:
         (
             lambda d: d["targets"][0].update(options={"mode": "static"}),
             r"targets\[0\]\.options: mode: unknown option "
-            r"\(valid: reduce_range, activation_scale_factors, input_ranges, unsigned_weights\)",
+            r"\(valid: reduce_range, input_ranges, activation_scale_factors, unsigned_weights\)",
         ),
         (
             lambda d: d["targets"][0].update(

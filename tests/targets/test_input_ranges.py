@@ -18,12 +18,24 @@ from edgevit.quant.simulate import Scope, simulation
 from edgevit.recipe.schema import QuantizeStage
 from edgevit.stages.export import export_onnx
 from edgevit.targets import TARGETS, LowerRequest
-from edgevit.targets.qdq_ranges import input_grids
+from edgevit.targets.input_ranges import fq_range, input_grids, openvino_input_quantizers
 
 pytest.importorskip("onnxruntime")
 
 
-@pytest.mark.parametrize("backend", ["onnxruntime", "tensorrt"])
+def _input_scales(backend: str, artifact: Path) -> list[float]:
+    """The high end of each weighted layer's input range in a built artifact, in graph order."""
+    if backend == "openvino":
+        import openvino as ov
+
+        model = ov.Core().read_model(str(artifact))
+        return [fq_range(fq)[1] for fq in openvino_input_quantizers(model).values()]
+    graph = onnx.load(str(artifact))
+    inits = {i.name: float(numpy_helper.to_array(i).reshape(-1)[0]) for i in graph.graph.initializer}
+    return [inits[g.scale] for g in input_grids(graph)]
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "tensorrt", "openvino"])
 def test_artifact_scales_follow_the_simulators_factors(
     backend: str, tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
@@ -39,9 +51,7 @@ def test_artifact_scales_follow_the_simulators_factors(
         request = LowerRequest(onnx_path, "int8", loaded.config, {"input_ranges": ranges}, stage, calibration)
         out = tmp_path / ranges
         out.mkdir()
-        graph = onnx.load(str(target.lower(request, out)))
-        inits = {i.name: float(numpy_helper.to_array(i).reshape(-1)[0]) for i in graph.graph.initializer}
-        scales[ranges] = [inits[g.scale] for g in input_grids(graph)]
+        scales[ranges] = _input_scales(backend, target.lower(request, out))
         scheme = target.int8_scheme(request)
         assert scheme is not None and scheme.input_ranges == ranges
         sim = simulation(model, scheme, calibration, Scope.of(stage))
