@@ -242,18 +242,22 @@ def tflite_dynamic_scheme(per_channel: bool = True) -> Int8Scheme:
     return Int8Scheme("tflite", False, 8, per_channel, folds_norms=True, attention="none", dynamic_rows=True)
 
 
-def coreml_scheme(per_channel: bool = True) -> Int8Scheme:
+def coreml_scheme(
+    per_channel: bool = True, outputs: bool = True, input_ranges: Literal["minmax", "mse"] = "minmax"
+) -> Int8Scheme:
     """coremltools W8A8: symmetric INT8 at each linear's input and output (after its bias; MIL's
-    ``linear`` carries it) but the model's own output, symmetric per-channel INT8 weights."""
+    ``linear`` carries it) but the model's own output, symmetric per-channel INT8 weights; without
+    ``outputs``, the linear outputs stay float (``quantize.linear_outputs: float``)."""
     return Int8Scheme(
         "coreml",
         True,
         8,
         per_channel,
-        quantize_outputs=True,
+        quantize_outputs=outputs,
         output_after_bias=True,
         head_output=False,
         attention="none",
+        input_ranges=input_ranges,
     )
 
 

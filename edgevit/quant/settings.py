@@ -137,7 +137,8 @@ class QuantizeStage(Strict):
             "int8: ONNX Runtime's and TensorRT's QDQ quantizes each Linear layer's output too (what "
             "fuses into QLinearMatMul); float: only its input and weight are INT8 (no Q/DQ after the "
             "MatMul). Measured on DINOv2 ViT-S/14: the outputs alone cost the features 23.4 dB of SQNR, "
-            "their per-tensor range spent on a few massive channels. TFLite's and Core ML's INT8 "
+            "their per-tensor range spent on a few massive channels. Core ML w8a8: float leaves out "
+            "the quantize/dequantize coremltools puts after each linear. TFLite's static INT8 "
             "fully-connected layers always give INT8 outputs; OpenVINO never quantizes them"
         ),
     )

@@ -40,6 +40,7 @@ from edgevit.quant.scheme import Int8Scheme, coreml_scheme
 from edgevit.targets.base import INPUT_NAME, OUTPUT_NAME, Availability, LowerRequest, Runner, Target
 from edgevit.targets.calibration import calibration_batches
 from edgevit.targets.coreml_mil import MilReference, load_program, quiet
+from edgevit.targets.input_ranges import InputRangeOptions, constant_weight, search_coreml_ranges
 
 Mode = Literal["none", "weights", "w8a8", "palettize4", "palettize6", "int4_block"]
 INT8_MODES = ("weights", "w8a8")
@@ -49,8 +50,8 @@ MODE_OS = {"none": 16, "weights": 16, "w8a8": 17, "palettize4": 18, "palettize6"
 _OS_LEVEL = {"iOS16": 16, "iOS17": 17, "iOS18": 18, "macOS13": 16, "macOS14": 17, "macOS15": 18}
 
 
-class CoremlOptions(BaseModel):
-    """``targets[].options`` of a coreml target."""
+class CoremlOptions(InputRangeOptions):
+    """``targets[].options`` of a coreml target (``input_ranges``: ``mode: w8a8`` only)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -183,6 +184,33 @@ def _calibrated_with(stats: dict[str, dict[str, float]]) -> Iterator[None]:
         ptq._get_activation_calibration_stats = original
 
 
+@contextlib.contextmanager
+def _linear_outputs(quantized: bool) -> Iterator[None]:
+    """Without ``quantized``, coremltools' pass that puts a quantize/dequantize pair after each
+    activation-quantized op leaves the linear ops out (their input and weight stay INT8; conv, add
+    and pooling keep theirs): what ``quantize.linear_outputs: float`` asks for."""
+    if quantized:
+        yield
+        return
+    from coremltools.converters.mil.mil.passes.defs.optimize_activation_quantization import (
+        insert_suffix_quantize_dequantize_pair as suffix,
+    )
+
+    original = suffix._try_match_and_transform_pattern
+
+    def skip_linear(self: Any, dequantize_op: Any, *args: Any) -> bool:
+        children = dequantize_op.outputs[0].child_ops
+        if children and children[0].op_type == "linear":
+            return False
+        return bool(original(self, dequantize_op, *args))
+
+    suffix._try_match_and_transform_pattern = skip_linear  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        suffix._try_match_and_transform_pattern = original  # type: ignore[method-assign]
+
+
 def _layer_ops(prog: Any, onnx_path: Path) -> dict[Any, str]:
     """{MIL op: module path} of the linear/conv ops with a weight (constant, or compressed by a
     constexpr op), named after the ONNX export's layers: both graphs run them in the same order
@@ -192,13 +220,7 @@ def _layer_ops(prog: Any, onnx_path: Path) -> dict[Any, str]:
     weighted = [
         op
         for op in prog.functions["main"].operations
-        if op.op_type in ("linear", "conv")
-        and op.inputs.get("weight") is not None
-        and op.inputs["weight"].op is not None
-        and (
-            op.inputs["weight"].op.op_type == "const"
-            or op.inputs["weight"].op.op_type.startswith("constexpr_")
-        )
+        if op.op_type in ("linear", "conv") and constant_weight(op)
     ]
     layers = weighted_layers(onnx_path)
     if len(weighted) != len(layers):
@@ -253,15 +275,22 @@ class CoremlTarget(Target):
     def int8_scheme(self, request: LowerRequest) -> Int8Scheme | None:
         if request.precision != "int8" or request.quantize is None:
             return None
-        if CoremlOptions.model_validate(request.options).resolved_mode("int8") != "w8a8":
+        options = CoremlOptions.model_validate(request.options)
+        if options.resolved_mode("int8") != "w8a8":
             return None  # weight-only INT8 computes in FP16: no activation grid
-        return coreml_scheme(request.quantize.per_channel)
+        return coreml_scheme(
+            request.quantize.per_channel, request.quantize.linear_outputs == "int8", options.input_ranges
+        )
 
     def parse_options(self, options: dict[str, Any], precision: str) -> BaseModel | None:
         parsed = CoremlOptions.model_validate(options)
         allowed = INT8_MODES if precision == "int8" else FLOAT_MODES
         if parsed.mode is not None and parsed.mode not in allowed:
             raise ValueError(f"mode {parsed.mode} is not for {precision}; use one of: {', '.join(allowed)}")
+        if "input_ranges" in options and parsed.resolved_mode(precision) != "w8a8":
+            raise ValueError(
+                "input_ranges sets the INT8 activation grids of mode w8a8; set mode: w8a8 or drop it"
+            )
         if precision == "fp32" and "float32_ops" in options:
             raise ValueError("float32_ops applies to FP16 compute; fp32 computes every op in float32")
         return parsed
@@ -370,21 +399,34 @@ class CoremlTarget(Target):
         )
         kept = _float_op_names(model._mil_program, request)
         if mode == "w8a8":
-            model = self._quantize_activations(model, request, ops, workdir, kept)
+            scheme = self.int8_scheme(request)
+            assert scheme is not None
+            model = self._quantize_activations(model, request, scheme, ops, workdir, kept)
         config = cto.OptimizationConfig(op_type_configs=dict.fromkeys(ops, weights), op_name_configs=kept)
         return cto.linear_quantize_weights(model, config)
 
     @staticmethod
     def _quantize_activations(
-        model: Any, request: LowerRequest, ops: list[str], workdir: Path, kept: dict[str, None]
+        model: Any,
+        request: LowerRequest,
+        scheme: Int8Scheme,
+        ops: list[str],
+        workdir: Path,
+        kept: dict[str, None],
     ) -> Any:
+        """INT8 activations at the inputs of ``ops`` (and at a linear's output unless ``scheme`` keeps
+        it float: ``quantize.linear_outputs: float``), on ranges calibrated on the MIL reference."""
         import coremltools.optimize.coreml as cto
+
+        def samples() -> Iterator[np.ndarray]:
+            return (batch[i : i + 1] for batch in calibration_batches(request) for i in range(len(batch)))
 
         float_package = workdir / "float.mlpackage"
         model.save(str(float_package))
         try:
-            samples = (batch[i : i + 1] for batch in calibration_batches(request) for i in range(len(batch)))
-            stats = activation_ranges(float_package, samples)
+            stats = activation_ranges(float_package, samples())
+            if scheme.input_ranges == "mse":
+                search_coreml_ranges(float_package, samples(), stats, ops, scheme, skip=kept)
         finally:
             import shutil
 
@@ -400,7 +442,7 @@ class CoremlTarget(Target):
         }
         configs.update(dict.fromkeys(ops, act))
         assert request.calibration is not None
-        with _calibrated_with(stats):
+        with _calibrated_with(stats), _linear_outputs(scheme.quantize_outputs):
             return cto.linear_quantize_activations(
                 model,
                 cto.OptimizationConfig(op_type_configs=configs, op_name_configs=kept),

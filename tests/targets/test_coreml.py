@@ -29,10 +29,16 @@ def build(
     calib: np.ndarray,
     options: dict | None = None,
     float_layers: list[str] | None = None,
+    linear_outputs: str = "int8",
 ) -> Path:
     cfg = load(checkpoint=ckpt).config
     stage = (
-        QuantizeStage(stage="quantize", calibration_batch=8, float_layers=float_layers or [])
+        QuantizeStage(
+            stage="quantize",
+            calibration_batch=8,
+            float_layers=float_layers or [],
+            linear_outputs=linear_outputs,
+        )
         if precision == "int8"
         else None
     )
@@ -115,6 +121,42 @@ def test_w8a8_quantizes_linear_inputs_not_norms_softmax_or_adds(packages, inputs
     assert acc.cosine > 0.99
 
 
+def _linear_output_quantizers(artifact: Path) -> int:
+    program, _ = load_program(artifact)
+    ops = program.functions["main"].operations
+    return sum(op.op_type == "quantize" and op.inputs["input"].op.op_type == "linear" for op in ops)
+
+
+def test_w8a8_with_float_linear_outputs_quantizes_only_their_inputs(
+    packages, tiny_checkpoint, tiny_onnx, inputs, reference, tmp_path
+) -> None:
+    """``quantize.linear_outputs: float``: no quantize/dequantize after a linear, its input and
+    weight still INT8, and the simulator's grid without them matches the artifact."""
+    import torch
+
+    from edgevit.check.layerwise import sqnr_db
+    from edgevit.quant.simulate import Scope, simulate
+
+    artifact = build(
+        tiny_checkpoint, tiny_onnx, tmp_path / "out", "int8", inputs, {"mode": "w8a8"}, None, "float"
+    )
+    assert _linear_output_quantizers(packages["w8a8"]) == 4  # qkv, proj, fc1, fc2 (the head's is the output)
+    assert _linear_output_quantizers(artifact) == 0
+    assert all("int8 input" in label for label in TARGET.describe(artifact)["ops"]["linear"])
+    loaded = load(checkpoint=tiny_checkpoint)
+    stage = QuantizeStage(stage="quantize", calibration_batch=8, linear_outputs="float")
+    request = LowerRequest(tiny_onnx, "int8", loaded.config, {"mode": "w8a8"}, stage, inputs[:8])
+    scheme = TARGET.int8_scheme(request)
+    assert scheme is not None and not scheme.quantize_outputs
+    with torch.no_grad():
+        simulated = simulate(loaded.model.eval(), scheme, inputs[:8], Scope.of(stage))(
+            torch.from_numpy(inputs)
+        )
+    built = sqnr_db(reference, run(artifact, inputs))
+    assert abs(sqnr_db(reference, simulated.numpy()) - built) < 1.5
+    assert built > sqnr_db(reference, run(packages["w8a8"], inputs))
+
+
 def test_float_layers_keep_float_weights_and_inputs(
     packages, tiny_checkpoint, tiny_onnx, inputs, tmp_path
 ) -> None:
@@ -153,6 +195,7 @@ def test_a_mode_that_needs_a_newer_os_raises_the_deployment_target(packages) -> 
         ("fp16", {"mode": "w8a8"}, "mode w8a8 is not for fp16"),
         ("int8", {"mode": "palettize4"}, "mode palettize4 is not for int8"),
         ("fp32", {"float32_ops": ["softmax"]}, "float32_ops applies to FP16"),
+        ("int8", {"input_ranges": "mse"}, "input_ranges sets the INT8 activation grids of mode w8a8"),
     ],
 )
 def test_options_are_checked_against_the_precision(precision, options, message) -> None:
