@@ -5,7 +5,7 @@ images and run by the same runners:
 
   onnxruntime  ort-dynamic (quantize_dynamic defaults), ort-static (quantize_static defaults)
   openvino     nncf-default (nncf.quantize defaults), nncf-transformer (model_type=TRANSFORMER)
-  tflite       aieq-static (ai-edge-quantizer's default static recipe, static_wi8_ai8)
+  tflite       aieq-static, aieq-dynamic (ai-edge-quantizer's static_wi8_ai8 and dynamic_wi8_afp32)
   every one    edgevit (the quantize stage's defaults), edgevit+prune+kd (digits-pruned-int8's
                prune + distill stages first; accuracy on digits, latency on the pruned ViT-Plus-base)
 

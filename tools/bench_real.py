@@ -8,7 +8,8 @@ backend:
 
   onnxruntime  fp32 | edgevit int8 | ort-dynamic | ort-static          (edgevit.bench.peers)
   openvino     fp32 (the IR) | edgevit int8 | nncf-default | nncf-transformer
-  tflite       fp32 (float .tflite) | edgevit int8 | aieq-static (ai-edge-quantizer, from it)
+  tflite       fp32 (float .tflite) | edgevit int8 | aieq-static, aieq-dynamic (ai-edge-quantizer's
+               static_wi8_ai8 and dynamic_wi8_afp32 recipes, from it)
   tensorrt     edgevit int8 (simulated: its Q/DQ ONNX run as fake quantization by ONNX Runtime)
                | modelopt-int8: ``modelopt.onnx.quantize`` at its defaults (calibration on the CPU),
                run in the separate venv ``.venv-modelopt`` (it pins its own onnxruntime), scored

@@ -79,26 +79,38 @@ def nncf_transformer(onnx_path: Path, calibration: np.ndarray, out: Path) -> Pat
     return _nncf(onnx_path, calibration, out, transformer=True)
 
 
-def aieq_static(float_tflite: Path, calibration: np.ndarray, out: Path) -> Path:
+def _aieq(float_tflite: Path, calibration: np.ndarray, out: Path, recipe_name: str) -> Path:
+    """ai-edge-quantizer at one of its own recipes (``recipe.<recipe_name>()``), calibrated on
+    ``calibration`` where the recipe quantizes activations statically."""
     from ai_edge_quantizer import quantizer, recipe
 
     from edgevit.targets.tflite import interpreter_class
 
     q = quantizer.Quantizer(str(float_tflite))
-    q.load_quantization_recipe(recipe.static_wi8_ai8())
-    signatures = interpreter_class()(model_path=str(float_tflite)).get_signature_list()
-    key = next(iter(signatures))
-    name = signatures[key]["inputs"][0]
+    q.load_quantization_recipe(getattr(recipe, recipe_name)())
     target = out / "model.tflite"
     with contextlib.redirect_stderr(io.StringIO()):
-        ranges = q.calibrate({key: [{name: x} for x in _samples(calibration)]})
+        ranges = None
+        if q.need_calibration:
+            signatures = interpreter_class()(model_path=str(float_tflite)).get_signature_list()
+            key = next(iter(signatures))
+            name = signatures[key]["inputs"][0]
+            ranges = q.calibrate({key: [{name: x} for x in _samples(calibration)]})
         q.quantize(ranges, enable_progress_report=False).export_model(str(target), overwrite=True)
     return target
+
+
+def aieq_static(float_tflite: Path, calibration: np.ndarray, out: Path) -> Path:
+    return _aieq(float_tflite, calibration, out, "static_wi8_ai8")
+
+
+def aieq_dynamic(float_tflite: Path, calibration: np.ndarray, out: Path) -> Path:
+    return _aieq(float_tflite, calibration, out, "dynamic_wi8_afp32")
 
 
 # backend -> {peer name: (quantizer, what it starts from: "onnx" or "tflite")}
 PEERS: dict[str, dict[str, tuple[PeerFn, str]]] = {
     "onnxruntime": {"ort-dynamic": (ort_dynamic, "onnx"), "ort-static": (ort_static, "onnx")},
     "openvino": {"nncf-default": (nncf_default, "onnx"), "nncf-transformer": (nncf_transformer, "onnx")},
-    "tflite": {"aieq-static": (aieq_static, "tflite")},
+    "tflite": {"aieq-static": (aieq_static, "tflite"), "aieq-dynamic": (aieq_dynamic, "tflite")},
 }
