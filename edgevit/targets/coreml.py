@@ -12,7 +12,9 @@ a newer OS raises it, and the report says so). Precisions and ``options.mode``:
 - ``fp32``: FP32 compute (the weights may be compressed with the same modes).
 - ``int8``: ``weights`` (default): per-channel symmetric INT8 Linear weights, FP16 compute;
   ``w8a8``: the same weights plus INT8 activations at the Linear inputs (and outputs, as
-  coremltools' activation patterns do), calibrated on the recipe's calibration set (iOS 17).
+  coremltools' activation patterns do, unless ``quantize.linear_outputs: float``), calibrated on
+  the recipe's calibration set (iOS 17; ``options.input_ranges: mse`` shrinks each input's range
+  by its factor of least error).
   The patch-embedding Conv joins with the quantize stage's ``patch_embed: true``. LayerNorm,
   Softmax, GELU and the residual Adds stay float.
 
