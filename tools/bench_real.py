@@ -14,7 +14,8 @@ backend:
                | modelopt-int8: ``modelopt.onnx.quantize`` at its defaults (calibration on the CPU),
                run in the separate venv ``.venv-modelopt`` (it pins its own onnxruntime), scored
                with the same runner; skipped, with the reason, where that venv is missing
-  coreml       edgevit int8, W8A8 (simulated on a host without Core ML)
+  coreml       edgevit int8, W8A8 | coremltools-w8a8 (coremltools' W8A8 passes at a global default
+               config, calibrated through the MIL reference; both simulated on a host without Core ML)
 
 "edgevit int8" is what a build makes at the recipe's settings (``edgevit.bench.edgevit_int8``:
 equalized where it helps, then lowered). Every artifact is scored on the evaluation set against
@@ -295,6 +296,10 @@ def run_backend(
         def peer(out: Path, quantizer: Any = quantizer, start: str = start) -> Path:
             if start == "onnx":
                 return on_a_copy(quantizer)(build.onnx, build.calibration, out)
+            if start == "mlpackage":  # Core ML has no fp32 row (nothing times it here): its FP16 build
+                (out / "float").mkdir()
+                float_package = target.lower(build.request("fp16"), out / "float")
+                return quantizer(float_package, build.calibration, out)
             if "fp32" not in artifacts:  # the float .tflite it starts from
                 raise RuntimeError(f"no float {start} to start from: the fp32 row did not build or run")
             return quantizer(artifacts["fp32"], build.calibration, out)

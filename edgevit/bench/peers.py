@@ -9,7 +9,12 @@ and the calibration images, and writes an artifact that edgevit's runner for tha
 - ``nncf-default``: ``nncf.quantize`` with its defaults (no model type).
 - ``nncf-transformer``: ``nncf.quantize(model_type=TRANSFORMER)``, otherwise defaults.
 - ``aieq-static``: ai-edge-quantizer's default static recipe, ``static_wi8_ai8`` (every op it
-  supports), calibrated with its own ``calibrate``.
+  supports), calibrated with its own ``calibrate``; ``aieq-dynamic``: its ``dynamic_wi8_afp32``.
+- ``coremltools-w8a8``: from the FP16 .mlpackage, coremltools' W8A8 as its documentation shows it:
+  ``linear_quantize_activations`` and ``linear_quantize_weights`` with a global
+  ``linear_symmetric`` config (every op type it quantizes). Its own calibration calls Core ML's
+  ``predict`` (macOS only), so the same global min/max statistics come from edgevit's MIL
+  reference evaluator instead (``edgevit.targets.coreml.activation_ranges``).
 """
 
 from __future__ import annotations
@@ -108,9 +113,30 @@ def aieq_dynamic(float_tflite: Path, calibration: np.ndarray, out: Path) -> Path
     return _aieq(float_tflite, calibration, out, "dynamic_wi8_afp32")
 
 
+def coremltools_w8a8(float_package: Path, calibration: np.ndarray, out: Path) -> Path:
+    from edgevit.targets.base import INPUT_NAME
+    from edgevit.targets.coreml import activation_ranges, calibrated_with
+    from edgevit.targets.coreml_mil import quiet
+
+    with quiet():
+        import coremltools as ct
+        import coremltools.optimize.coreml as cto
+
+        model = ct.models.MLModel(str(float_package), skip_model_load=True)
+        stats = activation_ranges(float_package, iter(_samples(calibration)))
+        config = cto.OptimizationConfig(global_config=cto.OpLinearQuantizerConfig(mode="linear_symmetric"))
+        with calibrated_with(stats):
+            model = cto.linear_quantize_activations(model, config, [{INPUT_NAME: calibration[:1]}])
+        model = cto.linear_quantize_weights(model, config)
+        target = out / "model.mlpackage"
+        model.save(str(target))
+    return target
+
+
 # backend -> {peer name: (quantizer, what it starts from: "onnx" or "tflite")}
 PEERS: dict[str, dict[str, tuple[PeerFn, str]]] = {
     "onnxruntime": {"ort-dynamic": (ort_dynamic, "onnx"), "ort-static": (ort_static, "onnx")},
     "openvino": {"nncf-default": (nncf_default, "onnx"), "nncf-transformer": (nncf_transformer, "onnx")},
     "tflite": {"aieq-static": (aieq_static, "tflite"), "aieq-dynamic": (aieq_dynamic, "tflite")},
+    "coreml": {"coremltools-w8a8": (coremltools_w8a8, "mlpackage")},
 }

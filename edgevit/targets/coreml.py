@@ -173,7 +173,7 @@ def activation_ranges(package: Path, samples: Iterator[np.ndarray]) -> dict[str,
 
 
 @contextlib.contextmanager
-def _calibrated_with(stats: dict[str, dict[str, float]]) -> Iterator[None]:
+def calibrated_with(stats: dict[str, dict[str, float]]) -> Iterator[None]:
     """Make coremltools' linear_quantize_activations use ``stats`` instead of calibrating through
     Core ML ``predict`` (macOS only). Its graph passes then run unchanged."""
     from coremltools.optimize.coreml import _post_training_quantization as ptq
@@ -444,7 +444,7 @@ class CoremlTarget(Target):
         }
         configs.update(dict.fromkeys(ops, act))
         assert request.calibration is not None
-        with _calibrated_with(stats), _linear_outputs(scheme.quantize_outputs):
+        with calibrated_with(stats), _linear_outputs(scheme.quantize_outputs):
             return cto.linear_quantize_activations(
                 model,
                 cto.OptimizationConfig(op_type_configs=configs, op_name_configs=kept),
