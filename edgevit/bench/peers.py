@@ -14,7 +14,7 @@ and the calibration images, and writes an artifact that edgevit's runner for tha
   ``linear_quantize_activations`` and ``linear_quantize_weights`` with a global
   ``linear_symmetric`` config (every op type it quantizes). Its own calibration calls Core ML's
   ``predict`` (macOS only), so the same global min/max statistics come from edgevit's MIL
-  reference evaluator instead (``edgevit.targets.coreml.activation_ranges``).
+  reference evaluator instead (``edgevit.targets.coreml_w8a8``).
 """
 
 from __future__ import annotations
@@ -115,15 +115,15 @@ def aieq_dynamic(float_tflite: Path, calibration: np.ndarray, out: Path) -> Path
 
 def coremltools_w8a8(float_package: Path, calibration: np.ndarray, out: Path) -> Path:
     from edgevit.targets.base import INPUT_NAME
-    from edgevit.targets.coreml import activation_ranges, calibrated_with
-    from edgevit.targets.coreml_mil import quiet
+    from edgevit.targets.coreml_mil import MilReference, quiet
+    from edgevit.targets.coreml_w8a8 import activation_ranges, calibrated_with
 
     with quiet():
         import coremltools as ct
         import coremltools.optimize.coreml as cto
 
         model = ct.models.MLModel(str(float_package), skip_model_load=True)
-        stats = activation_ranges(float_package, iter(_samples(calibration)))
+        stats = activation_ranges(MilReference(float_package), iter(_samples(calibration)))
         config = cto.OptimizationConfig(global_config=cto.OpLinearQuantizerConfig(mode="linear_symmetric"))
         with calibrated_with(stats):
             model = cto.linear_quantize_activations(model, config, [{INPUT_NAME: calibration[:1]}])
@@ -133,7 +133,7 @@ def coremltools_w8a8(float_package: Path, calibration: np.ndarray, out: Path) ->
     return target
 
 
-# backend -> {peer name: (quantizer, what it starts from: "onnx" or "tflite")}
+# backend -> {peer name: (quantizer, what it starts from: "onnx", "tflite" or "mlpackage")}
 PEERS: dict[str, dict[str, tuple[PeerFn, str]]] = {
     "onnxruntime": {"ort-dynamic": (ort_dynamic, "onnx"), "ort-static": (ort_static, "onnx")},
     "openvino": {"nncf-default": (nncf_default, "onnx"), "nncf-transformer": (nncf_transformer, "onnx")},

@@ -20,16 +20,15 @@ a newer OS raises it, and the report says so). Precisions and ``options.mode``:
 
 Core ML's ``predict`` exists only on macOS. Elsewhere the artifact is checked by
 :mod:`edgevit.targets.coreml_mil` (``simulated:mil-reference``); W8A8 calibration runs on the
-same evaluator, so it works on Linux too (coremltools' own calibration calls ``predict``).
+same evaluator (:mod:`edgevit.targets.coreml_w8a8`), so it works on Linux too (coremltools' own
+calibration calls ``predict``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import platform
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,9 +39,9 @@ from edgevit.devices import CoreMLSettings, DeviceProfile
 from edgevit.errors import LoweringError
 from edgevit.quant.scheme import Int8Scheme, coreml_scheme
 from edgevit.targets.base import INPUT_NAME, OUTPUT_NAME, Availability, LowerRequest, Runner, Target
-from edgevit.targets.calibration import calibration_batches
 from edgevit.targets.coreml_mil import MilReference, load_program, quiet
-from edgevit.targets.input_ranges import InputRangeOptions, constant_weight, search_coreml_ranges
+from edgevit.targets.coreml_w8a8 import quantize_activations
+from edgevit.targets.input_ranges import InputRangeOptions, constant_weight
 
 Mode = Literal["none", "weights", "w8a8", "palettize4", "palettize6", "int4_block"]
 INT8_MODES = ("weights", "w8a8")
@@ -148,69 +147,6 @@ class MilReferenceRunner(Runner):
 
     def _close(self) -> None:
         self._ref = None
-
-
-def activation_ranges(package: Path, samples: Iterator[np.ndarray]) -> dict[str, dict[str, float]]:
-    """Global min/max of every non-constant value of a program over ``samples`` (1 x C x H x W each),
-    in the form coremltools' activation quantization passes take."""
-    ref = MilReference(package)
-    stats: dict[str, dict[str, float]] = {}
-
-    def observe(name: str, value: np.ndarray) -> None:
-        if value.dtype.kind != "f" or value.size == 0:
-            return
-        lo, hi = float(np.min(value)), float(np.max(value))
-        old = stats.get(name)
-        stats[name] = (
-            {"rmin": lo, "rmax": hi}
-            if old is None
-            else {"rmin": min(lo, old["rmin"]), "rmax": max(hi, old["rmax"])}
-        )
-
-    for sample in samples:
-        ref.run({INPUT_NAME: sample}, observe)
-    return stats
-
-
-@contextlib.contextmanager
-def calibrated_with(stats: dict[str, dict[str, float]]) -> Iterator[None]:
-    """Make coremltools' linear_quantize_activations use ``stats`` instead of calibrating through
-    Core ML ``predict`` (macOS only). Its graph passes then run unchanged."""
-    from coremltools.optimize.coreml import _post_training_quantization as ptq
-
-    original = ptq._get_activation_calibration_stats
-    ptq._get_activation_calibration_stats = lambda *args, **kwargs: stats
-    try:
-        yield
-    finally:
-        ptq._get_activation_calibration_stats = original
-
-
-@contextlib.contextmanager
-def _linear_outputs(quantized: bool) -> Iterator[None]:
-    """Without ``quantized``, coremltools' pass that puts a quantize/dequantize pair after each
-    activation-quantized op leaves the linear ops out (their input and weight stay INT8; conv, add
-    and pooling keep theirs): what ``quantize.linear_outputs: float`` asks for."""
-    if quantized:
-        yield
-        return
-    from coremltools.converters.mil.mil.passes.defs.optimize_activation_quantization import (
-        insert_suffix_quantize_dequantize_pair as suffix,
-    )
-
-    original = suffix._try_match_and_transform_pattern
-
-    def skip_linear(self: Any, dequantize_op: Any, *args: Any) -> bool:
-        children = dequantize_op.outputs[0].child_ops
-        if children and children[0].op_type == "linear":
-            return False
-        return bool(original(self, dequantize_op, *args))
-
-    suffix._try_match_and_transform_pattern = skip_linear  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        suffix._try_match_and_transform_pattern = original  # type: ignore[method-assign]
 
 
 def _layer_ops(prog: Any, onnx_path: Path) -> dict[Any, str]:
@@ -403,53 +339,9 @@ class CoremlTarget(Target):
         if mode == "w8a8":
             scheme = self.int8_scheme(request)
             assert scheme is not None
-            model = self._quantize_activations(model, request, scheme, ops, workdir, kept)
+            model = quantize_activations(model, request, scheme, ops, workdir, kept)
         config = cto.OptimizationConfig(op_type_configs=dict.fromkeys(ops, weights), op_name_configs=kept)
         return cto.linear_quantize_weights(model, config)
-
-    @staticmethod
-    def _quantize_activations(
-        model: Any,
-        request: LowerRequest,
-        scheme: Int8Scheme,
-        ops: list[str],
-        workdir: Path,
-        kept: dict[str, None],
-    ) -> Any:
-        """INT8 activations at the inputs of ``ops`` (and at a linear's output unless ``scheme`` keeps
-        it float: ``quantize.linear_outputs: float``), on ranges calibrated on the MIL reference."""
-        import coremltools.optimize.coreml as cto
-
-        def samples() -> Iterator[np.ndarray]:
-            return (batch[i : i + 1] for batch in calibration_batches(request) for i in range(len(batch)))
-
-        float_package = workdir / "float.mlpackage"
-        model.save(str(float_package))
-        try:
-            stats = activation_ranges(float_package, samples())
-            if scheme.input_ranges == "mse":
-                search_coreml_ranges(float_package, samples(), stats, ops, scheme, skip=kept)
-        finally:
-            import shutil
-
-            shutil.rmtree(float_package, ignore_errors=True)
-        act = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_tensor")
-        # Only the chosen ops: coremltools would also quantize Add, pooling and the patch Conv.
-        configs: dict[str, Any] = {
-            "add": None,
-            "avg_pool": None,
-            "max_pool": None,
-            "conv": None,
-            "linear": None,
-        }
-        configs.update(dict.fromkeys(ops, act))
-        assert request.calibration is not None
-        with calibrated_with(stats), _linear_outputs(scheme.quantize_outputs):
-            return cto.linear_quantize_activations(
-                model,
-                cto.OptimizationConfig(op_type_configs=configs, op_name_configs=kept),
-                [{INPUT_NAME: request.calibration[:1]}],
-            )
 
     @staticmethod
     def _describe_model(model: Any, request: LowerRequest, mode: str, target: str, version: str) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeGuard
+from typing import TYPE_CHECKING, Any, Literal, TypeGuard
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -28,6 +28,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from edgevit.quant.ranges import RangeSearch
 from edgevit.quant.scheme import Int8Scheme
 from edgevit.targets.base import INPUT_NAME
+
+if TYPE_CHECKING:
+    from edgevit.targets.coreml_mil import MilReference
 
 
 class InputRangeOptions(BaseModel):
@@ -215,7 +218,7 @@ def _scale_fq(fq: Any, factor: float) -> None:
 
 
 def search_coreml_ranges(
-    package: Path,
+    reference: MilReference,
     samples: Iterable[np.ndarray],
     stats: dict[str, dict[str, float]],
     op_types: Sequence[str],
@@ -223,14 +226,11 @@ def search_coreml_ranges(
     skip: Collection[str] = (),
 ) -> dict[str, float]:
     """Shrink ``stats`` (coremltools' activation statistics, ``{var: {"rmin", "rmax"}}``, in place)
-    of the input of each ``op_types`` op with a constant weight in the float ML Program at
-    ``package`` (but the ops named in ``skip``, kept float) by its factor of least error over
+    of the input of each ``op_types`` op with a constant weight in the float ML Program that
+    ``reference`` runs (but the ops named in ``skip``, kept float) by its factor of least error over
     ``samples`` (1 x C x H x W each); returns the factor per input that changed."""
     import torch
 
-    from edgevit.targets.coreml_mil import MilReference
-
-    reference = MilReference(package)
     inputs = {
         op.inputs["x"].name
         for op in reference.ops
