@@ -17,4 +17,4 @@ if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 &
 fi
 echo "test: ruff"; .venv/bin/ruff check edgevit tests tools
 echo "test: mypy"; .venv/bin/mypy
-echo "test: pytest"; .venv/bin/python -m pytest -q "$@"
+echo "test: pytest"; .venv/bin/python -m pytest -q --durations=15 "$@"

@@ -99,12 +99,14 @@ def outlier_build(recipe_file: Path, work: Path, name: str) -> Path:
 def edgevit_int8(backend: str, request: LowerRequest, out: Path) -> tuple[Path, dict[str, Any] | None]:
     """What a build makes for an INT8 ``request`` on ``backend`` at its quantize stage's settings:
     equalized first (``equalize: auto``, where the grid is modelled; the simulator's strength
-    confirmed on the built artifact, as a build does), then lowered into ``out``.
-    Returns the artifact and the equalization record (None: not equalized)."""
+    confirmed on the built artifact, as a build does), its weights rounded by GPTQ
+    (``weight_rounding: gptq``), then lowered into ``out``. Returns the artifact and the
+    equalization record, with GPTQ's under ``gptq`` (None: neither ran)."""
     from dataclasses import replace
 
     from edgevit.models.load import load
     from edgevit.stages.equalize import artifact_sqnr, run_equalize, scheme_for, with_float_transforms
+    from edgevit.stages.gptq import rounded_request, run_gptq
     from edgevit.targets import TARGETS
 
     q = request.quantize
@@ -119,4 +121,11 @@ def edgevit_int8(backend: str, request: LowerRequest, out: Path) -> tuple[Path, 
         record = run_equalize(loaded.model, loaded.config, scheme, q, request.calibration, eq_dir, measure)
         request = replace(request, onnx_path=eq_dir / "model.onnx", checkpoint=eq_dir)
         with_float_transforms(request, record)
+    if q is not None and q.weight_rounding == "gptq" and scheme is not None and request.checkpoint:
+        assert request.calibration is not None
+        rounded_dir = out / "gptq"
+        rounded_dir.mkdir(parents=True, exist_ok=True)
+        rounded = run_gptq(request.checkpoint, scheme, q, request.calibration, rounded_dir)
+        request = rounded_request(request, rounded_dir, rounded)
+        record = {**(record or {}), "gptq": rounded}
     return TARGETS.get(backend).lower(request, out), record

@@ -21,6 +21,7 @@ from edgevit.pipeline.compression import Compression, Lowered
 from edgevit.pipeline.context import BuildContext, Log, _quiet
 from edgevit.pipeline.recovery import Recovery
 from edgevit.pipeline.reference import Evaluation, check_task_recipe, evaluation_set, load_reference
+from edgevit.pipeline.rounding import round_weights
 from edgevit.pipeline.targets import TargetChecker
 from edgevit.recipe.loader import load_recipe
 from edgevit.recipe.schema import Recipe, TargetSpec
@@ -134,6 +135,12 @@ class Build:
                 spec, request, low.model, low.config, low.weights_sha, calib_sha
             )
             onnx_sha = equalized_sha or onnx_sha
+        rounded = None
+        if q is not None and q.weight_rounding == "gptq" and spec.precision == "int8":
+            if r.qat() is None:
+                onnx_sha, rounded = round_weights(self.ctx, spec, request, onnx_sha, calib_sha)
+            else:
+                rounded = {"applied": False, "reason": "qat trains the weights against the grid instead"}
         on_demand = r.qat_on_demand() and spec.precision == "int8"
         if r.qat() is not None and spec.precision == "int8" and not on_demand:
             onnx_sha, trained = self.compression.qat(
@@ -150,6 +157,8 @@ class Build:
             )
         if equalized is not None:
             entry["equalization"] = equalized
+        if rounded is not None:
+            entry["gptq"] = rounded
         if trained is not None:
             entry["qat"] = trained
         return entry

@@ -186,6 +186,17 @@ class QuantizeStage(Strict):
             "basis move a real ViT's INT8 SQNR by about 0.5 dB)"
         ),
     )
+    weight_rounding: Literal["nearest", "gptq"] = Field(
+        default="nearest",
+        description=(
+            "nearest: each backend rounds every weight to its nearest INT8 level. gptq: edgevit rounds "
+            "the Linear weights first, onto each target's own grid, with GPTQ (each input column's "
+            "rounding error spread over the columns after it, weighted by the layer's input statistics "
+            "on the calibration images), and exports weights that already lie on that grid, so the "
+            "backend's quantizer keeps those levels (edgevit.quant.gptq; not with qat, which trains its "
+            "own, nor OpenVINO's SmoothQuant, which rescales weights after export)"
+        ),
+    )
     accuracy_budget: AccuracyBudget | None = Field(
         default=None, description="keep the most sensitive layers float until the budget is met"
     )

@@ -166,28 +166,34 @@ def channel_absmax(
 
 
 @torch.no_grad()
-def fold_norms(model: nn.Module) -> list[str]:
+def fold_norms(model: nn.Module, shifts: bool = True) -> list[str]:
     """Fold each block LayerNorm's γ/β into the Linear layers it feeds (``W·diag(γ)``, ``b + Wβ``),
-    in place, as the TFLite converter does; the function is unchanged. Returns the folded norms."""
+    in place, as the TFLite converter does; the function is unchanged. Returns the folded norms.
+    Without ``shifts`` only γ moves (β becomes β/γ, no bias is added: the model's parameters keep
+    their names; a norm with a zero γ is left as it is)."""
     folded = []
     for pair in outlier_pairs(model):
         norm = model.get_submodule(pair.norm)
         if not pair.norm.startswith("blocks.") or not isinstance(norm, nn.LayerNorm) or norm.weight is None:
             continue  # the final norm reaches the head through pooling: the converter keeps it
         gamma = norm.weight.double()
+        if not shifts and bool((gamma == 0).any()):
+            continue
         beta = norm.bias.double() if norm.bias is not None else torch.zeros_like(gamma)
         for name in pair.linears:
             lin = model.get_submodule(name)
             assert isinstance(lin, nn.Linear)
             shift = lin.weight.double() @ beta
             lin.weight.copy_((lin.weight.double() * gamma).to(lin.weight.dtype))
+            if not shifts:
+                continue
             if lin.bias is None:
                 lin.bias = nn.Parameter(shift.to(lin.weight.dtype))
             else:
                 lin.bias.copy_((lin.bias.double() + shift).to(lin.bias.dtype))
         norm.weight.fill_(1.0)
         if norm.bias is not None:
-            norm.bias.zero_()
+            norm.bias.copy_((beta / gamma if not shifts else torch.zeros_like(beta)).to(norm.bias.dtype))
         folded.append(pair.norm)
     return folded
 

@@ -186,39 +186,53 @@ def _measured(equalization: dict[str, Any]) -> str:
     return f"; {equalization['note']}" if equalization.get("note") else ""
 
 
-def _qat_lines(doc: dict[str, Any]) -> list[str]:
-    """The qat stage per INT8 target: the grid it trained against, simulated SQNR before and after,
-    the artifact against the original float model and against the one QAD made, time."""
-    trained = [t for t in doc["targets"] if t.get("qat")]
-    if not trained:
+def _step_section(
+    doc: dict[str, Any], key: str, title: str, describe: Callable[[dict[str, Any], dict[str, Any]], str]
+) -> list[str]:
+    """A per-target section of the INT8 steps recorded under ``key``: ``title``, then a line per
+    target (``describe(target, record)`` where it applied, why not where it did not)."""
+    entries = [t for t in doc["targets"] if t.get(key)]
+    if not entries:
         return []
-    lines = [
-        "",
-        "Quantization-aware distillation (qat stage; one run per INT8 grid, then each backend's own INT8):",
-        "",
-    ]
-    for t in trained:
-        q = t["qat"]
-        if not q.get("applied"):
-            lines.append(f"- **{t['name']}**: not applied ({q.get('reason')})")
-            continue
-        sim = q["simulated_sqnr_db"]
-        acc = t.get("accuracy") or {}
-        vs = acc.get("vs_qat_float") or {}
-        artifact = (
-            f"; artifact SQNR {acc['sqnr_db']:.1f} dB against the original float model, "
-            f"{vs['sqnr_db']:.1f} dB against QAD's own (float top-1 {q.get('float_top1')}%)"
-            if "sqnr_db" in acc and "sqnr_db" in vs
-            else ""
-        )
-        lines.append(
-            f"- **{t['name']}**: `{q['step']}` on the {q['scheme']['backend']} grid, {q['epochs']} epochs "
-            f"({q['seconds_this_run']} s, {q['images_per_second']} images/s, {q['processes']} process(es)); "
-            f"simulated INT8 SQNR {sim['before']} → {sim['after']} dB{artifact}; trained ranges within "
-            f"{100 * q['ranges']['max_relative_difference']:.2g}% of calibration's on the output"
-            f"{' (reused)' if q.get('reused') else ''}"
-        )
+    lines = ["", title, ""]
+    for t in entries:
+        record = t[key]
+        if not record.get("applied"):
+            lines.append(f"- **{t['name']}**: not applied ({record.get('reason')})")
+        else:
+            lines.append(f"- **{t['name']}**: {describe(t, record)}")
     return lines
+
+
+def _gptq_line(_target: dict[str, Any], g: dict[str, Any]) -> str:
+    """The gptq step of one INT8 target: how many Linear layers, their weight error before and after."""
+    db = g["weight_sqnr_db"]
+    return (
+        f"{g['layers']} Linear layers on {g['scheme']}; their outputs' error from the weights "
+        f"{db['nearest']:.1f} dB below them rounded to nearest, {db['gptq']:.1f} dB with GPTQ "
+        "(calibration images)"
+    )
+
+
+def _qat_line(t: dict[str, Any], q: dict[str, Any]) -> str:
+    """The qat stage of one INT8 target: the grid it trained against, simulated SQNR before and
+    after, the artifact against the original float model and against the one QAD made, time."""
+    sim = q["simulated_sqnr_db"]
+    acc = t.get("accuracy") or {}
+    vs = acc.get("vs_qat_float") or {}
+    artifact = (
+        f"; artifact SQNR {acc['sqnr_db']:.1f} dB against the original float model, "
+        f"{vs['sqnr_db']:.1f} dB against QAD's own (float top-1 {q.get('float_top1')}%)"
+        if "sqnr_db" in acc and "sqnr_db" in vs
+        else ""
+    )
+    return (
+        f"`{q['step']}` on the {q['scheme']['backend']} grid, {q['epochs']} epochs "
+        f"({q['seconds_this_run']} s, {q['images_per_second']} images/s, {q['processes']} process(es)); "
+        f"simulated INT8 SQNR {sim['before']} → {sim['after']} dB{artifact}; trained ranges within "
+        f"{100 * q['ranges']['max_relative_difference']:.2g}% of calibration's on the output"
+        f"{' (reused)' if q.get('reused') else ''}"
+    )
 
 
 def _device_lines(doc: dict[str, Any]) -> list[str]:
@@ -390,7 +404,19 @@ def render_markdown(doc: dict[str, Any]) -> str:
                 + ", ".join(f"{k} {v:.1f} dB" for k, v in e.get("simulated_sqnr_db", {}).items())
                 + _measured(e)
             )
-    lines += _qat_lines(doc)
+    lines += _step_section(
+        doc,
+        "gptq",
+        "GPTQ weight rounding (quantize.weight_rounding: gptq; onto each target's own weight grid, "
+        "which its quantizer then keeps):",
+        _gptq_line,
+    )
+    lines += _step_section(
+        doc,
+        "qat",
+        "Quantization-aware distillation (qat stage; one run per INT8 grid, then each backend's own INT8):",
+        _qat_line,
+    )
     failing = {g["target"] for g in doc["gates"] if not g["passed"]}
     compared = [t for t in doc["targets"] if (t.get("layerwise") or {}).get("layers")]
     if compared:

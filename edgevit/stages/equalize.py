@@ -132,7 +132,8 @@ def _folded(
     return folded, config, rotation, pairs
 
 
-def _write(model: nn.Module, config: ModelConfig, out_dir: Path) -> None:
+def write_model(model: nn.Module, config: ModelConfig, out_dir: Path) -> None:
+    """Save ``model`` with ``config`` into ``out_dir`` and export it to ONNX beside them."""
     save(model, config, out_dir)
     export_onnx(model, config.input_size, out_dir / "model.onnx")
 
@@ -172,7 +173,7 @@ def run_equalize(
     alpha, rotated = choice.alpha, forced or choice.rotate
     seed = seed if forced else choice.rotate_seed
     folded, out_config, rotation, pairs = _folded(model, config, calibration, rotated, alpha, seed)
-    _write(folded, out_config, out_dir)
+    write_model(folded, out_config, out_dir)
     chosen = f"{alpha:g}" if alpha is not None else (rotation_key(seed) if choice.rotate else None)
     measured: dict[str, float] | None = None
     reason = note = None
@@ -180,7 +181,7 @@ def run_equalize(
         try:
             if forced:  # the baseline is the rotated model without scales
                 with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=".rotated-") as plain:
-                    _write(base, out_config, Path(plain))
+                    write_model(base, out_config, Path(plain))
                     off = measure(Path(plain))
             else:
                 off = measure(None)
@@ -196,7 +197,7 @@ def run_equalize(
             )
             alpha, pairs = None, []
             folded, out_config, rotation, _ = _folded(model, config, calibration, forced, None, seed)
-            _write(folded, out_config, out_dir)
+            write_model(folded, out_config, out_dir)
     record = {
         "scheme": asdict(scheme),
         "alpha": alpha,
