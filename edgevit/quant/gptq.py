@@ -23,9 +23,11 @@ Only Linear layers are rounded this way.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -35,6 +37,8 @@ from edgevit.quant.scheme import Int8Scheme
 from edgevit.quant.simulate import Scope, fold_norms, run_calibration
 
 DAMPING = 0.01  # of the mean diagonal of H, added to it (GPTQ's percdamp)
+# the inputs' second moments held at once (float64): a ViT-B's 48 Linear layers need 1.1 GB, ViT-S's 0.3
+MOMENT_BYTES = 512 << 20
 BLOCK = 128  # columns rounded per lazy batch update (GPTQ's block size; the result does not depend on it)
 
 
@@ -145,30 +149,51 @@ def output_error(weight: torch.Tensor, rounded: torch.Tensor, moment: torch.Tens
     return float(torch.einsum("oi,ij,oj->", delta, moment.double(), delta))
 
 
+def _groups(model: nn.Module, layers: list[str], budget: int) -> list[list[str]]:
+    """``layers`` in model order, cut into groups whose second moments (float64) fit ``budget`` bytes."""
+    groups: list[list[str]] = [[]]
+    used = 0
+    for name in layers:
+        size = 8 * cast(nn.Linear, model.get_submodule(name)).in_features ** 2
+        if groups[-1] and used + size > budget:
+            groups.append([])
+            used = 0
+        groups[-1].append(name)
+        used += size
+    return groups
+
+
 @torch.no_grad()
 def gptq(
-    model: nn.Module, scheme: Int8Scheme, calibration: np.ndarray, scope: Scope, batch: int = 16
+    model: nn.Module,
+    scheme: Int8Scheme,
+    calibration: np.ndarray,
+    scope: Scope,
+    batch: int = 16,
+    budget: int = MOMENT_BYTES,
 ) -> Rounded:
     """Round the weights of ``model``'s Linear layers in ``scope`` onto ``scheme``'s grid with GPTQ,
     in place (norms folded first for a grid with ``folds_norms``); the inputs' statistics are the
-    float model's on ``calibration``."""
+    float model's on ``calibration``, gathered for as many layers per pass as ``budget`` bytes hold."""
     why = served(scheme)
     if why is not None:
         return Rounded((), 0.0, 0.0, skipped=why)
     folded = tuple(fold_norms(model, shifts=False)) if scheme.folds_norms else ()
     layers = _linear_layers(model, scope)
-    moments = second_moments(model, layers, calibration, batch)
+    groups = _groups(model, layers, budget)
+    source = copy.deepcopy(model) if len(groups) > 1 else model  # the float model's inputs throughout
     energy = nearest = rounded_error = 0.0
-    for name in layers:
-        linear = model.get_submodule(name)
-        assert isinstance(linear, nn.Linear)
-        moment = moments[name]
-        weight = linear.weight.detach().clone()
-        rounded, _ = round_weight(weight, moment, scheme)
-        energy += output_error(weight, torch.zeros_like(weight), moment)
-        nearest += output_error(weight, scheme.quantize_weight(weight), moment)
-        rounded_error += output_error(weight, rounded, moment)
-        linear.weight.copy_(rounded)
+    for group in groups:
+        moments = second_moments(source, group, calibration, batch)
+        for name in group:
+            linear = cast(nn.Linear, model.get_submodule(name))
+            moment = moments.pop(name)
+            weight = linear.weight.detach().cpu().clone()
+            rounded, _ = round_weight(weight, moment, scheme)
+            energy += output_error(weight, torch.zeros_like(weight), moment)
+            nearest += output_error(weight, scheme.quantize_weight(weight), moment)
+            rounded_error += output_error(weight, rounded, moment)
+            linear.weight.copy_(rounded.to(linear.weight.device))
     return Rounded(tuple(layers), _db(energy, nearest), _db(energy, rounded_error), folded)
 
 

@@ -127,3 +127,16 @@ def test_smoothquant_grids_are_not_rounded(tiny_checkpoint: Path) -> None:
     record = gptq(model, S.openvino_scheme(False), calibration, LINEAR)
     assert record.skipped and "smooth_quant_alpha: -1" in record.skipped and not record.layers
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_small_memory_budget_rounds_the_same(tiny_checkpoint: Path) -> None:
+    """Layers whose input statistics do not fit at once are rounded a group per calibration pass,
+    each from the float model's inputs: the same weights as in one pass."""
+    model = load(checkpoint=tiny_checkpoint).model.eval()
+    calibration = np.random.default_rng(1).uniform(-1, 1, (8, 3, 32, 32)).astype(np.float32)
+    whole, parts = copy.deepcopy(model), copy.deepcopy(model)
+    gptq(whole, S.tensorrt_scheme(), calibration, LINEAR)
+    record = gptq(parts, S.tensorrt_scheme(), calibration, LINEAR, budget=1)  # a layer per pass
+    assert len(record.layers) == 5
+    for name in record.layers:
+        assert torch.equal(whole.get_submodule(name).weight, parts.get_submodule(name).weight), name
