@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from edgevit.errors import LoweringError
+from edgevit.stages.export_cache import cached, export_key, store
 from edgevit.targets.base import INPUT_NAME, OUTPUT_NAME
 
 OPSET = 18  # opset 23 would fuse attention into one Attention op that quantizers skip
@@ -18,8 +19,18 @@ MAX_BATCH = 4096
 
 
 def export_onnx(model: nn.Module, input_size: tuple[int, int, int], out: Path) -> Path:
-    """Export ``model`` (eval mode) to ``out`` with a dynamic batch dimension and weights inline."""
+    """Export ``model`` (eval mode) to ``out`` with a dynamic batch dimension and weights inline
+    (a copy of the same export where ``edgevit.stages.export_cache`` holds one)."""
     model = model.eval()
+    key = export_key(model, input_size, OPSET)
+    if cached(key, out):
+        return out
+    _export(model, input_size, out)
+    store(key, out)
+    return out
+
+
+def _export(model: nn.Module, input_size: tuple[int, int, int], out: Path) -> None:
     example = torch.zeros(2, *input_size)
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     sink = io.StringIO()
@@ -47,4 +58,3 @@ def export_onnx(model: nn.Module, input_size: tuple[int, int, int], out: Path) -
         raise LoweringError("ONNX export returned nothing")
     out.parent.mkdir(parents=True, exist_ok=True)
     program.save(str(out))
-    return out
