@@ -6,7 +6,7 @@ equalized model where equalization chose nothing. The key is everything the expo
 on: each module's type and plain settings (ints, floats, strings, tuples: a pooling mode as much as
 a depth), every parameter and buffer's bytes, the input size, the opset and the exporter's
 versions. Entries live in ``<cache_dir>/exports`` (``EDGEVIT_CACHE``), the oldest removed past
-``KEEP``; ``EDGEVIT_EXPORT_CACHE=0`` turns the cache off.
+``KEEP`` entries or ``KEEP_BYTES``; ``EDGEVIT_EXPORT_CACHE=0`` turns the cache off.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from edgevit.fileio import atomic_path
 from edgevit.paths import cache_dir
 
 KEEP = 32  # entries kept; the oldest go first
+KEEP_BYTES = 2 << 30  # and no more than 2 GiB of them (a DINOv2 ViT-S export is 88 MB)
 VERSION = 1  # of the export code: a change to how export_onnx builds the graph bumps it
 PLAIN = (bool, int, float, str, type(None))
 
@@ -77,12 +78,15 @@ def cached(key: str, out: Path) -> bool:
 
 
 def store(key: str, exported: Path) -> None:
-    """Keep a copy of ``exported`` under ``key``; drop the oldest entries past ``KEEP``."""
+    """Keep a copy of ``exported`` under ``key``; drop the oldest entries past ``KEEP`` or ``KEEP_BYTES``."""
     if not enabled():
         return
     folder = cache_dir() / "exports"
     with atomic_path(folder / f"{key}.onnx") as tmp:
         shutil.copyfile(exported, tmp)
-    entries = sorted(folder.glob("*.onnx"), key=lambda p: p.stat().st_mtime)
-    for old in entries[:-KEEP]:
-        old.unlink(missing_ok=True)
+    entries = sorted(folder.glob("*.onnx"), key=lambda p: p.stat().st_mtime, reverse=True)
+    total = 0
+    for rank, entry in enumerate(entries):  # newest first: keep what fits
+        total += entry.stat().st_size
+        if rank >= KEEP or (rank > 0 and total > KEEP_BYTES):
+            entry.unlink(missing_ok=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import pytest
@@ -56,3 +57,20 @@ def test_the_key_follows_weights_settings_and_size(tiny_checkpoint: Path) -> Non
     tensor = copy.deepcopy(model)
     tensor.blocks[0].extra = torch.ones(3)  # a plain tensor attribute
     assert export_key(tensor, (3, 32, 32), 18) != key
+
+
+def test_the_oldest_entries_go_past_the_limits(tmp_path: Path, cache: Path, monkeypatch) -> None:
+    from edgevit.stages import export_cache
+
+    monkeypatch.setattr(export_cache, "KEEP", 3)
+    monkeypatch.setattr(export_cache, "KEEP_BYTES", 250)
+    made = tmp_path / "made.onnx"
+    for i in range(5):
+        made.write_bytes(b"x" * 100)
+        export_cache.store(f"k{i}", made)
+        if (cache / f"k{i}.onnx").exists():  # distinct times however coarse the file system's clock
+            os.utime(cache / f"k{i}.onnx", (1000 + i, 1000 + i))
+    assert sorted(p.stem for p in cache.glob("*.onnx")) == ["k3", "k4"]  # 3 would pass 250 bytes
+    assert export_cache.cached("k4", tmp_path / "out.onnx") and not export_cache.cached(
+        "k0", tmp_path / "o.onnx"
+    )
