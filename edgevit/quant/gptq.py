@@ -39,6 +39,7 @@ from edgevit.quant.simulate import Scope, fold_norms, run_calibration
 DAMPING = 0.01  # of the mean diagonal of H, added to it (GPTQ's percdamp)
 # the inputs' second moments held at once (float64): a ViT-B's 48 Linear layers need 1.1 GB, ViT-S's 0.3
 MOMENT_BYTES = 512 << 20
+MIN_ROWS = 1  # calibration rows per input channel a layer needs for GPTQ (else round to nearest)
 BLOCK = 128  # columns rounded per lazy batch update (GPTQ's block size; the result does not depend on it)
 
 
@@ -53,6 +54,9 @@ class Rounded:
     gptq_db: float
     folded_norms: tuple[str, ...] = ()
     skipped: str | None = None  # why nothing was rounded
+    # layers whose input had fewer calibration rows than MIN_ROWS per input channel (a classifier
+    # sees one pooled row per image): H would fit those rows, so the backend rounds them to nearest
+    too_few_rows: tuple[str, ...] = ()
 
 
 def served(scheme: Int8Scheme) -> str | None:
@@ -72,9 +76,10 @@ def _linear_layers(model: nn.Module, scope: Scope) -> list[str]:
 @torch.no_grad()
 def second_moments(
     model: nn.Module, layers: list[str], calibration: np.ndarray, batch: int = 16
-) -> dict[str, torch.Tensor]:
+) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
     """``E[x xᵀ]`` of each Linear layer's input over every token of the calibration images,
-    accumulated batch by batch (float64; memory: one in x in matrix per layer)."""
+    accumulated batch by batch (float64; memory: one in x in matrix per layer), and how many
+    input rows each saw."""
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
 
@@ -89,7 +94,7 @@ def second_moments(
 
     handles = [model.get_submodule(n).register_forward_pre_hook(observe(n)) for n in layers]
     run_calibration(model, calibration, handles, batch)
-    return {n: sums[n].cpu() / counts[n] for n in layers if n in sums}
+    return {n: sums[n].cpu() / counts[n] for n in layers if n in sums}, counts
 
 
 def round_weight(
@@ -183,18 +188,25 @@ def gptq(
     groups = _groups(model, layers, budget)
     source = copy.deepcopy(model) if len(groups) > 1 else model  # the float model's inputs throughout
     energy = nearest = rounded_error = 0.0
+    few: list[str] = []
     for group in groups:
-        moments = second_moments(source, group, calibration, batch)
+        moments, counts = second_moments(source, group, calibration, batch)
         for name in group:
             linear = cast(nn.Linear, model.get_submodule(name))
             moment = moments.pop(name)
             weight = linear.weight.detach().cpu().clone()
-            rounded, _ = round_weight(weight, moment, scheme)
+            to_nearest = scheme.quantize_weight(weight)
+            if counts[name] < MIN_ROWS * linear.in_features:
+                few.append(name)  # e.g. a classifier on one pooled row per image: left to the backend
+                rounded = to_nearest
+            else:
+                rounded, _ = round_weight(weight, moment, scheme)
+                linear.weight.copy_(rounded.to(linear.weight.device))
             energy += output_error(weight, torch.zeros_like(weight), moment)
-            nearest += output_error(weight, scheme.quantize_weight(weight), moment)
+            nearest += output_error(weight, to_nearest, moment)
             rounded_error += output_error(weight, rounded, moment)
-            linear.weight.copy_(rounded.to(linear.weight.device))
-    return Rounded(tuple(layers), _db(energy, nearest), _db(energy, rounded_error), folded)
+    done = tuple(n for n in layers if n not in few)
+    return Rounded(done, _db(energy, nearest), _db(energy, rounded_error), folded, too_few_rows=tuple(few))
 
 
 def _db(signal: float, noise: float) -> float:

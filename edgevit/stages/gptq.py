@@ -46,6 +46,7 @@ def run_gptq(
         # calibration images: each weight rounded to nearest, then GPTQ's rounding
         "weight_sqnr_db": {"nearest": rounded.nearest_db, "gptq": rounded.gptq_db},
         **({"folded_norms": len(rounded.folded_norms)} if rounded.folded_norms else {}),
+        **({"rounded_to_nearest": list(rounded.too_few_rows)} if rounded.too_few_rows else {}),
         **({"reason": rounded.skipped} if rounded.skipped else {}),
     }
     atomic_write_json(out_dir / RECORD, record)

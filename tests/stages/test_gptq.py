@@ -36,7 +36,7 @@ def _artifact_levels(onnx_path: Path) -> list[np.ndarray]:
 def test_the_artifact_holds_gptq_levels(tiny_checkpoint: Path, tmp_path: Path) -> None:
     targets = [{"name": "trt-int8", "backend": "tensorrt", "precision": "int8"}]
     quantize = {"equalize": "off", "rotate": "off", "weight_rounding": "gptq", "float_layers": ["head"]}
-    doc = tiny_recipe(tiny_checkpoint, targets, calibration=32, quantize=quantize, check={"runs": 2})
+    doc = tiny_recipe(tiny_checkpoint, targets, calibration=48, quantize=quantize, check={"runs": 2})
     report = build(validate_recipe(doc, "test", tmp_path), tmp_path / "b")
     entry = report.target("trt-int8")
     record = entry["gptq"]
