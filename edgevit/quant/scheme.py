@@ -124,14 +124,10 @@ class Int8Scheme:
         flat = w.reshape(w.shape[0], -1)
         absmax = flat.abs().amax(dim=1, keepdim=True) if self.per_channel else flat.abs().amax()
         scale = torch.where(absmax > 0, absmax / self.weight_qmax, torch.ones_like(absmax))
-        return self.levels(flat / scale), scale.expand(flat.shape[0], 1)
-
-    def levels(self, steps: torch.Tensor) -> torch.Tensor:
-        """The weight levels the backend rounds ``steps`` (weights in units of their step) to."""
         bound, offset = math.ceil(self.weight_qmax), self.weight_level_offset
-        codes = torch.round(steps + offset) - offset if offset else torch.round(steps)
+        codes = torch.round(flat / scale + offset) - offset if offset else torch.round(flat / scale)
         top = bound - 1 if self.weight_unsigned else bound  # 127.5 steps round to 128: clipped to 127
-        return torch.clamp(codes, -bound, top)
+        return torch.clamp(codes, -bound, top), scale.expand(flat.shape[0], 1)
 
     def quantize_weight(self, w: torch.Tensor) -> torch.Tensor:
         """``w`` (output channels first) fake-quantized symmetrically, per channel or per tensor."""
