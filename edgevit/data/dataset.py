@@ -26,8 +26,9 @@ class DataSpec(BaseModel):
 
     source: str = Field(
         description=(
-            "'digits', 'shapes', 'photos', 'shapes-seg' or 'shapes-depth' (embedded), a directory with one "
-            "sub-directory per class, or a dense folder (images/ + masks/ or depth/)"
+            "'digits', 'shapes', 'photos', 'shapes-seg', 'shapes-depth' or 'shapes-det' (embedded), a "
+            "directory with one sub-directory per class, a dense folder (images/ + masks/ or depth/) or a "
+            "COCO folder (images/ + annotations.json)"
         )
     )
     split: Split = "test"

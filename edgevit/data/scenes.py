@@ -18,10 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
+from edgevit.data.boxes import as_boxes
 from edgevit.data.dataset import ImageSource, Split, split_indices, take
 from edgevit.data.shapes import SHAPES, _mask
 
 SEG_CLASSES = ("background", *SHAPES)
+DET_CLASSES = SHAPES  # detection: the objects only (box class k = SHAPES[k])
+MIN_VISIBLE = (
+    4  # pixels (at 32 px; scaled with the size) of a shape left visible for it to count as an object
+)
 SIZE = 32
 COUNT = 6000
 _SEED = 20261130
@@ -32,6 +37,18 @@ _FOG_RANGE_M = 14.0
 def render_scene(index: int, size: int = SIZE) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Scene ``index`` drawn at ``size`` px: the image (uint8 H x W x 3), its class mask (uint8
     H x W, :data:`SEG_CLASSES`) and its depth (float32 H x W, metres)."""
+    picture, mask, depth, _ = draw_scene(index, size)
+    return picture, mask, depth
+
+
+def scene_boxes(index: int, size: int = SIZE) -> np.ndarray:
+    """Scene ``index``'s objects at ``size`` px as boxes (:mod:`edgevit.data.boxes`): each shape's
+    visible pixels (what nearer shapes leave of it), classes indexing :data:`DET_CLASSES`."""
+    return draw_scene(index, size)[3]
+
+
+def draw_scene(index: int, size: int = SIZE) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`render_scene`'s image, mask and depth, and :func:`scene_boxes`' boxes, drawn once."""
     rng = np.random.default_rng([_SEED, index])
     unit = size / SIZE  # geometry is drawn in 32-px units, so every size shows the same scene
     grid = (np.mgrid[0:size, 0:size].astype(np.float64) + 0.5) / unit
@@ -47,6 +64,7 @@ def render_scene(index: int, size: int = SIZE) -> tuple[np.ndarray, np.ndarray, 
         ((rng.uniform(2.0, 3.5), int(rng.integers(len(SHAPES)))) for _ in range(int(rng.integers(1, 3)))),
         reverse=True,
     )
+    drawn: list[tuple[np.ndarray, int]] = []
     for z, kind in shapes:  # far to near: a nearer shape paints over a farther one
         radius = 30.0 / z * rng.uniform(0.9, 1.1)
         cy, cx = rng.uniform(radius * 0.6, SIZE - radius * 0.6, 2)
@@ -60,11 +78,28 @@ def render_scene(index: int, size: int = SIZE) -> tuple[np.ndarray, np.ndarray, 
         image = np.where(inside[..., None], np.clip(colour * shade, 0, 255), image)
         depth = np.where(inside, surface, depth)
         mask[inside] = kind + 1
+        drawn.append((inside, kind))
     fog = (1.0 - np.exp(-depth / _FOG_RANGE_M))[..., None] * 0.8
     image = image * (1 - fog) + _FOG * fog
     image += rng.normal(0, rng.uniform(2, 6), image.shape)
     picture = np.clip(np.rint(image), 0, 255).astype(np.uint8)
-    return picture, mask, depth.astype(np.float32)
+    return picture, mask, depth.astype(np.float32), _visible_boxes(drawn, MIN_VISIBLE * unit**2)
+
+
+def _visible_boxes(drawn: list[tuple[np.ndarray, int]], least: float) -> np.ndarray:
+    """The boxes of the shapes ``drawn`` far to near (each a pixel mask and a shape index) around
+    the pixels no nearer shape covers; a shape left with fewer than ``least`` pixels has none."""
+    boxes: list[list[float]] = []
+    covered = np.zeros_like(drawn[0][0]) if drawn else None
+    for inside, kind in reversed(drawn):  # near to far
+        assert covered is not None
+        visible = inside & ~covered
+        covered |= inside
+        if int(visible.sum()) < least:
+            continue
+        rows, cols = np.nonzero(visible)
+        boxes.append([cols.min(), rows.min(), cols.max() + 1, rows.max() + 1, kind])
+    return as_boxes(boxes)
 
 
 def _image_at(indices: np.ndarray, size: int, k: int) -> np.ndarray:
@@ -72,19 +107,21 @@ def _image_at(indices: np.ndarray, size: int, k: int) -> np.ndarray:
 
 
 def _target_at(indices: np.ndarray, size: int, which: int, k: int) -> np.ndarray:
-    return render_scene(int(indices[k]), size)[which]
+    return draw_scene(int(indices[k]), size)[which]
 
 
 def open_scenes(
     task: str, split: Split, count: int | None = None, seed: int = 0, size: int = SIZE
 ) -> ImageSource:
-    """The scenes of one split with their masks (``task='segmentation'``) or depth (``'depth'``)."""
+    """The scenes of one split with their masks (``task='segmentation'``), depth (``'depth'``) or
+    boxes (``'detection'``)."""
     idx = take(split_indices(COUNT, split), count, seed)
-    which = {"segmentation": 1, "depth": 2}[task]
-    name = {"segmentation": "shapes-seg", "depth": "shapes-depth"}[task]
+    which = {"segmentation": 1, "depth": 2, "detection": 3}[task]
+    name = {"segmentation": "shapes-seg", "depth": "shapes-depth", "detection": "shapes-det"}[task]
+    classes = {"segmentation": list(SEG_CLASSES), "detection": list(DET_CLASSES)}.get(task, [])
     return ImageSource(
         np.zeros(len(idx), np.int64),
-        list(SEG_CLASSES) if task == "segmentation" else [],
+        classes,
         f"{name}/{split}" + (f"[{count}@{seed}]" if count else ""),
         partial(_image_at, idx, size),
         partial(_target_at, idx, size, which),
@@ -103,4 +140,23 @@ def write_dense_folder(root: str | Path, count: int, size: int = SIZE, start: in
     for i in range(start, start + count):
         image, mask, depth = render_scene(i, size)
         write_sample(base, f"{i:06d}", image, mask, depth)
+    return count
+
+
+def write_coco_folder(root: str | Path, count: int, size: int = SIZE, start: int = 0) -> int:
+    """Write scenes ``start .. start+count-1`` as a COCO detection folder
+    (:mod:`edgevit.data.coco_folder`): images/ and their boxes in annotations.json; returns the count."""
+    from PIL import Image
+
+    from edgevit.data.boxes import ANNOTATIONS, write_coco
+
+    base = Path(root)
+    (base / "images").mkdir(parents=True, exist_ok=True)
+    files, boxes = [], []
+    for i in range(start, start + count):
+        image, _, _, objects = draw_scene(i, size)
+        files.append(f"{i:06d}.png")
+        Image.fromarray(image).save(base / "images" / files[-1])
+        boxes.append(objects)
+    write_coco(base / ANNOTATIONS, files, [(size, size)] * count, boxes, DET_CLASSES)
     return count

@@ -14,7 +14,7 @@ from edgevit.data.dataset import DataSpec, ImageSource
 from edgevit.errors import DataError
 
 # the embedded dense sources: procedural scenes with masks or depth (edgevit.data.scenes)
-SCENE_SOURCES = {"shapes-seg": "segmentation", "shapes-depth": "depth"}
+SCENE_SOURCES = {"shapes-seg": "segmentation", "shapes-depth": "depth", "shapes-det": "detection"}
 
 
 def open_data(
@@ -42,12 +42,15 @@ def open_data(
         from edgevit.data.scenes import open_scenes
 
         return open_scenes(SCENE_SOURCES[spec.source], spec.split, spec.count, spec.seed)
+    from edgevit.data.coco_folder import is_coco_folder, open_coco_folder
     from edgevit.data.dense_folder import dense_task, is_dense_folder, open_dense_folder
     from edgevit.data.folder import open_folder
 
     root = Path(spec.source).expanduser()
     if not root.is_absolute() and base_dir is not None:
         root = base_dir / root
+    if root.is_dir() and is_coco_folder(root):
+        return open_coco_folder(root, spec.split, spec.count, spec.seed)
     if root.is_dir() and is_dense_folder(root):
         return open_dense_folder(root, dense_task(root, task), spec.split, spec.count, spec.seed)
     return open_folder(root, spec.split, spec.count, spec.seed, class_names)
@@ -60,7 +63,7 @@ def require_task(source: ImageSource, task: str, field: str) -> ImageSource:
         raise DataError(
             f"{field}: {source.description} is for {source.task}, the model for {task}",
             f"point {field} at data with {task} ground truth "
-            "(shapes / an image folder; shapes-seg, shapes-depth or a dense folder)",
+            "(shapes / an image folder; shapes-seg, shapes-depth or a dense folder; shapes-det or a COCO folder)",
         )
     return source
 

@@ -101,3 +101,40 @@ def test_streamed_dense_maps_equal_the_in_memory_ones() -> None:
     for (x1, y1), (x2, y2) in zip(held.in_order(4), streamed.in_order(4), strict=True):
         assert y1.shape == (len(x1), 32, 32) and y1.dtype == y2.dtype
         assert np.array_equal(x1.numpy(), x2.numpy()) and np.array_equal(y1.numpy(), y2.numpy())
+
+
+def test_scene_boxes_are_tight_around_each_shapes_visible_pixels() -> None:
+    from edgevit.data.scenes import DET_CLASSES, MIN_VISIBLE, draw_scene, scene_boxes
+
+    objects = 0
+    for index in range(40):
+        image, mask, _, boxes = draw_scene(index)
+        assert np.array_equal(image, render_scene(index)[0]) and np.array_equal(boxes, scene_boxes(index))
+        covered = np.zeros_like(mask, dtype=bool)
+        for x0, y0, x1, y1, cls in boxes.astype(int):
+            assert 0 <= cls < len(DET_CLASSES) and 0 <= x0 < x1 <= 32 and 0 <= y0 < y1 <= 32
+            inside = mask[y0:y1, x0:x1] == cls + 1
+            # tight: the class's pixels reach every edge of the box
+            assert inside[0].any() and inside[-1].any() and inside[:, 0].any() and inside[:, -1].any()
+            covered[y0:y1, x0:x1] |= inside
+            objects += 1
+        # every shape pixel is in a box of its class, but for shapes hidden down to a few pixels
+        assert ((mask > 0) & ~covered).sum() < 2 * MIN_VISIBLE
+    assert objects > 40  # one or two shapes a scene
+    # the same scene at 4x the size: the boxes scale with it
+    small, big = scene_boxes(5), scene_boxes(5, 128)
+    assert np.abs(big[:, :4] / 4 - small[:, :4]).max() <= 1.0 and np.array_equal(big[:, 4], small[:, 4])
+
+
+def test_detection_scenes_source_and_coco_folder(tmp_path: Path) -> None:
+    from edgevit.data.scenes import DET_CLASSES, scene_boxes, write_coco_folder
+
+    det = open_data(DataSpec(source="shapes-det", split="val", count=3))
+    assert det.task == "detection" and det.dense and det.class_names == list(DET_CLASSES)
+    assert det.read_target(0).shape[1] == 5
+    write_coco_folder(tmp_path / "coco", 5)
+    folder = open_data(DataSpec(source=str(tmp_path / "coco"), split="all"))
+    assert folder.task == "detection" and folder.class_names == list(DET_CLASSES) and len(folder) == 5
+    for k in range(5):
+        assert np.array_equal(folder.read(k), render_scene(k)[0])
+        assert np.array_equal(folder.read_target(k), scene_boxes(k))
