@@ -164,19 +164,11 @@ def read_coco(path: Path) -> CocoFile:
     return CocoFile(path, files, sizes, [names[c] for c in sorted(names)], boxes, starts)
 
 
-def write_coco(
-    path: Path,
-    files: Sequence[str],
-    sizes: Sequence[tuple[int, int]],
-    boxes: Sequence[np.ndarray],
-    class_names: Sequence[str],
-) -> None:
-    """Write ``boxes`` (one N x 5 array per image in ``files``, of ``sizes`` width x height) as a
-    COCO annotation file at ``path`` (atomically); category ids are 1 + the class index."""
-    images: list[dict[str, Any]] = []
+def coco_annotations(boxes: Sequence[np.ndarray]) -> list[dict[str, Any]]:
+    """COCO annotation entries for each image's boxes (N x 5 arrays): image k has id k + 1,
+    class c category id c + 1, and each box's area is its own."""
     annotations: list[dict[str, Any]] = []
-    for k, (name, (width, height), rows) in enumerate(zip(files, sizes, boxes, strict=True)):
-        images.append({"id": k + 1, "file_name": name, "width": int(width), "height": int(height)})
+    for k, rows in enumerate(boxes):
         for x0, y0, x1, y1, cls in np.asarray(rows, dtype=np.float64).reshape(-1, 5):
             annotations.append(
                 {
@@ -188,5 +180,32 @@ def write_coco(
                     "iscrowd": 0,
                 }
             )
-    categories = [{"id": k + 1, "name": n} for k, n in enumerate(class_names)]
-    atomic_write_json(path, {"images": images, "annotations": annotations, "categories": categories})
+    return annotations
+
+
+def coco_categories(class_names: Sequence[str]) -> list[dict[str, Any]]:
+    """COCO category entries: class k has id k + 1."""
+    return [{"id": k + 1, "name": n} for k, n in enumerate(class_names)]
+
+
+def write_coco(
+    path: Path,
+    files: Sequence[str],
+    sizes: Sequence[tuple[int, int]],
+    boxes: Sequence[np.ndarray],
+    class_names: Sequence[str],
+) -> None:
+    """Write ``boxes`` (one N x 5 array per image in ``files``, of ``sizes`` width x height) as a
+    COCO annotation file at ``path`` (atomically); category ids are 1 + the class index."""
+    if not len(files) == len(sizes) == len(boxes):
+        raise ValueError(f"{len(files)} files, {len(sizes)} sizes and {len(boxes)} box arrays")
+    images = [
+        {"id": k + 1, "file_name": name, "width": int(width), "height": int(height)}
+        for k, (name, (width, height)) in enumerate(zip(files, sizes, strict=True))
+    ]
+    doc = {
+        "images": images,
+        "annotations": coco_annotations(boxes),
+        "categories": coco_categories(class_names),
+    }
+    atomic_write_json(path, doc)
