@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from edgevit.data.dataset import ImageSource
-from edgevit.data.transforms import preprocess, preprocess_image, preprocess_target
+from edgevit.data.transforms import MAX_BOXES, prepare_target, preprocess, preprocess_image
 from edgevit.errors import DataError, EdgeVitError
 from edgevit.models.config import ModelConfig
 
@@ -50,9 +50,10 @@ class _Preprocessed(Dataset[Any]):
 
     def __getitem__(self, k: int) -> tuple[np.ndarray, Any] | _Failure:
         try:
-            pixels = preprocess_image(self.source.read(k), self.config)
+            image = self.source.read(k)
+            pixels = preprocess_image(image, self.config)
             if self.source.dense:
-                return pixels, preprocess_target(self.source.read_target(k), self.config)
+                return pixels, prepare_target(self.source, k, image, self.config)
             return pixels, int(self.source.labels[k])
         except DataError as exc:
             return _Failure(exc.message, exc.fix)
@@ -113,9 +114,11 @@ class Images:
         self.config = config
         self.labels = torch.from_numpy(source.labels).long()
         limit = cache_limit_bytes() if cache_bytes is None else cache_bytes
-        # a dense source's maps take another H x W values (8 bytes each) per image
+        # a dense source's maps take another H x W values (8 bytes each) per image, boxes MAX_BOXES x 5 floats
         per_image = int(np.prod(config.input_size)) * 4 + (
-            8 * int(np.prod(config.image_size)) if source.dense else 0
+            (MAX_BOXES * 5 * 4 if source.task == "detection" else 8 * int(np.prod(config.image_size)))
+            if source.dense
+            else 0
         )
         self.nbytes = len(source) * per_image
         self.in_memory = self.nbytes <= limit
@@ -123,9 +126,10 @@ class Images:
         self.pin_memory = pin_memory
         self._x: torch.Tensor | None = None
         if self.in_memory:
-            self._x = torch.from_numpy(preprocess(source.materialize(), config))
+            raw = source.materialize()
+            self._x = torch.from_numpy(preprocess(raw, config))
             if source.dense:
-                maps = [preprocess_target(source.read_target(k), config) for k in range(len(source))]
+                maps = [prepare_target(source, k, raw.images[k], config) for k in range(len(source))]
                 self.labels = torch.from_numpy(np.stack(maps)) if maps else self.labels
 
     def __len__(self) -> int:

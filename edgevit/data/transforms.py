@@ -6,7 +6,8 @@ import math
 
 import numpy as np
 
-from edgevit.data.dataset import RawDataset
+from edgevit.data.dataset import ImageSource, RawDataset
+from edgevit.errors import DataError
 from edgevit.models.config import ModelConfig
 
 
@@ -53,8 +54,39 @@ def preprocess_target(target: np.ndarray, cfg: ModelConfig) -> np.ndarray:
     return out.astype(np.int64) if is_mask else out.astype(np.float32)
 
 
+MAX_BOXES = 100  # boxes an image may hold after preprocessing (COCO's images have at most 93)
+
+
+def preprocess_boxes(boxes: np.ndarray, size: tuple[int, int], cfg: ModelConfig, where: str) -> np.ndarray:
+    """An image's boxes (N x 5 in pixels of the image as stored, which is ``size`` = (w, h)) brought
+    to the model's input geometry: scaled by its resize, shifted by its crop and clipped to it; a box
+    left less than a pixel wide or high is dropped. Padded to MAX_BOXES rows of -1 (class -1: no
+    box), so a batch stacks; more raise :class:`DataError` naming ``where``."""
+    (new_w, new_h), (left, top, right, bottom) = _geometry(size, cfg)
+    width, height = size
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 5).copy()
+    b[:, [0, 2]] = np.clip(b[:, [0, 2]] * (new_w / width) - left, 0, right - left)
+    b[:, [1, 3]] = np.clip(b[:, [1, 3]] * (new_h / height) - top, 0, bottom - top)
+    b = b[(b[:, 2] - b[:, 0] >= 1) & (b[:, 3] - b[:, 1] >= 1)]
+    if len(b) > MAX_BOXES:
+        raise DataError(f"{where} has {len(b)} boxes, more than {MAX_BOXES}", "split the image into tiles")
+    out = np.full((MAX_BOXES, 5), -1.0, dtype=np.float32)
+    out[: len(b)] = b
+    return out
+
+
 def preprocess(data: RawDataset, cfg: ModelConfig) -> np.ndarray:
     """All images of ``data`` as one float32 N x 3 x H x W array."""
     if not len(data):
         return np.zeros((0, *cfg.input_size), dtype=np.float32)
     return np.stack([preprocess_image(img, cfg) for img in data.images])
+
+
+def prepare_target(source: ImageSource, k: int, image: np.ndarray, cfg: ModelConfig) -> np.ndarray:
+    """Image ``k``'s ground truth at the model's input geometry (``image`` is image ``k`` as read):
+    its map (:func:`preprocess_target`), or its boxes padded (:func:`preprocess_boxes`)."""
+    target = source.read_target(k)
+    if source.task == "detection":
+        where = f"image {k} of {source.description}"
+        return preprocess_boxes(target, (image.shape[1], image.shape[0]), cfg, where)
+    return preprocess_target(target, cfg)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from edgevit.data import DataSpec, open_data
@@ -82,3 +83,35 @@ def test_a_detection_source_is_refused_for_another_task(tmp_path: Path) -> None:
     refused = r"data\.evaluation: shapes-det/test.* is for detection, the model for classification"
     with pytest.raises(DataError, match=refused):
         require_task(source, "classification", "data.evaluation")
+
+
+def test_boxes_follow_the_resize_and_crop_by_hand() -> None:
+    from edgevit.data.transforms import MAX_BOXES, preprocess_boxes
+    from edgevit.models.config import ModelConfig
+
+    cfg = ModelConfig(architecture="x", num_classes=2, input_size=(3, 32, 32))
+    # 64 x 48 -> resized to 43 x 32 (the shorter side to 32), then 5 px cropped on the left
+    boxes = [[8, 6, 40, 30, 1], [60, 0, 64, 10, 0], [0, 0, 8, 8, 0]]
+    out = preprocess_boxes(np.array(boxes, np.float32), (64, 48), cfg, "image 0")
+    assert out.shape == (MAX_BOXES, 5) and out.dtype == np.float32
+    # the second box falls in the crop, the third keeps 0.375 px: both dropped; the rest is padding
+    assert out[0].tolist() == pytest.approx([8 * 43 / 64 - 5, 4, 40 * 43 / 64 - 5, 20, 1])
+    assert (out[1:] == -1).all()
+    with pytest.raises(DataError, match=r"image 3 has 101 boxes, more than 100"):
+        preprocess_boxes(np.tile([[0, 0, 10, 10, 0]], (101, 1)), (32, 32), cfg, "image 3")
+
+
+def test_boxes_stream_like_they_are_held(tmp_path: Path) -> None:
+    from edgevit.data.stream import Images
+    from edgevit.models.config import ModelConfig
+
+    source = open_data(DataSpec(source=str(_folder(tmp_path / "det")), split="all"))
+    cfg = ModelConfig(architecture="x", num_classes=2, input_size=(3, 32, 32))
+    held = Images(source, cfg, cache_bytes=2**30)
+    streamed = Images(source, cfg, cache_bytes=0, workers=1)
+    assert held.in_memory and not streamed.in_memory
+    (x1, y1), (x2, y2) = next(held.in_order(3)), next(streamed.in_order(3))
+    assert torch.equal(x1, x2) and torch.equal(y1, y2) and y1.shape == (3, 100, 5)
+    # dog.jpg is 40 x 40: its box [0, 0, 40, 40] becomes the whole 32 x 32 input
+    assert y1[1, 0].tolist() == [0, 0, 32, 32, 1] and (y1[1, 1:] == -1).all()
+    assert int((y1[:, :, 4] >= 0).sum()) == 5
