@@ -244,7 +244,9 @@ def _main_process() -> bool:
 TASK_DEFAULTS: dict[str, dict[str, str]] = {
     "segmentation": {"data": "shapes-seg", "model": "vit_plus_tiny_patch4_32", "head": "dpt"},
     "depth": {"data": "shapes-depth", "model": "vit_plus_tiny_patch4_32", "head": "dpt"},
+    "detection": {"data": "shapes-det", "model": "vit_plus_tiny_patch4_32", "head": "dense"},
 }
+HEAD_ARGUMENT = {"detection": "det_head"}  # the model argument --head sets (dense tasks: dense_head)
 
 
 def _trained_name(cfg: Any) -> str:
@@ -270,7 +272,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     dense = TASK_DEFAULTS.get(args.task, {})
     if args.head and not dense:
-        raise EdgeVitError("--head is for dense tasks", "add --task segmentation or --task depth")
+        raise EdgeVitError("--head is for dense tasks", "add --task segmentation, depth or detection")
+    if args.head and (args.head == "dense") != (args.task == "detection"):
+        heads = "dense" if args.task == "detection" else "linear, mlp or dpt"
+        raise EdgeVitError(f"--head {args.head} is not a {args.task} head", f"use {heads}")
     fields = _given(
         model=args.model or dense.get("model"),
         data=args.data or dense.get("data"),
@@ -280,7 +285,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         init_checkpoint=_init_checkpoint(args.init),
         linear_probe=args.linear_probe or None,
-        model_kwargs={"task": args.task, "dense_head": args.head or dense["head"]} if dense else None,
+        model_kwargs=(
+            {"task": args.task, HEAD_ARGUMENT.get(args.task, "dense_head"): args.head or dense["head"]}
+            if dense
+            else None
+        ),
     )
     try:
         cfg = TrainConfig(**fields)
@@ -569,10 +578,15 @@ def parser() -> argparse.ArgumentParser:
         default="classification",
         help="what the model predicts (dense tasks: a dense head on ViT-Plus, default data shapes-seg / shapes-depth)",
     )
-    t.add_argument("--head", choices=("linear", "mlp", "dpt"), help="dense head (default: dpt)")
+    t.add_argument(
+        "--head",
+        choices=("linear", "mlp", "dpt", "dense"),
+        help="dense head (linear, mlp, dpt; default dpt) or detection head (dense)",
+    )
     t.add_argument(
         "--data",
-        help="'digits', 'shapes', 'shapes-seg', 'shapes-depth', an ImageFolder or a dense folder (default digits)",
+        help="'digits', 'shapes', 'shapes-seg', 'shapes-depth', 'shapes-det', an ImageFolder, a dense "
+        "folder or a COCO folder (default digits)",
     )
     t.add_argument(
         "--init",

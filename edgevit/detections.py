@@ -115,3 +115,23 @@ class AgreementTally:
             "box_precision": self._matched / self._other if self._other else 1.0,
             "score_correlation": correlation,
         }
+
+
+def decode(
+    output: np.ndarray,
+    score_threshold: float = 0.05,
+    iou_threshold: float = 0.6,
+    max_detections: int = 100,
+    candidates: int = 1000,
+) -> np.ndarray:
+    """One image's detector output (A x (4 + classes): boxes in pixels, class logits) as detections
+    (N x 6): every (location, class) whose sigmoid score passes ``score_threshold``, the best
+    ``candidates`` of them, through class-wise :func:`nms`."""
+    output = np.asarray(output, dtype=np.float32)
+    boxes, logits = output[:, :4], output[:, 4:].astype(np.float64)
+    scores = 1.0 / (1.0 + np.exp(-logits))
+    where, cls = np.nonzero(scores > score_threshold)
+    picked = scores[where, cls]
+    best = np.argsort(-picked, kind="stable")[:candidates]
+    where, cls, picked = where[best], cls[best], picked[best]
+    return nms(boxes[where], picked, cls, iou_threshold, score_threshold, max_detections)

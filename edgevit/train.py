@@ -68,6 +68,24 @@ def _shift(x: torch.Tensor, offsets: torch.Tensor, pixels: int) -> torch.Tensor:
     )
 
 
+def _shift_boxes(
+    boxes: torch.Tensor, offsets: torch.Tensor, pixels: int, size: tuple[int, int]
+) -> torch.Tensor:
+    """Padded boxes (N x B x 5, class -1 for none) moved with their images by :func:`_shift`
+    (by ``pixels`` - offset), clipped to the ``size`` (h, w) image; a box left under a pixel wide or
+    high becomes padding."""
+    out = boxes.clone()
+    moved = (pixels - offsets).to(out.dtype)  # N x 2: rows, columns
+    h, w = size
+    valid = out[..., 4] >= 0
+    out[..., 0::2] = (out[..., 0::2] + moved[:, 1, None, None]).clamp(0, w)
+    out[..., 1::2] = (out[..., 1::2] + moved[:, 0, None, None]).clamp(0, h)
+    out[..., 4] = boxes[..., 4]
+    gone = (out[..., 2] - out[..., 0] < 1) | (out[..., 3] - out[..., 1] < 1)
+    out[~valid | gone] = -1
+    return out
+
+
 def evaluate(model: nn.Module, data: Images, task: str, batch: int = 256) -> dict[str, float]:
     """The task's headline scores of ``model`` on ``data`` against its ground truth (top-1 for
     classification; mIoU and pixel accuracy; AbsRel, δ1 and RMSE), batch by batch."""
@@ -245,7 +263,9 @@ def fit(
                 offsets = torch.randint(0, 2 * optim.shift_pixels + 1, (len(batch), 2), generator=gen)
                 mine_offsets = offsets[world.rank :: world.size] if part else offsets[:1]
                 xb = _shift(xb, mine_offsets, optim.shift_pixels)
-                if yb.ndim == 3:  # a dense task's maps move with their images
+                if data.source.task == "detection":  # boxes move with their images
+                    yb = _shift_boxes(yb, mine_offsets, optim.shift_pixels, (xb.shape[-2], xb.shape[-1]))
+                elif yb.ndim == 3:  # a dense task's maps move with their images
                     yb = _shift(yb[:, None].double(), mine_offsets, optim.shift_pixels)[:, 0].to(yb.dtype)
             xb = xb.to(compute.device, non_blocking=True)
             yb = yb.to(compute.device, non_blocking=True)

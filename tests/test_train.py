@@ -164,3 +164,28 @@ def test_a_linear_probe_trains_only_a_new_head_on_frozen_features(tmp_path: Path
         if not name.startswith("head."):
             assert torch.equal(value, before[name]), name
     assert result["test_top1"] > 20.0  # digits' features from a random patch embedding still separate
+
+
+def test_boxes_move_with_their_shifted_images() -> None:
+    import torch
+
+    from edgevit.train import _shift, _shift_boxes
+
+    image = torch.zeros(1, 1, 16, 16)
+    image[0, 0, 4:8, 2:6] = 1.0  # an object at x 2..6, y 4..8
+    boxes = torch.full((1, 3, 5), -1.0)
+    boxes[0, 0] = torch.tensor([2, 4, 6, 8, 1])
+    boxes[0, 1] = torch.tensor([0, 0, 1.5, 16, 0])  # a sliver at the left edge
+    offsets = torch.tensor([[0, 4]])  # rows 0 (down by 2), columns 4 (left by 2) with 2 pixels of shift
+    moved = _shift(image, offsets, 2)
+    shifted = _shift_boxes(boxes, offsets, 2, (16, 16))
+    rows, cols = torch.nonzero(moved[0, 0] > 0.5, as_tuple=True)
+    assert shifted[0, 0].tolist() == [
+        int(cols.min()),
+        int(rows.min()),
+        int(cols.max()) + 1,
+        int(rows.max()) + 1,
+        1,
+    ]
+    assert shifted[0, 0].tolist() == [0, 6, 4, 10, 1]
+    assert (shifted[0, 1] == -1).all() and (shifted[0, 2] == -1).all()  # pushed out; padding stays

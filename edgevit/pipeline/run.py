@@ -13,6 +13,7 @@ from edgevit.check import gates
 from edgevit.data import load_data
 from edgevit.data.transforms import preprocess
 from edgevit.devices import resolve_device
+from edgevit.errors import RecipeError
 from edgevit.fileio import atomic_write_json, atomic_write_text
 from edgevit.hostinfo import host_facts
 from edgevit.models.config import ModelConfig
@@ -50,6 +51,11 @@ class Build:
         ctx, r = self.ctx, self.ctx.recipe
         started = time.time()
         ref = load_reference(r, ctx.log, ctx.progress)
+        if ref.config.task == "detection":
+            raise RecipeError(
+                "model.checkpoint is a detector: edgevit trains and scores detectors, but does not build them yet",
+                "build a classification, segmentation, depth or embedding model",
+            )
         ctx.task = TASKS.get(ref.config.task)
         check_task_recipe(r, ctx.task.name)
         params = sum(p.numel() for p in ref.model.parameters()) / 1e6

@@ -46,7 +46,7 @@ def test_bad_dense_settings_are_refused() -> None:
     from edgevit.models.load import create
 
     with pytest.raises(ModelLoadError, match="unknown task"):
-        create("vit_plus_tiny_patch4_32", task="detection")
+        create("vit_plus_tiny_patch4_32", task="keypoints")
     with pytest.raises(ModelLoadError, match="dense_blocks"):
         create("vit_plus_tiny_patch4_32", task="depth", num_classes=1, depth=2, dense_blocks=(5,))
     with pytest.raises(ModelLoadError, match="unknown dense_head"):

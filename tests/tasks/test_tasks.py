@@ -17,8 +17,8 @@ def _onehot(classes: np.ndarray, c: int) -> np.ndarray:
 
 
 def test_unknown_task_lists_the_valid_ones() -> None:
-    with pytest.raises(RecipeError, match="classification, depth, embedding, segmentation"):
-        TASKS.get("detection")
+    with pytest.raises(RecipeError, match="classification, depth, detection, embedding, segmentation"):
+        TASKS.get("keypoints")
 
 
 def test_miou_by_hand() -> None:
