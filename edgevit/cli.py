@@ -246,7 +246,12 @@ TASK_DEFAULTS: dict[str, dict[str, str]] = {
     "depth": {"data": "shapes-depth", "model": "vit_plus_tiny_patch4_32", "head": "dpt"},
     "detection": {"data": "shapes-det", "model": "vit_plus_tiny_patch4_32", "head": "dense"},
 }
-HEAD_ARGUMENT = {"detection": "det_head"}  # the model argument --head sets (dense tasks: dense_head)
+# per task: the model argument --head sets, and the heads it takes
+TASK_HEADS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "segmentation": ("dense_head", ("linear", "mlp", "dpt")),
+    "depth": ("dense_head", ("linear", "mlp", "dpt")),
+    "detection": ("det_head", ("dense",)),
+}
 
 
 def _trained_name(cfg: Any) -> str:
@@ -273,9 +278,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     dense = TASK_DEFAULTS.get(args.task, {})
     if args.head and not dense:
         raise EdgeVitError("--head is for dense tasks", "add --task segmentation, depth or detection")
-    if args.head and (args.head == "dense") != (args.task == "detection"):
-        heads = "dense" if args.task == "detection" else "linear, mlp or dpt"
-        raise EdgeVitError(f"--head {args.head} is not a {args.task} head", f"use {heads}")
+    argument, heads = TASK_HEADS.get(args.task, ("", ()))
+    if args.head and args.head not in heads:
+        raise EdgeVitError(f"--head {args.head} is not a {args.task} head", f"use {' or '.join(heads)}")
     fields = _given(
         model=args.model or dense.get("model"),
         data=args.data or dense.get("data"),
@@ -285,11 +290,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         init_checkpoint=_init_checkpoint(args.init),
         linear_probe=args.linear_probe or None,
-        model_kwargs=(
-            {"task": args.task, HEAD_ARGUMENT.get(args.task, "dense_head"): args.head or dense["head"]}
-            if dense
-            else None
-        ),
+        model_kwargs={"task": args.task, argument: args.head or dense["head"]} if dense else None,
     )
     try:
         cfg = TrainConfig(**fields)
@@ -580,7 +581,7 @@ def parser() -> argparse.ArgumentParser:
     )
     t.add_argument(
         "--head",
-        choices=("linear", "mlp", "dpt", "dense"),
+        choices=sorted({h for _, heads in TASK_HEADS.values() for h in heads}),
         help="dense head (linear, mlp, dpt; default dpt) or detection head (dense)",
     )
     t.add_argument(

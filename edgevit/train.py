@@ -78,9 +78,8 @@ def _shift_boxes(
     moved = (pixels - offsets).to(out.dtype)  # N x 2: rows, columns
     h, w = size
     valid = out[..., 4] >= 0
-    out[..., 0::2] = (out[..., 0::2] + moved[:, 1, None, None]).clamp(0, w)
-    out[..., 1::2] = (out[..., 1::2] + moved[:, 0, None, None]).clamp(0, h)
-    out[..., 4] = boxes[..., 4]
+    out[..., 0:4:2] = (out[..., 0:4:2] + moved[:, 1, None, None]).clamp(0, w)
+    out[..., 1:4:2] = (out[..., 1:4:2] + moved[:, 0, None, None]).clamp(0, h)
     gone = (out[..., 2] - out[..., 0] < 1) | (out[..., 3] - out[..., 1] < 1)
     out[~valid | gone] = -1
     return out

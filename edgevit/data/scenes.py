@@ -83,16 +83,16 @@ def draw_scene(index: int, size: int = SIZE) -> tuple[np.ndarray, np.ndarray, np
     image = image * (1 - fog) + _FOG * fog
     image += rng.normal(0, rng.uniform(2, 6), image.shape)
     picture = np.clip(np.rint(image), 0, 255).astype(np.uint8)
-    return picture, mask, depth.astype(np.float32), _visible_boxes(drawn, MIN_VISIBLE * unit**2)
+    return picture, mask, depth.astype(np.float32), _visible_boxes(drawn, MIN_VISIBLE * unit**2, mask.shape)
 
 
-def _visible_boxes(drawn: list[tuple[np.ndarray, int]], least: float) -> np.ndarray:
-    """The boxes of the shapes ``drawn`` far to near (each a pixel mask and a shape index) around
-    the pixels no nearer shape covers; a shape left with fewer than ``least`` pixels has none."""
+def _visible_boxes(drawn: list[tuple[np.ndarray, int]], least: float, shape: tuple[int, ...]) -> np.ndarray:
+    """The boxes of the shapes ``drawn`` far to near (each a pixel mask of ``shape`` and a shape
+    index) around the pixels no nearer shape covers; a shape left with fewer than ``least`` pixels
+    has none."""
     boxes: list[list[float]] = []
-    covered = np.zeros_like(drawn[0][0]) if drawn else None
+    covered = np.zeros(shape, dtype=bool)
     for inside, kind in reversed(drawn):  # near to far
-        assert covered is not None
         visible = inside & ~covered
         covered |= inside
         if int(visible.sum()) < least:

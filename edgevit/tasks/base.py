@@ -61,10 +61,6 @@ class Task(ABC):
     maps: ClassVar[bool] = False  # outputs are per-pixel maps (report.html pictures them)
 
     @abstractmethod
-    def output_shape(self, batch: int, channels: int, size: tuple[int, int]) -> tuple[int, ...]:
-        """The NCHW (or N x classes) shape a model of ``channels`` outputs gives for ``batch`` images."""
-
-    @abstractmethod
     def scorer(self) -> Scorer:
         """A fresh scorer."""
 

@@ -49,9 +49,6 @@ class Classification(Task):
     )
     compression_gate = GateSpec("max_compression_top1_drop", "top1_drop", "max")
 
-    def output_shape(self, batch: int, channels: int, size: tuple[int, int]) -> tuple[int, ...]:
-        return (batch, channels)
-
     def scorer(self) -> Scorer:
         return _ClassificationScorer()
 

@@ -38,9 +38,6 @@ class Depth(Task):
     compression_gate = GateSpec("max_compression_absrel_increase", "absrel_increase", "max")
     maps = True
 
-    def output_shape(self, batch: int, channels: int, size: tuple[int, int]) -> tuple[int, ...]:
-        return (batch, 1, *size)
-
     def scorer(self) -> Scorer:
         return DepthTally()
 

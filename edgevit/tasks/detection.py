@@ -63,7 +63,7 @@ class DetectionTally:
             "map": mine["map"],
             "map50": mine["map50"],
             "map_drop": theirs["map"] - mine["map"],
-            "map_vs_float_reference": theirs["map"],
+            "float_map": theirs["map"],
             **self._agreement.result(),
             "sqnr_db": sqnr_db(self._signal, self._noise),
             "samples": self._samples,
@@ -88,9 +88,6 @@ class Detection(Task):
         GateSpec("min_box_agreement", "box_agreement", "min"),
     )
     compression_gate = GateSpec("max_compression_map_drop", "map_drop", "max")
-
-    def output_shape(self, batch: int, channels: int, size: tuple[int, int]) -> tuple[int, ...]:
-        raise NotImplementedError("a detector's output has one row per location: ask the model")
 
     def scorer(self) -> Scorer:
         return DetectionTally()

@@ -24,24 +24,20 @@ BOX_WEIGHT = 2.0
 L1_WEIGHT = 1.0
 
 
-def _iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    from torchvision.ops import box_iou
-
-    return box_iou(a, b)
-
-
 def assign(
     boxes: torch.Tensor, scores: torch.Tensor, truth: torch.Tensor, topk: int = TOPK
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """For one image: each prediction's labelled box (index, -1 for background) and its soft class
     target (its normalised alignment). ``boxes`` A x 4, ``scores`` A x C (probabilities), ``truth``
     G x 5 (no padding rows)."""
+    from torchvision.ops import box_iou
+
     count = boxes.shape[0]
     owner = torch.full((count,), -1, dtype=torch.long, device=boxes.device)
     target = torch.zeros(count, device=boxes.device)
     if truth.shape[0] == 0:
         return owner, target
-    iou = _iou(truth[:, :4], boxes).clamp_min(0)  # G x A
+    iou = box_iou(truth[:, :4], boxes).clamp_min(0)  # G x A
     cls = truth[:, 4].long()
     align = scores[:, cls].T.clamp_min(1e-9) ** ALPHA * iou**BETA  # G x A
     centre = (boxes[:, :2] + boxes[:, 2:]) / 2

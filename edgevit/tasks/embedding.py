@@ -43,9 +43,6 @@ class Embedding(Task):
     )
     compression_gate = GateSpec("max_compression_cosine_distance", "cosine_distance", "max")
 
-    def output_shape(self, batch: int, channels: int, size: tuple[int, int]) -> tuple[int, ...]:
-        return (batch, channels)
-
     def scorer(self) -> Scorer:
         return EmbeddingTally()
 

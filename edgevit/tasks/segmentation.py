@@ -36,9 +36,6 @@ class Segmentation(Task):
     compression_gate = GateSpec("max_compression_miou_drop", "miou_drop", "max")
     maps = True
 
-    def output_shape(self, batch: int, channels: int, size: tuple[int, int]) -> tuple[int, ...]:
-        return (batch, channels, *size)
-
     def scorer(self) -> Scorer:
         return SegmentationTally()
 

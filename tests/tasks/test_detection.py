@@ -105,7 +105,9 @@ def test_a_recipe_with_a_detector_is_refused_in_one_line(tmp_path: Path) -> None
     from edgevit.pipeline import build
     from edgevit.recipe.loader import validate_recipe
 
-    model, config = create_configured("vit_plus_tiny_patch8_32", 5, None, {}, {"depth": 1, "task": "detection"})
+    model, config = create_configured(
+        "vit_plus_tiny_patch8_32", 5, None, {}, {"depth": 1, "task": "detection"}
+    )
     save(model.eval(), config, tmp_path / "det")
     doc = {
         "name": "det",
